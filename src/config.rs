@@ -1,0 +1,395 @@
+//! Typed configuration, read once from the environment (and an optional `.env`)
+//! in `main` and passed down. Nothing else in the crate reads the environment.
+//!
+//! Every problem names its variable in one line, so a bad deployment fails at
+//! start-up with a message an operator can act on, never a backtrace.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// The smallest accepted `JWT_SECRET`, in bytes: HS256 wants at least the hash size.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the database comes from.
+#[derive(Clone)]
+pub enum DatabaseSource {
+    /// `DATABASE_URL` was given: an external PostgreSQL.
+    Url(Box<tokio_postgres::Config>),
+    /// No `DATABASE_URL`: authgate runs a private PostgreSQL under the data folder.
+    Embedded,
+}
+
+impl fmt::Debug for DatabaseSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // tokio_postgres::Config's Debug already redacts the password.
+            DatabaseSource::Url(c) => f
+                .debug_struct("Url")
+                .field("host", &c.get_hosts())
+                .field("port", &c.get_ports())
+                .field("user", &c.get_user())
+                .field("dbname", &c.get_dbname())
+                .finish(),
+            DatabaseSource::Embedded => f.write_str("Embedded"),
+        }
+    }
+}
+
+/// The effective configuration of one authgate process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HOST`: address the HTTP server binds (default loopback: expose it on purpose).
+    pub host: IpAddr,
+    /// `PORT`: HTTP port (default 3000; 0 picks a free one, as the tests do).
+    pub port: u16,
+    /// `DATABASE_URL`, or the embedded default.
+    pub database: DatabaseSource,
+    /// `AUTHGATE_DATA_DIR`: private PostgreSQL data and generated secrets (default `./var`).
+    pub data_dir: PathBuf,
+    /// `AUTHGATE_DB_POOL_SIZE`: connections in the pool (default 16).
+    pub db_pool_size: usize,
+    /// `AUTHGATE_DB_TIMEOUT`: how long a request waits for a connection before 503.
+    pub db_timeout: Duration,
+    /// `JWT_SECRET`: HS256 key, at least 32 bytes. None: generated once into the data folder.
+    pub jwt_secret: Option<SecretString>,
+    /// `JWT_EXPIRATION_TIME`: access token lifetime (default 15 minutes).
+    pub jwt_expiration: Duration,
+    /// `OTP_EXPIRATION_MINUTES`: code validity (default 10).
+    pub otp_expiration: Duration,
+    /// `OTP_LENGTH`: digits per code (default 6, 4 to 10).
+    pub otp_length: u8,
+    /// `AUTHGATE_HASH_CONCURRENCY`: password hashes run at once (default: CPU count).
+    /// Each argon2 hash holds 19 MiB, so this also bounds hashing memory.
+    pub hash_concurrency: usize,
+    /// `AUTHGATE_PG_OS_USER`: the unprivileged account the private PostgreSQL runs as
+    /// when authgate itself runs as root (default `postgres`).
+    pub pg_os_user: String,
+    /// `AUTHGATE_LOG_FORMAT`: `text` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `AUTHGATE_SHUTDOWN_GRACE`: how long in-flight requests get to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 3000,
+            database: DatabaseSource::Embedded,
+            data_dir: PathBuf::from("./var"),
+            db_pool_size: 16,
+            db_timeout: Duration::from_secs(5),
+            jwt_secret: None,
+            jwt_expiration: Duration::from_secs(15 * 60),
+            otp_expiration: Duration::from_secs(10 * 60),
+            otp_length: 6,
+            hash_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            pg_os_user: "postgres".to_owned(),
+            log_format: LogFormat::Text,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One configuration problem: the variable and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            var,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, Vec<ConfigError>> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds a configuration from any variable source, collecting every problem
+    /// rather than stopping at the first, so an operator fixes them in one go.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut cfg = Config::default();
+        // Empty values count as unset: `FOO=` in a .env file means "no value".
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+
+        macro_rules! set {
+            ($field:expr, $name:literal, $parse:expr) => {
+                if let Some(raw) = var($name) {
+                    match $parse(raw.trim()) {
+                        Ok(v) => $field = v,
+                        Err(problem) => errors.push(ConfigError::new($name, problem)),
+                    }
+                }
+            };
+        }
+
+        set!(cfg.host, "HOST", |s: &str| s
+            .parse::<IpAddr>()
+            .map_err(|_| format!("`{s}` is not an IP address")));
+        set!(cfg.port, "PORT", |s: &str| s.parse::<u16>().map_err(
+            |_| format!("`{s}` is not a port number (0 to 65535)")
+        ));
+        set!(cfg.database, "DATABASE_URL", parse_database_url);
+        set!(
+            cfg.data_dir,
+            "AUTHGATE_DATA_DIR",
+            |s: &str| Ok::<_, String>(PathBuf::from(s))
+        );
+        set!(cfg.db_pool_size, "AUTHGATE_DB_POOL_SIZE", |s| parse_range(
+            s, 1, 1000
+        ));
+        set!(cfg.db_timeout, "AUTHGATE_DB_TIMEOUT", parse_duration);
+        set!(cfg.jwt_secret, "JWT_SECRET", |s: &str| {
+            if s.len() < MIN_JWT_SECRET_BYTES {
+                Err(format!(
+                    "must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}",
+                    s.len()
+                ))
+            } else {
+                Ok(Some(SecretString::from(s.to_owned())))
+            }
+        });
+        set!(cfg.jwt_expiration, "JWT_EXPIRATION_TIME", parse_duration);
+        set!(cfg.otp_expiration, "OTP_EXPIRATION_MINUTES", |s| {
+            parse_range(s, 1, 24 * 60).map(|m: u64| Duration::from_secs(m * 60))
+        });
+        set!(cfg.otp_length, "OTP_LENGTH", |s| parse_range(s, 4, 10));
+        set!(cfg.hash_concurrency, "AUTHGATE_HASH_CONCURRENCY", |s| {
+            parse_range(s, 1, 256)
+        });
+        set!(cfg.pg_os_user, "AUTHGATE_PG_OS_USER", |s: &str| {
+            if s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
+                Ok(s.to_owned())
+            } else {
+                Err(format!("`{s}` is not a user name"))
+            }
+        });
+        set!(cfg.log_format, "AUTHGATE_LOG_FORMAT", |s: &str| match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}` is not one of: text, json")),
+        });
+        set!(
+            cfg.shutdown_grace,
+            "AUTHGATE_SHUTDOWN_GRACE",
+            parse_duration
+        );
+
+        if cfg.jwt_expiration.is_zero() {
+            errors.push(ConfigError::new("JWT_EXPIRATION_TIME", "must be positive"));
+        }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The configuration as `check-config` prints it: secrets masked.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let db = match &self.database {
+            DatabaseSource::Url(c) => format!(
+                "external (host {:?}, port {:?}, user {:?}, dbname {:?}, password {})",
+                c.get_hosts(),
+                c.get_ports(),
+                c.get_user().unwrap_or(""),
+                c.get_dbname().unwrap_or(""),
+                if c.get_password().is_some() {
+                    "set"
+                } else {
+                    "unset"
+                }
+            ),
+            DatabaseSource::Embedded => "embedded private PostgreSQL".to_owned(),
+        };
+        vec![
+            ("HOST", self.host.to_string()),
+            ("PORT", self.port.to_string()),
+            ("DATABASE_URL", db),
+            ("AUTHGATE_DATA_DIR", self.data_dir.display().to_string()),
+            ("AUTHGATE_DB_POOL_SIZE", self.db_pool_size.to_string()),
+            ("AUTHGATE_DB_TIMEOUT", format!("{:?}", self.db_timeout)),
+            (
+                "JWT_SECRET",
+                match &self.jwt_secret {
+                    Some(s) => format!("set ({} bytes, masked)", s.expose_secret().len()),
+                    None => "unset (generated into the data folder)".to_owned(),
+                },
+            ),
+            ("JWT_EXPIRATION_TIME", format!("{:?}", self.jwt_expiration)),
+            (
+                "OTP_EXPIRATION_MINUTES",
+                (self.otp_expiration.as_secs() / 60).to_string(),
+            ),
+            ("OTP_LENGTH", self.otp_length.to_string()),
+            (
+                "AUTHGATE_HASH_CONCURRENCY",
+                self.hash_concurrency.to_string(),
+            ),
+            ("AUTHGATE_PG_OS_USER", self.pg_os_user.clone()),
+            ("AUTHGATE_LOG_FORMAT", format!("{:?}", self.log_format)),
+            (
+                "AUTHGATE_SHUTDOWN_GRACE",
+                format!("{:?}", self.shutdown_grace),
+            ),
+        ]
+    }
+}
+
+fn parse_database_url(s: &str) -> Result<DatabaseSource, String> {
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err("must be a postgres:// or postgresql:// URL".to_owned());
+    }
+    // The parser's message never includes the password, but it may quote other parts
+    // of the URL; say only that it is malformed.
+    let cfg = tokio_postgres::Config::from_str(s)
+        .map_err(|e| format!("malformed PostgreSQL URL ({e})"))?;
+    if cfg.get_hosts().is_empty() {
+        return Err("the URL names no host".to_owned());
+    }
+    Ok(DatabaseSource::Url(Box::new(cfg)))
+}
+
+fn parse_range<T>(s: &str, min: T, max: T) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + fmt::Display + Copy,
+{
+    match s.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(format!("`{s}` is not a whole number from {min} to {max}")),
+    }
+}
+
+/// Parses `900`, `900s`, `15m`, `1h`, `1d` or `250ms`; a bare number is seconds,
+/// as in the tutorial's `JWT_EXPIRATION_TIME`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration (examples: 900, 900s, 15m, 1h, 1d, 250ms)");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs_per = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "ms" => return Ok(Duration::from_millis(n)),
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs_per)
+        .filter(|&v| v <= 10 * 365 * 86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn vars_of(r: Result<Config, Vec<ConfigError>>) -> Vec<&'static str> {
+        match r {
+            Ok(_) => vec![],
+            Err(es) => es.into_iter().map(|e| e.var).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_need_no_variables() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.port, 3000);
+        assert!(matches!(c.database, DatabaseSource::Embedded));
+        assert_eq!(c.jwt_expiration, Duration::from_secs(900));
+        assert_eq!(c.otp_expiration, Duration::from_secs(600));
+        assert_eq!(c.otp_length, 6);
+    }
+
+    #[test]
+    fn short_jwt_secret_is_rejected_by_name() {
+        assert_eq!(vars_of(cfg(&[("JWT_SECRET", "short")])), ["JWT_SECRET"]);
+        let ok = cfg(&[("JWT_SECRET", &"x".repeat(32))]).unwrap();
+        assert!(ok.jwt_secret.is_some());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let r = cfg(&[
+            ("PORT", "http"),
+            ("DATABASE_URL", "mysql://x"),
+            ("JWT_EXPIRATION_TIME", "soon"),
+            ("OTP_LENGTH", "3"),
+        ]);
+        assert_eq!(
+            vars_of(r),
+            ["PORT", "DATABASE_URL", "JWT_EXPIRATION_TIME", "OTP_LENGTH"]
+        );
+    }
+
+    #[test]
+    fn malformed_database_url_is_named() {
+        assert_eq!(
+            vars_of(cfg(&[("DATABASE_URL", "postgres://u@h:notaport/db")])),
+            ["DATABASE_URL"]
+        );
+        let c = cfg(&[("DATABASE_URL", "postgres://u:pw@localhost:5433/db")]).unwrap();
+        assert!(matches!(c.database, DatabaseSource::Url(_)));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("15 minutes").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn describe_masks_secrets() {
+        let secret = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
+        let c = cfg(&[
+            ("JWT_SECRET", secret),
+            ("DATABASE_URL", "postgres://u:hunter2@localhost/db"),
+        ])
+        .unwrap();
+        let text = format!("{:?} {:?}", c.describe(), c);
+        assert!(!text.contains(secret));
+        assert!(!text.contains("hunter2"));
+    }
+}

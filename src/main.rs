@@ -1,0 +1,159 @@
+//! The `authgate` command: `serve` (default), `migrate`, `check-config`.
+
+use std::process::ExitCode;
+
+use authgate::config::{Config, DatabaseSource};
+use authgate::startup::{resolve_jwt_secret, Application};
+use authgate::store::private_pg::PrivatePostgres;
+use authgate::store::Store;
+use authgate::telemetry;
+
+const USAGE: &str = "\
+authgate: self-hosted SMS two-factor authentication engine
+
+Usage: authgate [COMMAND]
+
+Commands:
+  serve          Run the HTTP server (the default)
+  migrate        Apply database migrations and exit
+  check-config   Print the effective configuration (secrets masked) and exit;
+                 exits non-zero naming every problem
+  help           Print this help
+
+Configuration comes from environment variables and an optional .env file;
+see README.md for the full table. With no DATABASE_URL, authgate runs a
+private PostgreSQL under AUTHGATE_DATA_DIR (default ./var).";
+
+fn main() -> ExitCode {
+    let command = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "serve".to_owned());
+    if matches!(command.as_str(), "help" | "-h" | "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if matches!(command.as_str(), "version" | "-V" | "--version") {
+        println!("authgate {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    // A missing .env is normal; a malformed one is a configuration error.
+    if let Err(e) = dotenvy::dotenv() {
+        if !e.not_found() {
+            eprintln!("invalid configuration: .env: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match command.as_str() {
+        "serve" | "migrate" => {}
+        "check-config" => {
+            for (name, value) in config.describe() {
+                println!("{name:<28} {value}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!("authgate: unknown command `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("authgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(command == "migrate", config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("authgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(migrate_only: bool, config: Config) -> Result<(), String> {
+    // The private PostgreSQL, if any, lives exactly as long as this function.
+    let (db, private_pg) = match &config.database {
+        DatabaseSource::Url(c) => ((**c).clone(), None),
+        DatabaseSource::Embedded => {
+            let dir = config.data_dir.clone();
+            let user = config.pg_os_user.clone();
+            tracing::info!(data_dir = %dir.display(), "DATABASE_URL not set: starting a private PostgreSQL");
+            let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, &user))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("private PostgreSQL: {e}"))?;
+            tracing::info!(socket = %pg.socket_dir().display(), "private PostgreSQL ready");
+            (pg.pg_config(), Some(pg))
+        }
+    };
+    let result = if migrate_only {
+        migrate(&config, db).await
+    } else {
+        serve(config, db).await
+    };
+    if let Some(pg) = private_pg {
+        tracing::info!("stopping the private PostgreSQL");
+        match tokio::task::spawn_blocking(move || pg.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("private PostgreSQL did not stop cleanly: {e}"),
+            Err(e) => tracing::warn!("private PostgreSQL stop task failed: {e}"),
+        }
+    }
+    result
+}
+
+async fn migrate(config: &Config, db: tokio_postgres::Config) -> Result<(), String> {
+    let store = Store::connect(db, 1, config.db_timeout).map_err(|e| e.to_string())?;
+    let applied = store
+        .migrate()
+        .await
+        .map_err(|e| format!("migration failed: {e}"))?;
+    store.close();
+    tracing::info!(applied, "migrations up to date");
+    println!("migrations up to date ({applied} applied)");
+    Ok(())
+}
+
+async fn serve(config: Config, db: tokio_postgres::Config) -> Result<(), String> {
+    let _jwt_secret = resolve_jwt_secret(&config).map_err(|e| format!("JWT_SECRET: {e}"))?;
+    let app = Application::build(config, db, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(addr = %app.addr(), "authgate listening");
+    app.run_until_stopped().await;
+    tracing::info!("authgate stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,205 @@
+//! HTTP edge: warp filters under `/api/v1`, one thin handler per endpoint (parse,
+//! call, map errors), and the one place where every failure, warp's own included,
+//! becomes the JSON error envelope.
+//!
+//! Each request gets a request id (the client's `X-Request-Id` when it is sane,
+//! else a fresh one), echoed in the response and carried by its log line.
+
+pub mod account;
+pub mod body;
+pub mod health;
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+use warp::http::{header, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::domain::FieldError;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Request bodies above this are refused with 413 before they are read in full.
+pub const MAX_BODY_BYTES: u64 = 8 * 1024;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What a handler produces: a response, or an error the boundary renders.
+pub type Outcome = Result<Response, AppError>;
+
+/// Per-request facts captured before routing, used for the envelope and the log.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub id: String,
+    pub method: Method,
+    pub path: String,
+    pub started: Instant,
+}
+
+fn request_ctx() -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .map(
+            |method: Method, path: warp::path::FullPath, headers: warp::http::HeaderMap| {
+                RequestCtx {
+                    id: headers
+                        .get(REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|id| is_sane_request_id(id))
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+                    method,
+                    path: path.as_str().to_owned(),
+                    started: Instant::now(),
+                }
+            },
+        )
+}
+
+/// A client-supplied id is echoed only if it cannot inject into logs or headers.
+fn is_sane_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Shares the application state with handlers.
+pub fn with_state(
+    state: AppState,
+) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The whole HTTP application: every route, the envelope, the request id, logging.
+pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let api = warp::path!("api" / "v1" / ..).and(account::routes(state.clone()));
+    let routes = api
+        .or(health::routes(state))
+        .unify()
+        // After a route matched, handlers never reject; what reaches here is
+        // warp's own refusal (no route, wrong method, body problems).
+        .or_else(|rejection: Rejection| async move {
+            Ok::<(Outcome,), Infallible>((Err(from_rejection(rejection)),))
+        });
+    request_ctx().and(routes).map(finish)
+}
+
+/// Turns any result into the final response: renders errors as the envelope, adds
+/// the request id, writes the one log line per request.
+fn finish(ctx: RequestCtx, outcome: Outcome) -> Response {
+    let mut response = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            if e.is_server_side() {
+                tracing::error!(request_id = %ctx.id, error = %e, "request failed");
+            }
+            error_response(&e, &ctx.path)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    tracing::info!(
+        request_id = %ctx.id,
+        method = %ctx.method,
+        path = %ctx.path,
+        status = response.status().as_u16(),
+        latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// The JSON error envelope of the REST contract.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody<'a> {
+    pub status_code: u16,
+    pub error: &'a str,
+    pub code: &'a str,
+    pub message: String,
+    pub path: &'a str,
+    pub timestamp: String,
+    /// With `validation_failed`: every problem, one per field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<&'a [FieldError]>,
+}
+
+pub fn error_response(e: &AppError, path: &str) -> Response {
+    let status = e.status();
+    let body = ErrorBody {
+        status_code: status.as_u16(),
+        error: status.canonical_reason().unwrap_or("Error"),
+        code: e.code(),
+        message: e.public_message(),
+        path,
+        timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        details: match e {
+            AppError::Validation(list) => Some(list),
+            _ => None,
+        },
+    };
+    let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    if let AppError::TooManyRequests { retry_after } = e {
+        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
+}
+
+/// Maps warp's rejections (and ours, from body parsing) to `AppError`.
+fn from_rejection(r: Rejection) -> AppError {
+    use warp::reject;
+    if let Some(e) = r.find::<AppError>() {
+        // Our body filter's errors carry no source; rebuild the same variant.
+        return clone_client_error(e);
+    }
+    if r.find::<reject::PayloadTooLarge>().is_some() {
+        return AppError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        };
+    }
+    if r.find::<reject::LengthRequired>().is_some() {
+        return AppError::LengthRequired;
+    }
+    if r.find::<reject::UnsupportedMediaType>().is_some() {
+        return AppError::UnsupportedMediaType;
+    }
+    if let Some(e) = r.find::<reject::InvalidHeader>() {
+        return AppError::BadRequest(e.to_string());
+    }
+    if let Some(e) = r.find::<reject::MissingHeader>() {
+        return AppError::BadRequest(e.to_string());
+    }
+    if r.find::<reject::MethodNotAllowed>().is_some() {
+        return AppError::MethodNotAllowed;
+    }
+    if r.is_not_found() {
+        return AppError::NotFound;
+    }
+    AppError::BadRequest("the request could not be processed".to_owned())
+}
+
+fn clone_client_error(e: &AppError) -> AppError {
+    match e {
+        AppError::MalformedJson(m) => AppError::MalformedJson(m.clone()),
+        AppError::BadRequest(m) => AppError::BadRequest(m.clone()),
+        AppError::Validation(v) => AppError::Validation(v.clone()),
+        AppError::PayloadTooLarge { limit } => AppError::PayloadTooLarge { limit: *limit },
+        AppError::UnsupportedMediaType => AppError::UnsupportedMediaType,
+        AppError::LengthRequired => AppError::LengthRequired,
+        other => AppError::internal(format!("unexpected rejection: {other}")),
+    }
+}
+
+/// A JSON reply with a status.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}

@@ -1,0 +1,144 @@
+//! Start-up and shutdown: connect the pool, migrate, build the state, bind the
+//! listener, serve until told to stop, then drain.
+//!
+//! `Application::build` binds before it returns, so callers (main and the tests)
+//! learn the real port, then `run_until_stopped` serves.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::pin::Pin;
+
+use rand::RngCore;
+use secrecy::SecretString;
+
+use crate::config::Config;
+use crate::error::BoxError;
+use crate::routes;
+use crate::state::AppState;
+use crate::store::Store;
+
+pub struct Application {
+    addr: SocketAddr,
+    state: AppState,
+    server: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Application {
+    /// Connects to the database, applies migrations and binds the HTTP listener.
+    /// The server stops accepting when `shutdown` completes, then lets in-flight
+    /// requests finish (up to `shutdown_grace`).
+    pub async fn build(
+        config: Config,
+        db: tokio_postgres::Config,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Application, BoxError> {
+        let store = Store::connect(db, config.db_pool_size, config.db_timeout)?;
+        let applied = store
+            .migrate()
+            .await
+            .map_err(|e| format!("could not migrate the database: {e}"))?;
+        if applied > 0 {
+            tracing::info!(applied, "database migrations applied");
+        }
+        let addr = SocketAddr::new(config.host, config.port);
+        let grace = config.shutdown_grace;
+        let state = AppState::new(config, store);
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (addr, serve) = warp::serve(routes::app(state.clone()))
+            .try_bind_with_graceful_shutdown(addr, {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                }
+            })
+            .map_err(|e| format!("could not listen on {addr}: {e}"))?;
+        let server = async move {
+            let serve = tokio::spawn(serve);
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, draining in-flight requests");
+            let _ = stop_tx.send(true);
+            if tokio::time::timeout(grace, serve).await.is_err() {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight requests did not finish within the grace period"
+                );
+            }
+        };
+        Ok(Application {
+            addr,
+            state,
+            server: Box::pin(server),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until the shutdown future completes and in-flight requests drain,
+    /// then closes the pool.
+    pub async fn run_until_stopped(self) {
+        self.server.await;
+        self.state.store().close();
+    }
+}
+
+/// The HS256 key: `JWT_SECRET` when given, else a random key generated once and
+/// kept in `<data dir>/jwt_secret` (mode 0600) so tokens survive restarts.
+pub fn resolve_jwt_secret(config: &Config) -> Result<SecretString, BoxError> {
+    if let Some(secret) = &config.jwt_secret {
+        return Ok(secret.clone());
+    }
+    let path = config.data_dir.join("jwt_secret");
+    let secret = read_or_create_secret(&path)?;
+    tracing::warn!(
+        path = %path.display(),
+        "JWT_SECRET is not set: using a generated key kept in the data folder; \
+         set JWT_SECRET (32+ bytes) when running several processes"
+    );
+    Ok(secret)
+}
+
+fn read_or_create_secret(path: &Path) -> Result<SecretString, BoxError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= crate::config::MIN_JWT_SECRET_BYTES => {
+            return Ok(SecretString::from(s.trim().to_owned()))
+        }
+        Ok(_) => return Err(format!("{} is shorter than 32 bytes", path.display()).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let secret = hex::encode(bytes);
+    // create_new: two processes starting at once must not overwrite each other's key.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut f) => {
+            f.write_all(secret.as_bytes())?;
+            f.sync_all()?;
+            Ok(SecretString::from(secret))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_or_create_secret(path),
+        Err(e) => Err(format!("cannot write {}: {e}", path.display()).into()),
+    }
+}

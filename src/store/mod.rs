@@ -1,0 +1,146 @@
+//! Persistence: the only module that speaks SQL. It stores and queries; business
+//! rules live in `domain/` and the actors. Every statement uses `$n` parameters.
+//!
+//! Rules that must hold across several authgate processes (uniqueness, attempt
+//! counts, single use) are expressed here as single atomic statements or
+//! constraints, never as read-then-write in Rust.
+
+pub mod private_pg;
+pub mod users;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::error::{AppError, BoxError};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Arbitrary but fixed: serialises migrations when several processes start at once.
+const MIGRATION_LOCK_KEY: i64 = 0x6175_7468_6761_7465; // "authgate"
+
+/// Why a store call failed, in terms the layers above can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique index refused the row; the index name says which.
+    #[error("unique violation on {0}")]
+    Unique(String),
+    /// No connection could be had in time, or the connection broke.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// Anything else: a bug or a schema mismatch.
+    #[error("database error: {0}")]
+    Database(#[source] BoxError),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            if *db.code() == SqlState::UNIQUE_VIOLATION {
+                return StoreError::Unique(db.constraint().unwrap_or_default().to_owned());
+            }
+            // Server shutting down, too many connections, and similar: retryable.
+            let class = &db.code().code()[..2];
+            if matches!(class, "08" | "53" | "57") {
+                return StoreError::Unavailable(Box::new(e));
+            }
+            return StoreError::Database(Box::new(e));
+        }
+        // No server error: the connection itself failed or closed.
+        StoreError::Unavailable(Box::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Unavailable(Box::new(e))
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unique(index) => {
+                AppError::internal(format!("unexpected unique violation on {index}"))
+            }
+            StoreError::Unavailable(e) => AppError::Unavailable(e),
+            StoreError::Database(e) => AppError::Internal(e),
+        }
+    }
+}
+
+/// Handle to the database: a connection pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Builds the pool. No connection is opened until first use.
+    pub fn connect(
+        pg: tokio_postgres::Config,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Store, BoxError> {
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()?;
+        Ok(Store { pool })
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Applies pending migrations, holding an advisory lock so that processes
+    /// starting together do not race each other.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
+        let result = embedded::migrations::runner()
+            .run_async(&mut **client)
+            .await
+            .map(|report| report.applied_migrations().len())
+            .map_err(|e| StoreError::Database(Box::new(e)));
+        // Unlock even when the migration failed; a broken connection drops the lock anyway.
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+            .await;
+        result
+    }
+
+    /// True when a trivial query succeeds within the pool's timeout.
+    pub async fn ping(&self) -> bool {
+        match self.client().await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Pool figures for readiness and metrics: (size, available).
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.available)
+    }
+
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}

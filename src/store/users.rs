@@ -1,0 +1,85 @@
+//! The `users` table.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::domain::user::{NewUser, User};
+
+/// Which unique field a sign-up collided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    Email,
+    Phone,
+}
+
+const USER_COLUMNS: &str =
+    "id, email, phone, first_name, last_name, two_fa, phone_verified, created_at, updated_at";
+
+fn user_from_row(row: &Row) -> Result<User, tokio_postgres::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        phone: row.try_get("phone")?,
+        first_name: row.try_get("first_name")?,
+        last_name: row.try_get("last_name")?,
+        two_fa: row.try_get("two_fa")?,
+        is_phone_verified: row.try_get("phone_verified")?,
+        created_at: row.try_get::<_, DateTime<Utc>>("created_at")?,
+        updated_at: row.try_get::<_, DateTime<Utc>>("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Inserts a user. The unique indexes decide duplicates, so two identical
+    /// sign-ups racing each other give one row and one `Taken`.
+    pub async fn insert_user(
+        &self,
+        user: &NewUser,
+        password_hash: &str,
+    ) -> Result<Result<User, Taken>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "INSERT INTO users (id, email, phone, password_hash, first_name, last_name)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING {USER_COLUMNS}"
+        );
+        let result = client
+            .query_one(
+                &sql,
+                &[
+                    &Uuid::new_v4(),
+                    &user.email.as_str(),
+                    &user.phone.as_str(),
+                    &password_hash,
+                    &user.first_name.as_str(),
+                    &user.last_name.as_str(),
+                ],
+            )
+            .await;
+        match result.map_err(StoreError::from) {
+            Ok(row) => Ok(Ok(user_from_row(&row)?)),
+            Err(StoreError::Unique(index)) if index == "users_email_key" => Ok(Err(Taken::Email)),
+            Err(StoreError::Unique(index)) if index == "users_phone_key" => Ok(Err(Taken::Phone)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Looks a user up by id.
+    pub async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row = client.query_opt(&sql, &[&id]).await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    /// The stored password hash of a user, for tests and the login path.
+    pub async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT password_hash FROM users WHERE id = $1", &[&id])
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+}

@@ -1,0 +1,283 @@
+//! The `authgate` binary: configuration errors, `migrate`, and the embedded
+//! default (private PostgreSQL) surviving a restart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_authgate");
+
+/// The binary with a clean environment, run in an empty folder (no `.env`).
+fn authgate(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("authgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn configuration_errors_name_the_variable_in_one_line_without_a_backtrace() {
+    let dir = temp_dir();
+    let cases = [
+        (
+            "JWT_SECRET",
+            "too-short",
+            "JWT_SECRET: must be at least 32 bytes",
+        ),
+        ("PORT", "eighty", "PORT: `eighty` is not a port number"),
+        (
+            "JWT_EXPIRATION_TIME",
+            "soon",
+            "JWT_EXPIRATION_TIME: `soon` is not a duration",
+        ),
+        (
+            "DATABASE_URL",
+            "mysql://root@localhost/db",
+            "DATABASE_URL: must be a postgres://",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://u@h:port/db",
+            "DATABASE_URL: malformed",
+        ),
+        (
+            "OTP_LENGTH",
+            "3",
+            "OTP_LENGTH: `3` is not a whole number from 4 to 10",
+        ),
+    ];
+    for (var, value, expected) in cases {
+        for command in ["serve", "check-config", "migrate"] {
+            let out = authgate(&dir)
+                .arg(command)
+                .env(var, value)
+                .output()
+                .unwrap();
+            let err = stderr_of(&out);
+            assert_eq!(out.status.code(), Some(2), "{var}={value} {command}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains(expected), "{var}={value}: {err}");
+            assert!(
+                !err.contains("panicked") && !err.contains("backtrace"),
+                "{err}"
+            );
+        }
+    }
+    // Several problems: one line each.
+    let out = authgate(&dir)
+        .env("PORT", "x")
+        .env("JWT_SECRET", "y")
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 2, "{err}");
+    // A malformed .env file is named too.
+    std::fs::write(dir.join(".env"), "NOT A VALID LINE\n").unwrap();
+    let out = authgate(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains(".env"), "{}", stderr_of(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_config_masks_secrets() {
+    let dir = temp_dir();
+    let secret = "a-very-secret-jwt-key-of-40-bytes-000000";
+    let out = authgate(&dir)
+        .arg("check-config")
+        .env("JWT_SECRET", secret)
+        .env(
+            "DATABASE_URL",
+            "postgres://app:hunter22@db.internal:5433/auth",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("JWT_SECRET") && text.contains("masked"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(secret) && !text.contains("hunter22"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn migrate_subcommand_applies_the_schema() {
+    let admin = connect(&admin_config()).await;
+    let name = format!("authgate_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = database_url(&name);
+    let dir = temp_dir();
+    let out = authgate(&dir)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let mut cfg = admin_config();
+    cfg.dbname(&name);
+    let db = connect(&cfg).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    drop(db);
+    // Running it again is a no-op.
+    let out = authgate(&dir)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A URL for a database on the test server (socket or TCP).
+fn database_url(name: &str) -> String {
+    let cfg = admin_config();
+    let user = cfg.get_user().unwrap_or("postgres");
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => {
+            format!("postgres://{user}@{h}:{port}/{name}")
+        }
+        Some(tokio_postgres::config::Host::Unix(p)) => format!(
+            "postgres://{user}@{}:{port}/{name}",
+            p.display().to_string().replace('/', "%2F")
+        ),
+        None => panic!("no host"),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path, data: &Path, port: u16) -> Server {
+        let child = authgate(dir)
+            .env("PORT", port.to_string())
+            .env("AUTHGATE_DATA_DIR", data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Server { child, port }
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(r) = http
+                .get(format!("http://127.0.0.1:{}/readyz", self.port))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "server exited early"
+            );
+            assert!(Instant::now() < deadline, "server not ready in 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn terminate(mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "authgate exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "authgate did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test]
+async fn embedded_default_keeps_users_across_restarts_and_stops_its_postgres() {
+    let dir = temp_dir();
+    let data = dir.join("var");
+    let port = free_port();
+    let body = json!({
+        "email": "persist@example.com",
+        "phone": "+14155550142",
+        "password": "s3cure-passw0rd",
+        "firstName": "Per",
+        "lastName": "Sist",
+    });
+    let url = format!("http://127.0.0.1:{port}/api/v1/account/signup");
+    let http = reqwest::Client::new();
+
+    let mut server = Server::start(&dir, &data, port);
+    server.wait_ready().await;
+    let resp = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    server.terminate();
+    assert!(
+        !data.join("pg/data/postmaster.pid").exists(),
+        "private PostgreSQL still running after authgate stopped"
+    );
+    assert!(data.join("jwt_secret").exists());
+
+    let mut server = Server::start(&dir, &data, port);
+    server.wait_ready().await;
+    let resp = http.post(&url).json(&body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!((status, json["code"].as_str()), (409, Some("email_taken")));
+    server.terminate();
+    assert!(!data.join("pg/data/postmaster.pid").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

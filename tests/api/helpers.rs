@@ -1,0 +1,283 @@
+//! Test harness: a real PostgreSQL (`AUTHGATE_TEST_DATABASE_URL` when set, else
+//! the one on 127.0.0.1:5432 when it answers, else a private one started from the
+//! installed binaries under `target/test-pg` and left running for the next run),
+//! a fresh database per test cloned from a migrated template, and the app on a
+//! random port.
+
+use std::net::{SocketAddr, TcpStream};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use authgate::config::{Config, DatabaseSource};
+use authgate::startup::Application;
+use authgate::store::private_pg::PrivatePostgres;
+use authgate::store::Store;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio_postgres::NoTls;
+
+/// Connection settings of the server tests create their databases on.
+pub fn admin_config() -> tokio_postgres::Config {
+    static ADMIN: OnceLock<Result<tokio_postgres::Config, String>> = OnceLock::new();
+    match ADMIN.get_or_init(resolve_admin) {
+        Ok(c) => c.clone(),
+        Err(e) => panic!("no PostgreSQL for the tests: {e}"),
+    }
+}
+
+fn resolve_admin() -> Result<tokio_postgres::Config, String> {
+    if let Ok(url) = std::env::var("AUTHGATE_TEST_DATABASE_URL") {
+        return tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string());
+    }
+    // AUTHGATE_TEST_PG=private skips the shared server, to prove the suite runs
+    // where none is listening (CI does this on its second pass).
+    let force_private = std::env::var("AUTHGATE_TEST_PG").is_ok_and(|v| v == "private");
+    let local: SocketAddr = ([127, 0, 0, 1], 5432).into();
+    if !force_private && TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
+        return tokio_postgres::Config::from_str("postgres://postgres@127.0.0.1:5432/postgres")
+            .map_err(|e| e.to_string());
+    }
+    // No server: run our own from the installed binaries, and leave it running
+    // for the next test process (the next run takes it over or reuses it).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-pg");
+    let pg = PrivatePostgres::start(&dir, "postgres").map_err(|e| e.to_string())?;
+    let mut cfg = pg.pg_config();
+    cfg.dbname("postgres");
+    std::mem::forget(pg);
+    Ok(cfg)
+}
+
+/// Opens one plain connection (no pool) and drives it on the current runtime.
+pub async fn connect(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .expect("connect to test PostgreSQL");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// The template's name changes whenever a migration file does.
+fn template_name() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.file_name().unwrap().as_encoded_bytes());
+        h.update(std::fs::read(&f).unwrap());
+    }
+    format!("authgate_tpl_{}", hex::encode(&h.finalize()[..6]))
+}
+
+/// A fresh, migrated database; returns its connection settings.
+pub async fn fresh_database() -> (String, tokio_postgres::Config) {
+    let admin_cfg = admin_config();
+    let admin = connect(&admin_cfg).await;
+    let template = template_name();
+    // Several test binaries or processes may race to build the template.
+    admin
+        .execute("SELECT pg_advisory_lock(4242)", &[])
+        .await
+        .unwrap();
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {template}"))
+            .await
+            .unwrap();
+        let mut cfg = admin_cfg.clone();
+        cfg.dbname(&template);
+        let store = Store::connect(cfg, 1, Duration::from_secs(10)).unwrap();
+        store.migrate().await.unwrap();
+        store.close();
+    }
+    admin
+        .execute("SELECT pg_advisory_unlock(4242)", &[])
+        .await
+        .unwrap();
+    let name = format!("authgate_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+        .await
+        .unwrap();
+    let mut cfg = admin_cfg;
+    cfg.dbname(&name);
+    (name, cfg)
+}
+
+/// Drops a test database from a plain thread (usable from `Drop`).
+fn drop_database(name: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let admin = connect(&admin_config()).await;
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        });
+    })
+    .join();
+}
+
+/// Configuration for a test app: random port, fast hashing concurrency.
+pub fn test_config() -> Config {
+    Config {
+        port: 0,
+        database: DatabaseSource::Embedded, // unused: the harness passes the db explicitly
+        data_dir: std::env::temp_dir().join("authgate-tests"),
+        ..Config::default()
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub db: tokio_postgres::Config,
+    db_name: Option<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn signup(&self, body: &Value) -> reqwest::Response {
+        self.post_json("/api/v1/account/signup", body).await
+    }
+
+    /// A direct connection to this test's database, for asserting on rows.
+    pub async fn db_client(&self) -> tokio_postgres::Client {
+        connect(&self.db).await
+    }
+
+    /// Stops the server gracefully and waits for it (the database stays).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(name) = self.db_name.take() {
+            drop_database(name);
+        }
+    }
+}
+
+/// Starts the app against a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let (name, db) = fresh_database().await;
+    let mut app = spawn_on(db, tweak).await;
+    app.db_name = Some(name);
+    app
+}
+
+/// Starts another app instance on an existing database (it will not drop it).
+pub async fn spawn_on(db: tokio_postgres::Config, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config();
+    tweak(&mut config);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = Application::build(config, db.clone(), async {
+        let _ = rx.await;
+    })
+    .await
+    .expect("app builds");
+    let addr = app.addr();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        addr,
+        http: reqwest::Client::new(),
+        db,
+        db_name: None,
+        stop: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// A valid sign-up body with an e-mail and phone no other test uses.
+pub fn valid_signup() -> Value {
+    let n = uuid::Uuid::new_v4().as_u128();
+    json!({
+        "email": format!("user{}@example.com", n % 1_000_000_000_000),
+        "phone": unique_phone(),
+        "password": "s3cure-passw0rd",
+        "firstName": "Ada",
+        "lastName": "Lovelace",
+    })
+}
+
+/// A random valid US number in E.164 (area code 415, exchange 2xx to 9xx).
+pub fn unique_phone() -> String {
+    let n = uuid::Uuid::new_v4().as_u128();
+    let exchange = 200 + (n % 800) as u32;
+    let line = ((n >> 20) % 10_000) as u32;
+    format!("+1415{exchange:03}{line:04}")
+}
+
+/// The JSON body of a response, asserting the status first.
+pub async fn expect_json(resp: reqwest::Response, status: u16) -> Value {
+    let got = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert_eq!(got, status, "unexpected status; body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// Asserts the error envelope's shape and returns it.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    let path = resp.url().path().to_owned();
+    assert!(resp.headers().contains_key("x-request-id"));
+    let body = expect_json(resp, status).await;
+    assert_eq!(body["statusCode"], status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["path"], path, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok(),
+        "{body}"
+    );
+    body
+}

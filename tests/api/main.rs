@@ -1,0 +1,9 @@
+//! Integration tests over real HTTP and a real PostgreSQL. One binary, so the
+//! template database is built once per run. See `helpers.rs` for the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod cli;
+mod http_envelope;
+mod signup;
