@@ -80,6 +80,92 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `AUTHGATE_SHUTDOWN_GRACE`: how long in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// `OTP_MAX_ATTEMPTS`: wrong tries per code before it is dead (default 5).
+    pub otp_max_attempts: u32,
+    /// `OTP_RESEND_COOLDOWN`: minimum time between two codes for one user and purpose.
+    pub otp_resend_cooldown: Duration,
+    /// `AUTHGATE_OTP_SHARDS`: OTP actors; a user's codes always go to the same one.
+    pub otp_shards: usize,
+    /// `LOGIN_MAX_RESENDS`: code resends allowed in one login flow (default 3).
+    pub login_max_resends: u32,
+    /// `LOGIN_FLOW_TTL`: how long a login flow may wait for its code (default 15 minutes).
+    pub login_flow_ttl: Duration,
+    /// `JWT_ISSUER` and `JWT_AUDIENCE`: the `iss` and `aud` of access tokens.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// `REFRESH_TOKEN_TTL`: refresh token lifetime (default 30 days).
+    pub refresh_ttl: Duration,
+    /// SMS delivery: Twilio (when configured) or the console, and the outbox tuning.
+    pub sms: SmsConfig,
+}
+
+/// Twilio credentials and sender. All of SID, token and a sender, or none.
+#[derive(Debug, Clone)]
+pub struct TwilioConfig {
+    /// `TWILIO_ACCOUNT_SID`: `AC` + 32 hex (or an API key SID `SK…` with the account in
+    /// `TWILIO_API_ACCOUNT_SID`; the plain account form is what is validated here).
+    pub account_sid: String,
+    /// `TWILIO_AUTH_TOKEN`: basic-auth password and the key of webhook signatures.
+    pub auth_token: SecretString,
+    /// `TWILIO_PHONE_NUMBER` (E.164) or `TWILIO_MESSAGING_SERVICE_SID` (`MG` + 32 hex).
+    pub sender: TwilioSender,
+    /// `TWILIO_API_BASE_URL`: `https://api.twilio.com`, or a test double.
+    pub api_base_url: String,
+    /// `TWILIO_STATUS_CALLBACK_URL`: the public URL of our status webhook, exactly as
+    /// Twilio will call it (the signature covers it). Unset: no callbacks asked.
+    pub status_callback_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwilioSender {
+    From(String),
+    MessagingService(String),
+}
+
+/// The SMS outbox and its actor.
+#[derive(Debug, Clone)]
+pub struct SmsConfig {
+    /// None: messages are printed to the console (development).
+    pub twilio: Option<TwilioConfig>,
+    /// `SMS_SENDER_NAME`: the name in the message text (default `authgate`).
+    pub sender_name: String,
+    /// `AUTHGATE_SMS_RATE_PER_SEC`: outbound messages per second (default 10).
+    pub rate_per_sec: u32,
+    /// `AUTHGATE_SMS_CONCURRENCY`: provider calls in flight at once (default 8).
+    pub concurrency: usize,
+    /// `AUTHGATE_SMS_BATCH_SIZE`: messages claimed per batch (default 50).
+    pub batch_size: i64,
+    /// `AUTHGATE_SMS_MAX_ATTEMPTS`: tries per message before it fails (default 8).
+    pub max_attempts: i32,
+    /// `AUTHGATE_SMS_LEASE`: how long a claim holds before another process may
+    /// reclaim the message (default 60 s).
+    pub lease: Duration,
+    /// `AUTHGATE_SMS_SWEEP_INTERVAL`: safety-net poll of the outbox (default 5 s).
+    pub sweep_interval: Duration,
+    /// `AUTHGATE_SMS_TIMEOUT`: one provider request, connect to answer (default 10 s).
+    pub request_timeout: Duration,
+    /// `AUTHGATE_SMS_BACKOFF_BASE` and `AUTHGATE_SMS_BACKOFF_MAX`: retry backoff
+    /// (default 1 s doubling, capped at 5 minutes).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        SmsConfig {
+            twilio: None,
+            sender_name: "authgate".to_owned(),
+            rate_per_sec: 10,
+            concurrency: 8,
+            batch_size: 50,
+            max_attempts: 8,
+            lease: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for Config {
@@ -101,6 +187,15 @@ impl Default for Config {
             pg_os_user: "postgres".to_owned(),
             log_format: LogFormat::Text,
             shutdown_grace: Duration::from_secs(10),
+            otp_max_attempts: 5,
+            otp_resend_cooldown: Duration::from_secs(30),
+            otp_shards: 64,
+            login_max_resends: 3,
+            login_flow_ttl: Duration::from_secs(15 * 60),
+            jwt_issuer: "authgate".to_owned(),
+            jwt_audience: "authgate".to_owned(),
+            refresh_ttl: Duration::from_secs(30 * 86_400),
+            sms: SmsConfig::default(),
         }
     }
 }
@@ -201,6 +296,73 @@ impl Config {
             parse_duration
         );
 
+        set!(cfg.otp_max_attempts, "OTP_MAX_ATTEMPTS", |s| parse_range(
+            s, 1, 100
+        ));
+        set!(
+            cfg.otp_resend_cooldown,
+            "OTP_RESEND_COOLDOWN",
+            parse_duration
+        );
+        set!(cfg.otp_shards, "AUTHGATE_OTP_SHARDS", |s| parse_range(
+            s, 1, 4096
+        ));
+        set!(cfg.login_max_resends, "LOGIN_MAX_RESENDS", |s| parse_range(
+            s, 0, 100
+        ));
+        set!(cfg.login_flow_ttl, "LOGIN_FLOW_TTL", parse_duration);
+        set!(cfg.jwt_issuer, "JWT_ISSUER", |s: &str| Ok::<_, String>(
+            s.to_owned()
+        ));
+        set!(cfg.jwt_audience, "JWT_AUDIENCE", |s: &str| Ok::<_, String>(
+            s.to_owned()
+        ));
+        set!(cfg.refresh_ttl, "REFRESH_TOKEN_TTL", parse_duration);
+        set!(cfg.sms.sender_name, "SMS_SENDER_NAME", |s: &str| {
+            if s.chars().count() <= 30 && !s.chars().any(char::is_control) {
+                Ok(s.to_owned())
+            } else {
+                Err("must be at most 30 printable characters".to_owned())
+            }
+        });
+        set!(cfg.sms.rate_per_sec, "AUTHGATE_SMS_RATE_PER_SEC", |s| {
+            parse_range(s, 1, 10_000)
+        });
+        set!(cfg.sms.concurrency, "AUTHGATE_SMS_CONCURRENCY", |s| {
+            parse_range(s, 1, 1000)
+        });
+        set!(cfg.sms.batch_size, "AUTHGATE_SMS_BATCH_SIZE", |s| {
+            parse_range(s, 1, 10_000)
+        });
+        set!(cfg.sms.max_attempts, "AUTHGATE_SMS_MAX_ATTEMPTS", |s| {
+            parse_range(s, 1, 100)
+        });
+        set!(cfg.sms.lease, "AUTHGATE_SMS_LEASE", parse_duration);
+        set!(
+            cfg.sms.sweep_interval,
+            "AUTHGATE_SMS_SWEEP_INTERVAL",
+            parse_duration
+        );
+        set!(
+            cfg.sms.request_timeout,
+            "AUTHGATE_SMS_TIMEOUT",
+            parse_duration
+        );
+        set!(
+            cfg.sms.backoff_base,
+            "AUTHGATE_SMS_BACKOFF_BASE",
+            parse_duration
+        );
+        set!(
+            cfg.sms.backoff_max,
+            "AUTHGATE_SMS_BACKOFF_MAX",
+            parse_duration
+        );
+        match twilio_from(&var) {
+            Ok(t) => cfg.sms.twilio = t,
+            Err(e) => errors.push(e),
+        }
+
         if cfg.jwt_expiration.is_zero() {
             errors.push(ConfigError::new("JWT_EXPIRATION_TIME", "must be positive"));
         }
@@ -260,6 +422,120 @@ impl Config {
             ),
         ]
     }
+}
+
+fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Twilio is all or nothing: credentials without a sender (or the reverse) is a
+/// mistake worth stopping for, not a silent fall-back to the console.
+fn twilio_from(var: &impl Fn(&str) -> Option<String>) -> Result<Option<TwilioConfig>, ConfigError> {
+    let sid = var("TWILIO_ACCOUNT_SID");
+    let token = var("TWILIO_AUTH_TOKEN");
+    let from = var("TWILIO_PHONE_NUMBER");
+    let service = var("TWILIO_MESSAGING_SERVICE_SID");
+    let base = var("TWILIO_API_BASE_URL");
+    let callback = var("TWILIO_STATUS_CALLBACK_URL");
+    let (sid, token) = match (sid, token) {
+        (None, None) => {
+            if from.is_some() || service.is_some() {
+                return Err(ConfigError::new(
+                    "TWILIO_ACCOUNT_SID",
+                    "a Twilio sender is set but no credentials; set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "TWILIO_AUTH_TOKEN",
+                "required with TWILIO_ACCOUNT_SID",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "TWILIO_ACCOUNT_SID",
+                "required with TWILIO_AUTH_TOKEN",
+            ))
+        }
+        (Some(sid), Some(token)) => (sid.trim().to_owned(), token.trim().to_owned()),
+    };
+    if !is_sid(&sid, "AC") {
+        return Err(ConfigError::new(
+            "TWILIO_ACCOUNT_SID",
+            "must be AC followed by 32 hex digits",
+        ));
+    }
+    let sender = match (from, service) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "TWILIO_PHONE_NUMBER",
+                "set either TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                "TWILIO_PHONE_NUMBER",
+                "required with Twilio credentials (or set TWILIO_MESSAGING_SERVICE_SID)",
+            ))
+        }
+        (Some(from), None) => {
+            let from = from.trim();
+            match crate::domain::phone::PhoneE164::parse(from) {
+                Ok(p) => TwilioSender::From(p.as_str().to_owned()),
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        "TWILIO_PHONE_NUMBER",
+                        format!("`{from}` is not a phone number in E.164 form"),
+                    ))
+                }
+            }
+        }
+        (None, Some(mg)) => {
+            let mg = mg.trim().to_owned();
+            if !is_sid(&mg, "MG") {
+                return Err(ConfigError::new(
+                    "TWILIO_MESSAGING_SERVICE_SID",
+                    "must be MG followed by 32 hex digits",
+                ));
+            }
+            TwilioSender::MessagingService(mg)
+        }
+    };
+    let api_base_url = match base {
+        Some(b) => {
+            let b = b.trim().trim_end_matches('/').to_owned();
+            if !(b.starts_with("https://") || b.starts_with("http://")) {
+                return Err(ConfigError::new(
+                    "TWILIO_API_BASE_URL",
+                    "must be an http(s) URL",
+                ));
+            }
+            b
+        }
+        None => "https://api.twilio.com".to_owned(),
+    };
+    let status_callback_url = match callback {
+        Some(c) => {
+            let c = c.trim().to_owned();
+            if !(c.starts_with("https://") || c.starts_with("http://")) {
+                return Err(ConfigError::new(
+                    "TWILIO_STATUS_CALLBACK_URL",
+                    "must be an absolute http(s) URL",
+                ));
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    Ok(Some(TwilioConfig {
+        account_sid: sid,
+        auth_token: SecretString::from(token),
+        sender,
+        api_base_url,
+        status_callback_url,
+    }))
 }
 
 fn parse_database_url(s: &str) -> Result<DatabaseSource, String> {
@@ -381,15 +657,57 @@ mod tests {
     }
 
     #[test]
+    fn twilio_is_all_or_nothing() {
+        let sid = "AC0123456789abcdef0123456789abcdef";
+        assert!(cfg(&[]).unwrap().sms.twilio.is_none());
+        assert_eq!(
+            vars_of(cfg(&[("TWILIO_ACCOUNT_SID", sid)])),
+            ["TWILIO_AUTH_TOKEN"]
+        );
+        assert_eq!(
+            vars_of(cfg(&[
+                ("TWILIO_ACCOUNT_SID", sid),
+                ("TWILIO_AUTH_TOKEN", "t")
+            ])),
+            ["TWILIO_PHONE_NUMBER"]
+        );
+        assert_eq!(
+            vars_of(cfg(&[
+                ("TWILIO_ACCOUNT_SID", "AC123"),
+                ("TWILIO_AUTH_TOKEN", "t"),
+                ("TWILIO_PHONE_NUMBER", "+15005550006"),
+            ])),
+            ["TWILIO_ACCOUNT_SID"]
+        );
+        let c = cfg(&[
+            ("TWILIO_ACCOUNT_SID", sid),
+            ("TWILIO_AUTH_TOKEN", "t"),
+            ("TWILIO_PHONE_NUMBER", "+1 415 555 0100"),
+            ("TWILIO_API_BASE_URL", "http://127.0.0.1:9999/"),
+        ])
+        .unwrap();
+        let t = c.sms.twilio.unwrap();
+        assert_eq!(t.sender, TwilioSender::From("+14155550100".into()));
+        assert_eq!(t.api_base_url, "http://127.0.0.1:9999");
+    }
+
+    #[test]
     fn describe_masks_secrets() {
         let secret = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
         let c = cfg(&[
             ("JWT_SECRET", secret),
             ("DATABASE_URL", "postgres://u:hunter2@localhost/db"),
+            ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+            ("TWILIO_AUTH_TOKEN", "tw-token-hunter3"),
+            (
+                "TWILIO_MESSAGING_SERVICE_SID",
+                "MG0123456789abcdef0123456789abcdef",
+            ),
         ])
         .unwrap();
         let text = format!("{:?} {:?}", c.describe(), c);
         assert!(!text.contains(secret));
         assert!(!text.contains("hunter2"));
+        assert!(!text.contains("hunter3"));
     }
 }

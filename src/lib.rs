@@ -14,7 +14,10 @@
 //! [`domain`] holds the pure rules (parsing, validation, password hashing) used by
 //! every layer; [`config`] the typed configuration; [`error`] the one error type.
 
+pub mod actors;
+pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod hasher;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use authgate::config::{Config, DatabaseSource};
-use authgate::startup::{resolve_jwt_secret, Application};
+use authgate::startup::Application;
 use authgate::store::private_pg::PrivatePostgres;
 use authgate::store::Store;
 use authgate::telemetry;
@@ -129,7 +129,6 @@ async fn migrate(config: &Config, db: tokio_postgres::Config) -> Result<(), Stri
 }
 
 async fn serve(config: Config, db: tokio_postgres::Config) -> Result<(), String> {
-    let _jwt_secret = resolve_jwt_secret(&config).map_err(|e| format!("JWT_SECRET: {e}"))?;
     let app = Application::build(config, db, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;

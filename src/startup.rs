@@ -11,10 +11,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::pin::Pin;
 
+use std::time::Duration;
+
 use rand::RngCore;
 use secrecy::SecretString;
 
+use crate::actors::supervisor::Supervisor;
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::crypto::Keys;
 use crate::error::BoxError;
 use crate::routes;
 use crate::state::AppState;
@@ -35,6 +40,18 @@ impl Application {
         db: tokio_postgres::Config,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Application, BoxError> {
+        Self::build_with_clock(config, db, Clock::system(), shutdown).await
+    }
+
+    /// As `build`, with a clock tests can move forward.
+    pub async fn build_with_clock(
+        config: Config,
+        db: tokio_postgres::Config,
+        clock: Clock,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Application, BoxError> {
+        let secret = resolve_jwt_secret(&config)?;
+        let keys = Keys::derive(&secret);
         let store = Store::connect(db, config.db_pool_size, config.db_timeout)?;
         let applied = store
             .migrate()
@@ -45,7 +62,10 @@ impl Application {
         }
         let addr = SocketAddr::new(config.host, config.port);
         let grace = config.shutdown_grace;
-        let state = AppState::new(config, store);
+        let supervisor = Supervisor::start()
+            .await
+            .map_err(|e| format!("could not start the actor tree: {e}"))?;
+        let state = AppState::new(config, store, keys, clock, supervisor);
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (addr, serve) = warp::serve(routes::app(state.clone()))
@@ -88,9 +108,20 @@ impl Application {
     }
 
     /// Serves until the shutdown future completes and in-flight requests drain,
-    /// then closes the pool.
+    /// then stops the actor tree (the SMS actor returns unsent work to the outbox)
+    /// and closes the pool.
     pub async fn run_until_stopped(self) {
         self.server.await;
+        let _ = self
+            .state
+            .supervisor()
+            .stop_children_and_wait(None, Some(Duration::from_secs(30)))
+            .await;
+        let _ = self
+            .state
+            .supervisor()
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
         self.state.store().close();
     }
 }
@@ -102,7 +133,8 @@ pub fn resolve_jwt_secret(config: &Config) -> Result<SecretString, BoxError> {
         return Ok(secret.clone());
     }
     let path = config.data_dir.join("jwt_secret");
-    let secret = read_or_create_secret(&path)?;
+    let secret = read_or_create_secret(&path)
+        .map_err(|e| format!("JWT_SECRET is unset and the generated key failed: {e}"))?;
     tracing::warn!(
         path = %path.display(),
         "JWT_SECRET is not set: using a generated key kept in the data folder; \

@@ -3,7 +3,12 @@
 
 use std::sync::Arc;
 
+use ractor::ActorRef;
+
+use crate::actors::supervisor::SupervisorMsg;
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::crypto::Keys;
 use crate::hasher::Hasher;
 use crate::store::Store;
 
@@ -16,16 +21,28 @@ struct Inner {
     config: Config,
     store: Store,
     hasher: Hasher,
+    keys: Keys,
+    clock: Clock,
+    supervisor: ActorRef<SupervisorMsg>,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Store) -> AppState {
+    pub fn new(
+        config: Config,
+        store: Store,
+        keys: Keys,
+        clock: Clock,
+        supervisor: ActorRef<SupervisorMsg>,
+    ) -> AppState {
         let hasher = Hasher::new(config.hash_concurrency);
         AppState {
             inner: Arc::new(Inner {
                 config,
                 store,
                 hasher,
+                keys,
+                clock,
+                supervisor,
             }),
         }
     }
@@ -40,5 +57,17 @@ impl AppState {
 
     pub fn hasher(&self) -> &Hasher {
         &self.inner.hasher
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.inner.supervisor
     }
 }

@@ -5,6 +5,7 @@
 //! counts, single use) are expressed here as single atomic statements or
 //! constraints, never as read-then-write in Rust.
 
+pub mod outbox;
 pub mod private_pg;
 pub mod users;
 

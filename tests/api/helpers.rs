@@ -9,10 +9,12 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use authgate::clock::Clock;
 use authgate::config::{Config, DatabaseSource};
 use authgate::startup::Application;
 use authgate::store::private_pg::PrivatePostgres;
 use authgate::store::Store;
+use secrecy::SecretString;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
@@ -139,12 +141,18 @@ pub fn test_config() -> Config {
         port: 0,
         database: DatabaseSource::Embedded, // unused: the harness passes the db explicitly
         data_dir: std::env::temp_dir().join("authgate-tests"),
+        // Fixed, so that two instances on one database share every derived key.
+        jwt_secret: Some(SecretString::from(
+            "test-secret-test-secret-test-secret-0123".to_owned(),
+        )),
         ..Config::default()
     }
 }
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The app's clock: `advance` it instead of sleeping.
+    pub clock: Clock,
     pub http: reqwest::Client,
     pub db: tokio_postgres::Config,
     db_name: Option<String>,
@@ -214,7 +222,8 @@ pub async fn spawn_on(db: tokio_postgres::Config, tweak: impl FnOnce(&mut Config
     let mut config = test_config();
     tweak(&mut config);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let app = Application::build(config, db.clone(), async {
+    let clock = Clock::system();
+    let app = Application::build_with_clock(config, db.clone(), clock.clone(), async {
         let _ = rx.await;
     })
     .await
@@ -223,6 +232,7 @@ pub async fn spawn_on(db: tokio_postgres::Config, tweak: impl FnOnce(&mut Config
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         addr,
+        clock,
         http: reqwest::Client::new(),
         db,
         db_name: None,

@@ -1,0 +1,6 @@
+//! The supervised actor tree (ractor). Actors own stateful, serialised work and
+//! call down into `store`; routes call actors, never the other way round.
+//!
+//! - [`supervisor`]: the root; restarts long-lived children at a bounded rate.
+
+pub mod supervisor;

@@ -1,0 +1,149 @@
+//! Server-side keys, all derived from the one server secret (`JWT_SECRET` or the
+//! generated one), so several processes sharing that secret agree on every key.
+//!
+//! - `otp`: HMAC-SHA256 key for one-time codes (codes are stored only as keyed hashes);
+//! - `outbox`: ChaCha20-Poly1305 key sealing SMS bodies at rest (they carry codes);
+//! - `jwt`: the HS256 key of access tokens.
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Clone)]
+pub struct Keys {
+    otp: [u8; 32],
+    outbox: [u8; 32],
+    jwt: Vec<u8>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC accepts keys of any length; this cannot fail.
+    let mut mac = match <HmacSha256 as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return [0u8; 32],
+    };
+    for p in parts {
+        // Length-prefix each part so ("ab","c") and ("a","bc") differ.
+        mac.update(&(p.len() as u32).to_be_bytes());
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+impl Keys {
+    pub fn derive(secret: &SecretString) -> Keys {
+        let s = secret.expose_secret().as_bytes();
+        Keys {
+            otp: hmac(s, &[b"authgate/otp/v1"]),
+            outbox: hmac(s, &[b"authgate/outbox/v1"]),
+            jwt: s.to_vec(),
+        }
+    }
+
+    /// The stored form of a code: bound to its user and purpose, so a hash copied
+    /// to another row or purpose never matches.
+    pub fn otp_hash(&self, user_id: &uuid::Uuid, purpose: &str, code: &str) -> [u8; 32] {
+        hmac(
+            &self.otp,
+            &[user_id.as_bytes(), purpose.as_bytes(), code.as_bytes()],
+        )
+    }
+
+    /// Constant-time comparison of a stored hash with a candidate's.
+    pub fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
+        a.ct_eq(b).into()
+    }
+
+    /// Encrypts with a fresh random nonce: `nonce (12 bytes) || ciphertext+tag`.
+    pub fn seal(&self, plaintext: &str) -> Vec<u8> {
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.outbox));
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut out = nonce.to_vec();
+        // Encryption with a valid key and in-memory buffer does not fail.
+        if let Ok(ct) = cipher.encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes()) {
+            out.extend_from_slice(&ct);
+        }
+        out
+    }
+
+    /// Decrypts what `seal` produced; None when tampered or sealed by another key.
+    pub fn open(&self, sealed: &[u8]) -> Option<String> {
+        if sealed.len() < 12 + 16 {
+            return None;
+        }
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.outbox));
+        let (nonce, ct) = sealed.split_at(12);
+        let pt = cipher.decrypt(Nonce::from_slice(nonce), ct).ok()?;
+        String::from_utf8(pt).ok()
+    }
+
+    pub fn jwt_secret(&self) -> &[u8] {
+        &self.jwt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(s: &str) -> Keys {
+        Keys::derive(&SecretString::from(s.to_owned()))
+    }
+
+    #[test]
+    fn sealed_bodies_round_trip_and_detect_tampering() {
+        let k = keys("a-secret-of-at-least-thirty-two-bytes!!");
+        let sealed = k.seal("Your code is 123456");
+        assert!(!String::from_utf8_lossy(&sealed).contains("123456"));
+        assert_eq!(k.open(&sealed).as_deref(), Some("Your code is 123456"));
+        let mut bad = sealed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(k.open(&bad), None);
+        assert_eq!(
+            keys("another-secret-of-thirty-two-bytes-long").open(&sealed),
+            None
+        );
+    }
+
+    #[test]
+    fn otp_hash_is_bound_to_user_purpose_and_key() {
+        let k = keys("a-secret-of-at-least-thirty-two-bytes!!");
+        let u = uuid::Uuid::new_v4();
+        let h = k.otp_hash(&u, "phone_verify", "123456");
+        assert!(Keys::hashes_equal(
+            &h,
+            &k.otp_hash(&u, "phone_verify", "123456")
+        ));
+        assert!(!Keys::hashes_equal(
+            &h,
+            &k.otp_hash(&u, "login_2fa", "123456")
+        ));
+        assert!(!Keys::hashes_equal(
+            &h,
+            &k.otp_hash(&uuid::Uuid::new_v4(), "phone_verify", "123456")
+        ));
+        assert!(!Keys::hashes_equal(
+            &h,
+            &k.otp_hash(&u, "phone_verify", "123457")
+        ));
+        let other = keys("another-secret-of-thirty-two-bytes-long");
+        assert!(!Keys::hashes_equal(
+            &h,
+            &other.otp_hash(&u, "phone_verify", "123456")
+        ));
+    }
+}
