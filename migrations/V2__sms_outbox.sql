@@ -18,8 +18,11 @@ CREATE TABLE sms_outbox (
     claimed_by       text,
     claimed_until    timestamptz,
     provider_sid     text        UNIQUE,
-    -- Twilio's own status (queued, sent, delivered, undelivered, failed, ...).
+    -- Twilio's own status (queued, sent, delivered, undelivered, failed, ...),
+    -- and its rank in Twilio's lifecycle: callbacks arrive out of order, and a
+    -- status only ever replaces one of lower rank (finals rank highest, equal).
     delivery_status  text,
+    delivery_rank    smallint,
     error_code       integer,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
@@ -30,3 +33,5 @@ CREATE TABLE sms_outbox (
 -- What the drainer scans: due pending messages, and expired leases.
 CREATE INDEX sms_outbox_due ON sms_outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX sms_outbox_leases ON sms_outbox (claimed_until) WHERE state = 'sending';
+-- Releasing a stopping process's claims.
+CREATE INDEX sms_outbox_claimer ON sms_outbox (claimed_by) WHERE state = 'sending';

@@ -24,9 +24,39 @@ pub enum AppError {
     /// 400: a header is missing or malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// 401: wrong e-mail or password; the same answer for both.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// 401: a bearer token is missing, malformed, forged or expired.
+    #[error("invalid token")]
+    InvalidToken,
+    /// 401: a wrong one-time code; `attempts_left` more tries for this code.
+    #[error("invalid code")]
+    InvalidCode { attempts_left: u32 },
+    /// 401: a refresh token that is unknown, expired or revoked.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// 401: a refresh token presented again after rotation; its family is revoked.
+    #[error("refresh token reused")]
+    RefreshTokenReused,
+    /// 403: a webhook whose signature is missing or wrong.
+    #[error("invalid signature")]
+    Forbidden,
     /// 404: no such route.
     #[error("not found")]
     NotFound,
+    /// 404: no code was issued for this action; ask for one first.
+    #[error("no active code")]
+    NoActiveCode,
+    /// 409: the account is not in the state the action needs.
+    #[error("conflict: {0:?}")]
+    State(StateConflict),
+    /// 410: the code or flow can no longer be used.
+    #[error("gone: {0:?}")]
+    Gone(GoneReason),
+    /// 429: a flow's resend budget is spent; start a new login.
+    #[error("resend limit reached")]
+    ResendLimit,
     /// 405: the route exists with another method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -56,6 +86,27 @@ pub enum AppError {
     Internal(#[source] BoxError),
 }
 
+/// 409 reasons: the account's state does not allow the action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateConflict {
+    PhoneNotVerified,
+    PhoneAlreadyVerified,
+    TwoFaAlreadyEnabled,
+    TwoFaNotEnabled,
+}
+
+/// 410 reasons: what can no longer be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    CodeExpired,
+    CodeUsed,
+    CodeAttemptsExhausted,
+    CodeSuperseded,
+    FlowExpired,
+    FlowLocked,
+    FlowFinished,
+}
+
 impl AppError {
     pub fn internal(e: impl Into<BoxError>) -> Self {
         AppError::Internal(e.into())
@@ -66,7 +117,16 @@ impl AppError {
             AppError::Validation(_) | AppError::MalformedJson(_) | AppError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
-            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::InvalidCredentials
+            | AppError::InvalidToken
+            | AppError::InvalidCode { .. }
+            | AppError::InvalidRefreshToken
+            | AppError::RefreshTokenReused => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::NotFound | AppError::NoActiveCode => StatusCode::NOT_FOUND,
+            AppError::State(_) => StatusCode::CONFLICT,
+            AppError::Gone(_) => StatusCode::GONE,
+            AppError::ResendLimit => StatusCode::TOO_MANY_REQUESTS,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::EmailTaken | AppError::PhoneTaken => StatusCode::CONFLICT,
             AppError::LengthRequired => StatusCode::LENGTH_REQUIRED,
@@ -83,7 +143,26 @@ impl AppError {
             AppError::Validation(_) => "validation_failed",
             AppError::MalformedJson(_) => "malformed_json",
             AppError::BadRequest(_) => "bad_request",
+            AppError::InvalidCredentials => "invalid_credentials",
+            AppError::InvalidToken => "invalid_token",
+            AppError::InvalidCode { .. } => "invalid_code",
+            AppError::InvalidRefreshToken => "invalid_refresh_token",
+            AppError::RefreshTokenReused => "refresh_token_reused",
+            AppError::Forbidden => "invalid_signature",
             AppError::NotFound => "not_found",
+            AppError::NoActiveCode => "no_active_code",
+            AppError::State(StateConflict::PhoneNotVerified) => "phone_not_verified",
+            AppError::State(StateConflict::PhoneAlreadyVerified) => "phone_already_verified",
+            AppError::State(StateConflict::TwoFaAlreadyEnabled) => "two_fa_already_enabled",
+            AppError::State(StateConflict::TwoFaNotEnabled) => "two_fa_not_enabled",
+            AppError::Gone(GoneReason::CodeExpired) => "code_expired",
+            AppError::Gone(GoneReason::CodeUsed) => "code_used",
+            AppError::Gone(GoneReason::CodeAttemptsExhausted) => "code_attempts_exhausted",
+            AppError::Gone(GoneReason::CodeSuperseded) => "code_superseded",
+            AppError::Gone(GoneReason::FlowExpired) => "flow_expired",
+            AppError::Gone(GoneReason::FlowLocked) => "flow_locked",
+            AppError::Gone(GoneReason::FlowFinished) => "flow_finished",
+            AppError::ResendLimit => "resend_limit_reached",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::EmailTaken => "email_taken",
             AppError::PhoneTaken => "phone_taken",
@@ -107,7 +186,62 @@ impl AppError {
                 .join("; "),
             AppError::MalformedJson(why) => format!("request body is not valid JSON: {why}"),
             AppError::BadRequest(why) => why.clone(),
+            AppError::InvalidCredentials => "invalid email or password".to_owned(),
+            AppError::InvalidToken => {
+                "a valid bearer access token is required (Authorization: Bearer <token>)".to_owned()
+            }
+            AppError::InvalidCode { attempts_left: 0 } => {
+                "the code is wrong and no tries remain; ask for a new code".to_owned()
+            }
+            AppError::InvalidCode { attempts_left } => {
+                format!("the code is wrong; {attempts_left} tries remain")
+            }
+            AppError::InvalidRefreshToken => {
+                "the refresh token is invalid, expired or revoked; log in again".to_owned()
+            }
+            AppError::RefreshTokenReused => {
+                "this refresh token was already used; every session of this login is revoked"
+                    .to_owned()
+            }
+            AppError::Forbidden => "the request signature is missing or invalid".to_owned(),
             AppError::NotFound => "no such route".to_owned(),
+            AppError::NoActiveCode => {
+                "no code was sent for this action; ask for one first".to_owned()
+            }
+            AppError::State(StateConflict::PhoneNotVerified) => {
+                "verify your phone number before turning on two-factor authentication".to_owned()
+            }
+            AppError::State(StateConflict::PhoneAlreadyVerified) => {
+                "the phone number is already verified".to_owned()
+            }
+            AppError::State(StateConflict::TwoFaAlreadyEnabled) => {
+                "two-factor authentication is already on".to_owned()
+            }
+            AppError::State(StateConflict::TwoFaNotEnabled) => {
+                "two-factor authentication is not on".to_owned()
+            }
+            AppError::Gone(GoneReason::CodeExpired) => {
+                "the code has expired; ask for a new one".to_owned()
+            }
+            AppError::Gone(GoneReason::CodeUsed) => {
+                "the code was already used; ask for a new one".to_owned()
+            }
+            AppError::Gone(GoneReason::CodeAttemptsExhausted) => {
+                "too many wrong tries for this code; ask for a new one".to_owned()
+            }
+            AppError::Gone(GoneReason::CodeSuperseded) => {
+                "a newer code replaced this one; use the newest code".to_owned()
+            }
+            AppError::Gone(GoneReason::FlowExpired) => {
+                "this login has expired or does not exist; log in again".to_owned()
+            }
+            AppError::Gone(GoneReason::FlowLocked) => {
+                "too many wrong codes; this login is locked, log in again".to_owned()
+            }
+            AppError::Gone(GoneReason::FlowFinished) => "this login is already complete".to_owned(),
+            AppError::ResendLimit => {
+                "no more codes can be sent for this login; log in again".to_owned()
+            }
             AppError::MethodNotAllowed => "this route does not accept that method".to_owned(),
             AppError::EmailTaken => "an account with this email already exists".to_owned(),
             AppError::PhoneTaken => "an account with this phone number already exists".to_owned(),

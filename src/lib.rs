@@ -12,7 +12,8 @@
 //!   server of [`store::private_pg`].
 //!
 //! [`domain`] holds the pure rules (parsing, validation, password hashing) used by
-//! every layer; [`config`] the typed configuration; [`error`] the one error type.
+//! every layer; [`config`] the typed configuration; [`error`] the one error type;
+//! [`sms`] sending one SMS (Twilio or the console) and the retry policy.
 
 pub mod actors;
 pub mod clock;
@@ -22,7 +23,9 @@ pub mod domain;
 pub mod error;
 pub mod hasher;
 pub mod routes;
+pub mod sms;
 pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;

@@ -10,20 +10,25 @@ use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use std::time::Duration;
 
 use rand::RngCore;
 use secrecy::SecretString;
 
+use crate::actors::flow::FlowRegistry;
+use crate::actors::otp::{OtpService, OtpSettings};
+use crate::actors::sms::{self, SmsDeps, SmsHandle};
 use crate::actors::supervisor::Supervisor;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::error::BoxError;
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppParts, AppState};
 use crate::store::Store;
+use crate::tokens::TokenIssuer;
 
 pub struct Application {
     addr: SocketAddr,
@@ -52,7 +57,8 @@ impl Application {
     ) -> Result<Application, BoxError> {
         let secret = resolve_jwt_secret(&config)?;
         let keys = Keys::derive(&secret);
-        let store = Store::connect(db, config.db_pool_size, config.db_timeout)?;
+        // The SMS actor's LISTEN connection needs the settings outside the pool.
+        let store = Store::connect(db.clone(), config.db_pool_size, config.db_timeout)?;
         let applied = store
             .migrate()
             .await
@@ -65,7 +71,56 @@ impl Application {
         let supervisor = Supervisor::start()
             .await
             .map_err(|e| format!("could not start the actor tree: {e}"))?;
-        let state = AppState::new(config, store, keys, clock, supervisor);
+        let sms = SmsHandle::new(&config.sms, store.clone());
+        sms::start(
+            &supervisor,
+            &sms,
+            SmsDeps {
+                store: store.clone(),
+                keys: keys.clone(),
+                clock: clock.clone(),
+                config: config.sms.clone(),
+                sender: sms::sender_for(&config.sms)?,
+                pg: db,
+            },
+        )
+        .await?;
+        let otp = OtpService::start(
+            &supervisor,
+            OtpSettings {
+                store: store.clone(),
+                keys: keys.clone(),
+                clock: clock.clone(),
+                code_length: config.otp_length,
+                ttl: config.otp_expiration,
+                max_attempts: config.otp_max_attempts,
+                cooldown: config.otp_resend_cooldown,
+                sender_name: config.sms.sender_name.clone(),
+                on_enqueued: {
+                    let sms = sms.clone();
+                    Arc::new(move || sms.nudge())
+                },
+            },
+            config.otp_shards,
+        )
+        .await?;
+        let tokens = TokenIssuer::new(
+            &keys,
+            &config.jwt_issuer,
+            &config.jwt_audience,
+            config.jwt_expiration,
+        );
+        let state = AppState::new(AppParts {
+            config,
+            store,
+            keys,
+            clock,
+            supervisor,
+            otp,
+            tokens,
+            sms,
+            flows: FlowRegistry::default(),
+        });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (addr, serve) = warp::serve(routes::app(state.clone()))

@@ -5,54 +5,73 @@ use std::sync::Arc;
 
 use ractor::ActorRef;
 
+use crate::actors::flow::FlowRegistry;
+use crate::actors::otp::OtpService;
+use crate::actors::sms::SmsHandle;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::hasher::Hasher;
 use crate::store::Store;
+use crate::tokens::TokenIssuer;
 
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
+/// Everything `AppState` is made of, built by `startup`.
+pub struct AppParts {
+    pub config: Config,
+    pub store: Store,
+    pub keys: Keys,
+    pub clock: Clock,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub otp: OtpService,
+    pub tokens: TokenIssuer,
+    /// Wakes the SMS actor; its delivery counters.
+    pub sms: SmsHandle,
+    /// The login flows that have an actor in this process.
+    pub flows: FlowRegistry,
+}
+
 struct Inner {
-    config: Config,
-    store: Store,
+    parts: AppParts,
     hasher: Hasher,
-    keys: Keys,
-    clock: Clock,
-    supervisor: ActorRef<SupervisorMsg>,
 }
 
 impl AppState {
-    pub fn new(
-        config: Config,
-        store: Store,
-        keys: Keys,
-        clock: Clock,
-        supervisor: ActorRef<SupervisorMsg>,
-    ) -> AppState {
-        let hasher = Hasher::new(config.hash_concurrency);
+    pub fn new(parts: AppParts) -> AppState {
+        let hasher = Hasher::new(parts.config.hash_concurrency);
         AppState {
-            inner: Arc::new(Inner {
-                config,
-                store,
-                hasher,
-                keys,
-                clock,
-                supervisor,
-            }),
+            inner: Arc::new(Inner { parts, hasher }),
         }
     }
 
+    pub fn otp(&self) -> &OtpService {
+        &self.inner.parts.otp
+    }
+
+    pub fn sms(&self) -> &SmsHandle {
+        &self.inner.parts.sms
+    }
+
+    pub fn tokens(&self) -> &TokenIssuer {
+        &self.inner.parts.tokens
+    }
+
+    /// The login flows that have an actor in this process.
+    pub fn flows(&self) -> &FlowRegistry {
+        &self.inner.parts.flows
+    }
+
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        &self.inner.parts.config
     }
 
     pub fn store(&self) -> &Store {
-        &self.inner.store
+        &self.inner.parts.store
     }
 
     pub fn hasher(&self) -> &Hasher {
@@ -60,14 +79,14 @@ impl AppState {
     }
 
     pub fn keys(&self) -> &Keys {
-        &self.inner.keys
+        &self.inner.parts.keys
     }
 
     pub fn clock(&self) -> &Clock {
-        &self.inner.clock
+        &self.inner.parts.clock
     }
 
     pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
-        &self.inner.supervisor
+        &self.inner.parts.supervisor
     }
 }

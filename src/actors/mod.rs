@@ -2,5 +2,9 @@
 //! call down into `store`; routes call actors, never the other way round.
 //!
 //! - [`supervisor`]: the root; restarts long-lived children at a bounded rate.
+//! - [`sms`]: drains the SMS outbox through Twilio or the console.
 
+pub mod flow;
+pub mod otp;
+pub mod sms;
 pub mod supervisor;

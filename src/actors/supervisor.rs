@@ -1,6 +1,6 @@
 //! The root of the actor tree. Long-lived children (the SMS actor, the OTP shards)
-//! are registered with a `ChildSpec` and restarted when they fail, at a bounded
-//! rate; short-lived children (one `FlowActor` per login flow) are linked for
+//! are registered with a `ChildSpec` and restarted when they fail or are killed
+//! (not when they stop normally, as at shutdown), at a bounded rate; short-lived children (one `FlowActor` per login flow) are linked for
 //! visibility and shutdown but never restarted: their state is in PostgreSQL and
 //! the next request for the flow rebuilds them.
 //!
@@ -156,8 +156,17 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, format!("stopped: {}", reason.unwrap_or_default()))
+            // Killed (ractor's reason "killed"), or cancelled mid-message (no state
+            // left behind): it did not stop by choice.
+            SupervisionEvent::ActorTerminated(cell, state_left, reason)
+                if state_left.is_none() || reason.as_deref() == Some("killed") =>
+            {
+                (cell, format!("killed: {}", reason.unwrap_or_default()))
+            }
+            // A normal stop (shutdown, or an actor ending by design) is final.
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.children.remove(&cell.get_id());
+                return Ok(());
             }
             _ => return Ok(()),
         };

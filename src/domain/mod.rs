@@ -5,7 +5,9 @@
 //! layers below never re-check.
 
 pub mod email;
+pub mod login_flow;
 pub mod name;
+pub mod otp;
 pub mod password;
 pub mod phone;
 pub mod user;

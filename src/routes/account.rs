@@ -1,28 +1,238 @@
-//! `/account/...`: sign-up (and, in later issues, login, phone and 2FA).
+//! `/account/...`: sign-up, the current user, phone verification and turning
+//! 2FA on and off, each confirmed by a code from the OTP actors.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{Map, Value};
+use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::Filter;
 
+use super::auth::{bearer, issue_tokens, AuthUser};
 use super::body::{json_object, Fields};
 use super::{json, with_state, Outcome};
 use crate::domain::email::Email;
+use crate::domain::login_flow::{self, Event, Reply};
 use crate::domain::name::PersonName;
+use crate::domain::otp::{Purpose, Unusable};
 use crate::domain::password::Password;
 use crate::domain::phone::PhoneE164;
-use crate::domain::user::NewUser;
-use crate::error::AppError;
+use crate::domain::user::{NewUser, User};
+use crate::error::{AppError, GoneReason, StateConflict};
 use crate::state::AppState;
+use crate::store::otp::CheckOutcome;
 use crate::store::users::Taken;
 
 pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
-    warp::path!("account" / "signup")
+    let signup = warp::path!("account" / "signup")
         .and(warp::post())
         .and(json_object())
-        .and(with_state(state))
-        .then(|body, state| async move { signup(state, body).await })
+        .and(with_state(state.clone()))
+        .then(|body, state| async move { signup(state, body).await });
+    let me = warp::path!("account" / "me")
+        .and(warp::get())
+        .and(bearer(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|user: AuthUser, state: AppState| async move { me(state, user).await });
+    // "Send a code" endpoints: no body.
+    let send = |path: warp::filters::BoxedFilter<()>, action: SendAction| {
+        path.and(warp::post())
+            .and(bearer(state.clone()))
+            .and(with_state(state.clone()))
+            .then(move |user: AuthUser, state: AppState| async move {
+                send_code(state, user, action).await
+            })
+    };
+    // "Confirm with a code" endpoints: `{ "code": "123456" }`.
+    let confirm = |path: warp::filters::BoxedFilter<()>, purpose: Purpose| {
+        path.and(warp::post())
+            .and(bearer(state.clone()))
+            .and(json_object())
+            .and(with_state(state.clone()))
+            .then(move |user: AuthUser, body, state: AppState| async move {
+                confirm_code(state, user, purpose, body).await
+            })
+    };
+    let phone_send = send(
+        warp::path!("account" / "phone" / "verify" / "send").boxed(),
+        SendAction::VerifyPhone,
+    );
+    let phone_confirm = confirm(
+        warp::path!("account" / "phone" / "verify" / "confirm").boxed(),
+        Purpose::PhoneVerify,
+    );
+    let enable = send(
+        warp::path!("account" / "2fa" / "enable").boxed(),
+        SendAction::Enable2fa,
+    );
+    let enable_confirm = confirm(
+        warp::path!("account" / "2fa" / "enable" / "confirm").boxed(),
+        Purpose::Enable2fa,
+    );
+    let disable = send(
+        warp::path!("account" / "2fa" / "disable").boxed(),
+        SendAction::Disable2fa,
+    );
+    let disable_confirm = confirm(
+        warp::path!("account" / "2fa" / "disable" / "confirm").boxed(),
+        Purpose::Disable2fa,
+    );
+    let login = warp::path!("account" / "login")
+        .and(warp::post())
+        .and(json_object())
+        .and(with_state(state.clone()))
+        .then(|body, state| async move { login(state, body).await });
+    let login_verify = warp::path!("account" / "login" / "verify")
+        .and(warp::post())
+        .and(json_object())
+        .and(with_state(state.clone()))
+        .then(|body, state| async move { login_verify(state, body).await });
+    let login_resend = warp::path!("account" / "login" / "resend")
+        .and(warp::post())
+        .and(json_object())
+        .and(with_state(state.clone()))
+        .then(|body, state| async move { login_resend(state, body).await });
+    signup
+        .or(login)
+        .unify()
+        .or(login_verify)
+        .unify()
+        .or(login_resend)
+        .unify()
+        .or(me)
+        .unify()
+        .or(phone_send)
+        .unify()
+        .or(phone_confirm)
+        .unify()
+        .or(enable)
+        .unify()
+        .or(enable_confirm)
+        .unify()
+        .or(disable)
+        .unify()
+        .or(disable_confirm)
+        .unify()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SendAction {
+    VerifyPhone,
+    Enable2fa,
+    Disable2fa,
+}
+
+/// The current user, or 401 if the token outlived its account.
+async fn current_user(state: &AppState, user: &AuthUser) -> Result<User, AppError> {
+    state
+        .store()
+        .user_by_id(user.id)
+        .await?
+        .ok_or(AppError::InvalidToken)
+}
+
+async fn me(state: AppState, user: AuthUser) -> Outcome {
+    Ok(json(StatusCode::OK, &current_user(&state, &user).await?))
+}
+
+/// The answer to "a code was sent".
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeSentBody {
+    pub status: &'static str,
+    #[serde(serialize_with = "crate::domain::user::iso8601")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::user::iso8601")]
+    pub resend_after: DateTime<Utc>,
+}
+
+async fn send_code(state: AppState, user: AuthUser, action: SendAction) -> Outcome {
+    let u = current_user(&state, &user).await?;
+    let purpose = match action {
+        SendAction::VerifyPhone if u.is_phone_verified => {
+            return Err(AppError::State(StateConflict::PhoneAlreadyVerified))
+        }
+        SendAction::VerifyPhone => Purpose::PhoneVerify,
+        SendAction::Enable2fa if u.two_fa => {
+            return Err(AppError::State(StateConflict::TwoFaAlreadyEnabled))
+        }
+        SendAction::Enable2fa if !u.is_phone_verified => {
+            return Err(AppError::State(StateConflict::PhoneNotVerified))
+        }
+        SendAction::Enable2fa => Purpose::Enable2fa,
+        SendAction::Disable2fa if !u.two_fa => {
+            return Err(AppError::State(StateConflict::TwoFaNotEnabled))
+        }
+        SendAction::Disable2fa => Purpose::Disable2fa,
+    };
+    let issued = state
+        .otp()
+        .issue(u.id, purpose, None, PhoneE164::from_trusted(u.phone))
+        .await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &CodeSentBody {
+            status: "code_sent",
+            expires_at: issued.expires_at,
+            resend_after: issued.resend_after,
+        },
+    ))
+}
+
+/// Parses `{ "code": "123456" }` with the configured length.
+pub fn parse_code_body(body: Map<String, Value>, length: u8) -> Result<String, AppError> {
+    let mut f = Fields::new(body);
+    let code = f.parse("code", |s| {
+        crate::domain::otp::parse_code(s, length).map_err(|m| ("invalid_format", m))
+    });
+    f.finish()?;
+    code.ok_or_else(|| AppError::internal("code missing after validation"))
+}
+
+/// Maps a failed check to the error the client sees.
+pub fn check_failure(outcome: CheckOutcome, now: DateTime<Utc>) -> AppError {
+    match outcome {
+        CheckOutcome::Accepted => AppError::internal("accepted code mapped to a failure"),
+        CheckOutcome::Rejected { attempts_left } => AppError::InvalidCode { attempts_left },
+        CheckOutcome::NoCode => AppError::NoActiveCode,
+        CheckOutcome::Unusable(facts) => match crate::domain::otp::usable(&facts, now) {
+            Err(Unusable::Expired) => AppError::Gone(GoneReason::CodeExpired),
+            Err(Unusable::Used) => AppError::Gone(GoneReason::CodeUsed),
+            Err(Unusable::Exhausted) => AppError::Gone(GoneReason::CodeAttemptsExhausted),
+            Err(Unusable::Superseded) => AppError::Gone(GoneReason::CodeSuperseded),
+            // Changed under us to a usable state: ask the client to retry.
+            Ok(()) => AppError::Unavailable("code changed concurrently; retry".into()),
+        },
+    }
+}
+
+async fn confirm_code(
+    state: AppState,
+    user: AuthUser,
+    purpose: Purpose,
+    body: Map<String, Value>,
+) -> Outcome {
+    let code = parse_code_body(body, state.config().otp_length)?;
+    let outcome = state.otp().check(user.id, purpose, None, code).await?;
+    let now = state.clock().now();
+    if outcome != CheckOutcome::Accepted {
+        return Err(check_failure(outcome, now));
+    }
+    let store = state.store();
+    let updated = match purpose {
+        Purpose::PhoneVerify => store.set_phone_verified(user.id, now).await?,
+        Purpose::Enable2fa => match store.set_two_fa(user.id, true, now).await? {
+            Some(u) => Some(u),
+            None => return Err(AppError::State(StateConflict::PhoneNotVerified)),
+        },
+        Purpose::Disable2fa => store.set_two_fa(user.id, false, now).await?,
+        Purpose::Login2fa => return Err(AppError::internal("login codes are confirmed by flows")),
+    };
+    let user = updated.ok_or(AppError::InvalidToken)?;
+    tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "code confirmed");
+    Ok(json(StatusCode::OK, &user))
 }
 
 /// Parses a sign-up body, reporting every invalid field at once.
@@ -80,4 +290,162 @@ async fn signup(state: AppState, body: Map<String, Value>) -> Outcome {
         Err(Taken::Email) => Err(AppError::EmailTaken),
         Err(Taken::Phone) => Err(AppError::PhoneTaken),
     }
+}
+
+/// The answer when a password was right and 2FA is on.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtpRequiredBody {
+    pub status: &'static str,
+    pub flow_id: Uuid,
+    pub phone_hint: String,
+    #[serde(serialize_with = "crate::domain::user::iso8601")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::user::iso8601")]
+    pub resend_after: DateTime<Utc>,
+}
+
+/// `POST /account/login`. An unknown e-mail and a wrong password answer alike,
+/// after the same argon2 work.
+async fn login(state: AppState, body: Map<String, Value>) -> Outcome {
+    let mut f = Fields::new(body);
+    let email = f.parse("email", |s| {
+        if s.trim().is_empty() {
+            Err(("required", "email is required".to_owned()))
+        } else {
+            Ok(s.to_owned())
+        }
+    });
+    let password = f.parse("password", |s| {
+        Password::for_login(s).ok_or((
+            "invalid_format",
+            "password must be 1 to 128 characters".to_owned(),
+        ))
+    });
+    f.finish()?;
+    let (Some(email), Some(password)) = (email, password) else {
+        return Err(AppError::internal("login fields missing after validation"));
+    };
+    // A malformed address cannot belong to an account; it still costs a verify.
+    let creds = match Email::parse(&email) {
+        Ok(e) => state.store().credentials_by_email(e.as_str()).await?,
+        Err(_) => None,
+    };
+    let stored_hash = creds.as_ref().map(|c| c.password_hash.clone());
+    let ok = state
+        .hasher()
+        .verify(password.clone(), stored_hash.clone())
+        .await?;
+    let now = state.clock().now();
+    let limits = crate::actors::flow::limits(state.config());
+    let flow = login_flow::start(now, &limits);
+    let two_fa = creds.as_ref().is_some_and(|c| c.two_fa);
+    let step = login_flow::transition(&flow, Event::PasswordChecked { ok, two_fa }, now, &limits);
+    let creds = match (step.reply, creds) {
+        (Err(e), _) => {
+            tracing::info!("login refused: invalid credentials");
+            return Err(crate::actors::flow::flow_error(e));
+        }
+        (Ok(_), None) => return Err(AppError::internal("login accepted without an account")),
+        (Ok(reply), Some(creds)) => (reply, creds),
+    };
+    let (reply, creds) = creds;
+    if let Some(old) = stored_hash.filter(|h| crate::domain::password::needs_rehash(h)) {
+        // Upgrading is best effort: the login succeeds either way.
+        match state.hasher().hash(password).await {
+            Ok(new) => {
+                if let Err(e) = state
+                    .store()
+                    .upgrade_password_hash(creds.id, &old, &new)
+                    .await
+                {
+                    tracing::warn!(error = %e, "password hash upgrade failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "password re-hash failed"),
+        }
+    }
+    match reply {
+        Reply::Tokens(amr) => {
+            tracing::info!(user_id = %creds.id, "login succeeded (password)");
+            let tokens = issue_tokens(&state, creds.id, amr.as_strs(), Uuid::new_v4()).await?;
+            Ok(json(StatusCode::OK, &tokens))
+        }
+        Reply::OtpRequired { .. } => {
+            let flow_id = Uuid::new_v4();
+            let phone = PhoneE164::from_trusted(creds.phone.clone());
+            let issued = state
+                .otp()
+                .issue(creds.id, Purpose::Login2fa, Some(flow_id), phone.clone())
+                .await?;
+            let purge = crate::actors::flow::purge_after(&step.state, now);
+            state
+                .store()
+                .insert_flow(flow_id, creds.id, &step.state, now, purge)
+                .await?;
+            let stored = crate::store::flows::StoredFlow {
+                user_id: creds.id,
+                phone: creds.phone,
+                state: step.state,
+                version: 0,
+            };
+            state.flows().spawn(&state, flow_id, stored).await?;
+            tracing::info!(user_id = %creds.id, %flow_id, "login needs an SMS code");
+            Ok(json(
+                StatusCode::OK,
+                &OtpRequiredBody {
+                    status: "otp_required",
+                    flow_id,
+                    phone_hint: phone.masked(),
+                    expires_at: issued.expires_at,
+                    resend_after: issued.resend_after,
+                },
+            ))
+        }
+        Reply::CodeResent { .. } | Reply::Unchanged => {
+            Err(AppError::internal("password step answered out of order"))
+        }
+    }
+}
+
+fn parse_flow_id(f: &mut Fields) -> Option<Uuid> {
+    f.parse("flowId", |s| {
+        Uuid::parse_str(s.trim())
+            .map_err(|_| ("invalid_format", "flowId must be a UUID".to_owned()))
+    })
+}
+
+/// `POST /account/login/verify`: the SMS code of a 2FA login.
+async fn login_verify(state: AppState, body: Map<String, Value>) -> Outcome {
+    let length = state.config().otp_length;
+    let mut f = Fields::new(body);
+    let flow_id = parse_flow_id(&mut f);
+    let code = f.parse("code", |s| {
+        crate::domain::otp::parse_code(s, length).map_err(|m| ("invalid_format", m))
+    });
+    f.finish()?;
+    let (Some(flow_id), Some(code)) = (flow_id, code) else {
+        return Err(AppError::internal("verify fields missing after validation"));
+    };
+    let tokens = state.flows().verify(&state, flow_id, code).await?;
+    Ok(json(StatusCode::OK, &tokens))
+}
+
+/// `POST /account/login/resend`: a new code for a 2FA login.
+async fn login_resend(state: AppState, body: Map<String, Value>) -> Outcome {
+    let mut f = Fields::new(body);
+    let flow_id = parse_flow_id(&mut f);
+    f.finish()?;
+    let Some(flow_id) = flow_id else {
+        return Err(AppError::internal("flowId missing after validation"));
+    };
+    let resent = state.flows().resend(&state, flow_id).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &CodeSentBody {
+            status: "code_sent",
+            expires_at: resent.expires_at,
+            resend_after: resent.resend_after,
+        },
+    ))
 }

@@ -36,6 +36,17 @@ pub fn json_object() -> impl Filter<Extract = (Map<String, Value>,), Error = Rej
         })
 }
 
+/// The raw body, capped like `json_object` (for endpoints whose body is optional).
+pub fn bytes_capped() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(|declared: Option<u64>, body| async move {
+            read_capped(declared, body)
+                .await
+                .map_err(warp::reject::custom)
+        })
+}
+
 /// Reads the body up to `MAX_BODY_BYTES`, chunked or not: a declared length over
 /// the cap is refused before reading, an undeclared one as soon as it passes it.
 async fn read_capped<S, B>(declared: Option<u64>, body: S) -> Result<Bytes, AppError>

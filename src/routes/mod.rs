@@ -6,8 +6,10 @@
 //! else a fresh one), echoed in the response and carried by its log line.
 
 pub mod account;
+pub mod auth;
 pub mod body;
 pub mod health;
+pub mod webhooks;
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -77,7 +79,13 @@ pub fn with_state(
 
 /// The whole HTTP application: every route, the envelope, the request id, logging.
 pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let api = warp::path!("api" / "v1" / ..).and(account::routes(state.clone()));
+    let api = warp::path!("api" / "v1" / ..).and(
+        account::routes(state.clone())
+            .or(auth::routes(state.clone()))
+            .unify()
+            .or(webhooks::routes(state.clone()))
+            .unify(),
+    );
     let routes = api
         .or(health::routes(state))
         .unify()
@@ -128,6 +136,9 @@ pub struct ErrorBody<'a> {
     /// With `validation_failed`: every problem, one per field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<&'a [FieldError]>,
+    /// With `invalid_code`: tries left for the current code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_left: Option<u32>,
 }
 
 pub fn error_response(e: &AppError, path: &str) -> Response {
@@ -143,6 +154,10 @@ pub fn error_response(e: &AppError, path: &str) -> Response {
             AppError::Validation(list) => Some(list),
             _ => None,
         },
+        attempts_left: match e {
+            AppError::InvalidCode { attempts_left } => Some(*attempts_left),
+            _ => None,
+        },
     };
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
     if let AppError::TooManyRequests { retry_after } = e {
@@ -150,6 +165,12 @@ pub fn error_response(e: &AppError, path: &str) -> Response {
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, v);
         }
+    }
+    if matches!(e, AppError::InvalidToken) {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
     }
     response
 }
@@ -195,6 +216,7 @@ fn clone_client_error(e: &AppError) -> AppError {
         AppError::PayloadTooLarge { limit } => AppError::PayloadTooLarge { limit: *limit },
         AppError::UnsupportedMediaType => AppError::UnsupportedMediaType,
         AppError::LengthRequired => AppError::LengthRequired,
+        AppError::InvalidToken => AppError::InvalidToken,
         other => AppError::internal(format!("unexpected rejection: {other}")),
     }
 }

@@ -5,8 +5,11 @@
 //! counts, single use) are expressed here as single atomic statements or
 //! constraints, never as read-then-write in Rust.
 
+pub mod flows;
+pub mod otp;
 pub mod outbox;
 pub mod private_pg;
+pub mod tokens;
 pub mod users;
 
 use std::time::Duration;
@@ -143,5 +146,19 @@ impl Store {
 
     pub fn close(&self) {
         self.pool.close();
+    }
+}
+
+impl Store {
+    /// Housekeeping: deletes codes, login flows and refresh tokens that ended
+    /// before `cutoff`. Returns the rows deleted.
+    pub async fn purge(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let codes = self.purge_codes(cutoff).await?;
+        let tokens = self.purge_refresh(cutoff).await?;
+        let client = self.client().await?;
+        let flows = client
+            .execute("DELETE FROM login_flows WHERE purge_after < $1", &[&cutoff])
+            .await?;
+        Ok(codes + tokens + flows)
     }
 }

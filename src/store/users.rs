@@ -83,3 +83,96 @@ impl Store {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 }
+
+/// What login needs of a user.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub id: Uuid,
+    pub password_hash: String,
+    pub phone: String,
+    pub two_fa: bool,
+}
+
+impl Store {
+    /// The credentials for an e-mail (already normalised), if such a user exists.
+    pub async fn credentials_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Option<Credentials>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, password_hash, phone, two_fa FROM users WHERE lower(email) = lower($1)",
+                &[&email],
+            )
+            .await?;
+        Ok(match row {
+            Some(r) => Some(Credentials {
+                id: r.try_get(0)?,
+                password_hash: r.try_get(1)?,
+                phone: r.try_get(2)?,
+                two_fa: r.try_get(3)?,
+            }),
+            None => None,
+        })
+    }
+
+    /// Replaces a password hash made with older parameters, unless it changed meanwhile.
+    pub async fn upgrade_password_hash(
+        &self,
+        id: Uuid,
+        old: &str,
+        new: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                &[&id, &old, &new],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_phone_verified(
+        &self,
+        id: Uuid,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError> {
+        self.update_user(id, "phone_verified = true", now).await
+    }
+
+    /// Turns 2FA on or off. Turning it on requires a verified phone, checked in the
+    /// same statement so a concurrent phone change cannot slip between.
+    pub async fn set_two_fa(
+        &self,
+        id: Uuid,
+        on: bool,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError> {
+        if on {
+            self.update_user(id, "two_fa = true", now).await
+        } else {
+            self.update_user(id, "two_fa = false", now).await
+        }
+    }
+
+    async fn update_user(
+        &self,
+        id: Uuid,
+        set: &'static str,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError> {
+        let client = self.client().await?;
+        let guard = if set.starts_with("two_fa = true") {
+            " AND phone_verified"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE users SET {set}, updated_at = $2 WHERE id = $1{guard} RETURNING {USER_COLUMNS}"
+        );
+        let row = client.query_opt(&sql, &[&id, &now]).await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+}

@@ -1,6 +1,7 @@
 //! Test harness: a real PostgreSQL (`AUTHGATE_TEST_DATABASE_URL` when set, else
 //! the one on 127.0.0.1:5432 when it answers, else a private one started from the
-//! installed binaries under `target/test-pg` and left running for the next run),
+//! installed binaries under the system temp folder and left running for the next
+//! run),
 //! a fresh database per test cloned from a migrated template, and the app on a
 //! random port.
 
@@ -10,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use authgate::clock::Clock;
-use authgate::config::{Config, DatabaseSource};
+use authgate::config::{Config, DatabaseSource, SmsConfig, TwilioConfig, TwilioSender};
 use authgate::startup::Application;
 use authgate::store::private_pg::PrivatePostgres;
 use authgate::store::Store;
@@ -18,6 +19,8 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
+
+use crate::fake_twilio::{self, FakeTwilio};
 
 /// Connection settings of the server tests create their databases on.
 pub fn admin_config() -> tokio_postgres::Config {
@@ -42,7 +45,12 @@ fn resolve_admin() -> Result<tokio_postgres::Config, String> {
     }
     // No server: run our own from the installed binaries, and leave it running
     // for the next test process (the next run takes it over or reuses it).
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-pg");
+    // Under the system temp folder, not the checkout: as root, the server runs as
+    // `postgres`, which may not be able to enter the checkout (a 0700 home or
+    // mktemp folder). One server per checkout.
+    let checkout = Sha256::digest(env!("CARGO_MANIFEST_DIR").as_bytes());
+    let dir =
+        std::env::temp_dir().join(format!("authgate-test-pg-{}", hex::encode(&checkout[..6])));
     let pg = PrivatePostgres::start(&dir, "postgres").map_err(|e| e.to_string())?;
     let mut cfg = pg.pg_config();
     cfg.dbname("postgres");
@@ -145,14 +153,59 @@ pub fn test_config() -> Config {
         jwt_secret: Some(SecretString::from(
             "test-secret-test-secret-test-secret-0123".to_owned(),
         )),
+        // Fast SMS delivery: a short sweep and small backoffs keep retry tests
+        // quick; the console sender unless a test asks for the fake Twilio.
+        sms: SmsConfig {
+            rate_per_sec: 100,
+            sweep_interval: Duration::from_millis(200),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+            ..SmsConfig::default()
+        },
         ..Config::default()
     }
+}
+
+/// Twilio settings pointing at a fake Twilio (see `fake_twilio`).
+pub fn twilio_config(base_url: &str) -> TwilioConfig {
+    TwilioConfig {
+        account_sid: fake_twilio::ACCOUNT_SID.to_owned(),
+        auth_token: SecretString::from(fake_twilio::AUTH_TOKEN.to_owned()),
+        sender: TwilioSender::From(fake_twilio::FROM_NUMBER.to_owned()),
+        api_base_url: base_url.to_owned(),
+        // Public URL as behind a proxy: signatures cover it, not our address.
+        status_callback_url: Some(STATUS_CALLBACK_URL.to_owned()),
+    }
+}
+
+/// The status callback URL the test apps claim to be reachable at.
+pub const STATUS_CALLBACK_URL: &str = "https://authgate.example.com/api/v1/webhooks/twilio/status";
+
+/// Starts the app with SMS sent to a fresh fake Twilio on loopback.
+pub async fn spawn_app_with_twilio() -> (TestApp, FakeTwilio) {
+    spawn_app_with_twilio_and(|_| {}).await
+}
+
+/// As `spawn_app_with_twilio`, with further configuration.
+pub async fn spawn_app_with_twilio_and(tweak: impl FnOnce(&mut Config)) -> (TestApp, FakeTwilio) {
+    let fake = FakeTwilio::start().await;
+    let base = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        c.sms.twilio = Some(twilio_config(&base));
+        tweak(c);
+    })
+    .await;
+    (app, fake)
 }
 
 pub struct TestApp {
     pub addr: SocketAddr,
     /// The app's clock: `advance` it instead of sleeping.
     pub clock: Clock,
+    /// The app's state, for looking inside (live flow actors, counters).
+    pub state: authgate::state::AppState,
     pub http: reqwest::Client,
     pub db: tokio_postgres::Config,
     db_name: Option<String>,
@@ -229,10 +282,12 @@ pub async fn spawn_on(db: tokio_postgres::Config, tweak: impl FnOnce(&mut Config
     .await
     .expect("app builds");
     let addr = app.addr();
+    let state = app.state().clone();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         addr,
         clock,
+        state,
         http: reqwest::Client::new(),
         db,
         db_name: None,

@@ -2,8 +2,15 @@
 //! template database is built once per run. See `helpers.rs` for the harness.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod accounts;
 mod helpers;
 
 mod cli;
+mod fake_twilio;
 mod http_envelope;
+mod login;
+mod logs;
+mod otp;
 mod signup;
+mod sms;
+mod webhooks;

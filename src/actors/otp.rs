@@ -1,0 +1,284 @@
+//! The OTP actors: issue and check one-time codes for a (user, purpose).
+//!
+//! Work is sharded by key: a user's codes always go to the same shard, so requests
+//! for one key are handled in order, while unrelated users proceed in parallel on
+//! other shards (a shard awaits the database inside its handler). The rules that
+//! must hold across processes are enforced by `store::otp` in single statements;
+//! the shards add ordering and a bounded queue, not correctness.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use uuid::Uuid;
+
+use super::supervisor::{start_child, ChildSpec, Slot, SupervisorMsg};
+use crate::clock::Clock;
+use crate::crypto::Keys;
+use crate::domain::otp::{self, Purpose};
+use crate::domain::phone::PhoneE164;
+use crate::error::AppError;
+use crate::store::otp::{CheckOutcome, IssueOutcome, IssueRequest};
+use crate::store::Store;
+
+/// How long a caller waits for a shard before answering 503.
+const CALL_TIMEOUT_MS: u64 = 10_000;
+/// How often shard 0 purges finished codes, flows and expired refresh tokens.
+const PURGE_EVERY: Duration = Duration::from_secs(300);
+/// How long finished codes are kept, so "already used" / "expired" answers stay
+/// precise for a while after the fact.
+const KEEP_FINISHED: chrono::Duration = chrono::Duration::hours(1);
+
+/// A code was issued: when it expires, and when another may be asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issued {
+    pub expires_at: DateTime<Utc>,
+    pub resend_after: DateTime<Utc>,
+}
+
+pub enum OtpMsg {
+    Issue {
+        user_id: Uuid,
+        purpose: Purpose,
+        flow_id: Option<Uuid>,
+        phone: PhoneE164,
+        reply: RpcReplyPort<Result<Issued, AppError>>,
+    },
+    Check {
+        user_id: Uuid,
+        purpose: Purpose,
+        flow_id: Option<Uuid>,
+        code: String,
+        reply: RpcReplyPort<Result<CheckOutcome, AppError>>,
+    },
+    Purge,
+}
+
+/// Settings the shards share.
+#[derive(Clone)]
+pub struct OtpSettings {
+    pub store: Store,
+    pub keys: Keys,
+    pub clock: Clock,
+    pub code_length: u8,
+    pub ttl: Duration,
+    pub max_attempts: u32,
+    pub cooldown: Duration,
+    pub sender_name: String,
+    /// Called after a code and its SMS are committed: wakes the SMS actor at once.
+    pub on_enqueued: Arc<dyn Fn() + Send + Sync>,
+}
+
+pub struct OtpActor;
+
+pub struct OtpState {
+    settings: OtpSettings,
+}
+
+impl Actor for OtpActor {
+    type Msg = OtpMsg;
+    type State = OtpState;
+    type Arguments = (OtpSettings, bool);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (settings, purger): (OtpSettings, bool),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        if purger {
+            myself.send_interval(PURGE_EVERY, || OtpMsg::Purge);
+        }
+        Ok(OtpState { settings })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let s = &state.settings;
+        match msg {
+            OtpMsg::Issue {
+                user_id,
+                purpose,
+                flow_id,
+                phone,
+                reply,
+            } => {
+                let _ = reply.send(issue(s, user_id, purpose, flow_id, &phone).await);
+            }
+            OtpMsg::Check {
+                user_id,
+                purpose,
+                flow_id,
+                code,
+                reply,
+            } => {
+                let now = s.clock.now();
+                let result = s
+                    .store
+                    .check_code(&s.keys, user_id, purpose, flow_id, &code, now)
+                    .await
+                    .map_err(AppError::from);
+                let _ = reply.send(result);
+            }
+            OtpMsg::Purge => {
+                let cutoff = s.clock.now() - KEEP_FINISHED;
+                match s.store.purge(cutoff).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(rows = n, "purged finished codes, flows and tokens")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "purge failed; will retry"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn chrono_of(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+async fn issue(
+    s: &OtpSettings,
+    user_id: Uuid,
+    purpose: Purpose,
+    flow_id: Option<Uuid>,
+    phone: &PhoneE164,
+) -> Result<Issued, AppError> {
+    let now = s.clock.now();
+    let code = otp::generate_code(&mut rand::rngs::OsRng, s.code_length);
+    let minutes = s.ttl.as_secs().div_ceil(60);
+    let body = otp::sms_text(&s.sender_name, &code, purpose, minutes);
+    let expires_at = now + chrono_of(s.ttl);
+    let cooldown = chrono_of(s.cooldown);
+    let outcome = s
+        .store
+        .issue_code(
+            &s.keys,
+            IssueRequest {
+                user_id,
+                purpose,
+                flow_id,
+                code: &code,
+                sms_body: &body,
+                phone,
+                now,
+                expires_at,
+                max_attempts: i32::try_from(s.max_attempts).unwrap_or(i32::MAX),
+                cooldown,
+            },
+        )
+        .await?;
+    match outcome {
+        IssueOutcome::Issued => {
+            (s.on_enqueued)();
+            Ok(Issued {
+                expires_at,
+                resend_after: now + cooldown,
+            })
+        }
+        IssueOutcome::TooSoon { retry_after } => Err(AppError::TooManyRequests {
+            retry_after: (retry_after - now)
+                .to_std()
+                .unwrap_or(Duration::from_secs(1)),
+        }),
+    }
+}
+
+/// The handle routes and flows use: picks the shard of a key and calls it with a timeout.
+#[derive(Clone)]
+pub struct OtpService {
+    shards: Arc<Vec<Slot<OtpMsg>>>,
+}
+
+impl OtpService {
+    /// Starts `count` shards under the supervisor (restarted if they fail).
+    pub async fn start(
+        supervisor: &ActorRef<SupervisorMsg>,
+        settings: OtpSettings,
+        count: usize,
+    ) -> Result<OtpService, String> {
+        let mut shards = Vec::with_capacity(count);
+        for i in 0..count.max(1) {
+            let slot: Slot<OtpMsg> = Slot::default();
+            let (settings, slot2) = (settings.clone(), slot.clone());
+            let spec = ChildSpec::new(format!("otp-{i}"), move |sup| {
+                let (settings, slot) = (settings.clone(), slot2.clone());
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(None, OtpActor, (settings, i == 0), sup).await?;
+                    slot.set(actor.clone());
+                    Ok(actor.get_cell())
+                }
+            });
+            start_child(supervisor, spec).await?;
+            shards.push(slot);
+        }
+        Ok(OtpService {
+            shards: Arc::new(shards),
+        })
+    }
+
+    fn shard(&self, user_id: &Uuid, purpose: Purpose) -> Result<ActorRef<OtpMsg>, AppError> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (user_id, purpose).hash(&mut h);
+        let n = self.shards.len().max(1);
+        let idx = usize::try_from(h.finish() % n as u64).unwrap_or(0);
+        self.shards
+            .get(idx)
+            .and_then(Slot::get)
+            .ok_or_else(|| AppError::Unavailable("OTP actor is down".into()))
+    }
+
+    /// Issues a code and queues its SMS.
+    pub async fn issue(
+        &self,
+        user_id: Uuid,
+        purpose: Purpose,
+        flow_id: Option<Uuid>,
+        phone: PhoneE164,
+    ) -> Result<Issued, AppError> {
+        let actor = self.shard(&user_id, purpose)?;
+        ractor::call_t!(
+            actor,
+            |reply| OtpMsg::Issue {
+                user_id,
+                purpose,
+                flow_id,
+                phone,
+                reply
+            },
+            CALL_TIMEOUT_MS
+        )
+        .map_err(|e| AppError::Unavailable(format!("OTP actor: {e}").into()))?
+    }
+
+    /// Checks a code (the store decides atomically).
+    pub async fn check(
+        &self,
+        user_id: Uuid,
+        purpose: Purpose,
+        flow_id: Option<Uuid>,
+        code: String,
+    ) -> Result<CheckOutcome, AppError> {
+        let actor = self.shard(&user_id, purpose)?;
+        ractor::call_t!(
+            actor,
+            |reply| OtpMsg::Check {
+                user_id,
+                purpose,
+                flow_id,
+                code,
+                reply
+            },
+            CALL_TIMEOUT_MS
+        )
+        .map_err(|e| AppError::Unavailable(format!("OTP actor: {e}").into()))?
+    }
+}
