@@ -6,11 +6,13 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use warp::http::header::HeaderName;
 
 /// The smallest accepted `JWT_SECRET`, in bytes: HS256 wants at least the hash size.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -97,6 +99,148 @@ pub struct Config {
     pub refresh_ttl: Duration,
     /// SMS delivery: Twilio (when configured) or the console, and the outbox tuning.
     pub sms: SmsConfig,
+    /// Local per-IP rate limits (governor), per process.
+    pub rate_limits: RateLimitConfig,
+    /// Quotas and lockouts enforced in PostgreSQL, across every process.
+    pub quotas: QuotaConfig,
+}
+
+/// Limits that must hold across processes, so they live in PostgreSQL. Each has
+/// its own variable so a load test can raise it; none can be switched off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// `AUTHGATE_SMS_PER_PHONE_HOUR` / `_DAY`: codes sent to one number.
+    pub sms_per_phone_hour: i32,
+    pub sms_per_phone_day: i32,
+    /// `AUTHGATE_SMS_PER_ACCOUNT_HOUR`: codes sent for one account.
+    pub sms_per_account_hour: i32,
+    /// `AUTHGATE_SMS_GLOBAL_PER_MINUTE`: every code of every account: the circuit
+    /// breaker against SMS pumping.
+    pub sms_global_per_minute: i32,
+    /// `AUTHGATE_SMS_ALLOWED_COUNTRIES`: calling codes SMS may go to (`1,44`);
+    /// empty: all.
+    pub sms_allowed_countries: Vec<u16>,
+    /// `AUTHGATE_LOGIN_LOCKOUT_AFTER`: failed passwords in a row before a lockout.
+    pub lockout_after: i32,
+    /// `AUTHGATE_LOGIN_LOCKOUT_BASE` doubling per further failure, capped at
+    /// `AUTHGATE_LOGIN_LOCKOUT_MAX`.
+    pub lockout_base: Duration,
+    pub lockout_max: Duration,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            sms_per_phone_hour: 10,
+            sms_per_phone_day: 30,
+            sms_per_account_hour: 10,
+            sms_global_per_minute: 600,
+            sms_allowed_countries: Vec::new(),
+            lockout_after: 10,
+            lockout_base: Duration::from_secs(60),
+            lockout_max: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// One local rate limit: `count` requests per `period` per client, in bursts of up
+/// to `count` (one request comes back every `period / count`). Written `10/1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub period: Duration,
+}
+
+impl Rate {
+    /// `count` per `period`; a zero count reads as one.
+    pub const fn new(count: u32, period: Duration) -> Rate {
+        let count = match NonZeroU32::new(count) {
+            Some(c) => c,
+            None => NonZeroU32::MIN,
+        };
+        Rate { count, period }
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    /// `10/1m`, `10/m`, `30/90s`: 1 to 1,000,000 requests per 1 s to 1 d, which keeps
+    /// `period / count` at a microsecond or more.
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let bad = || format!("`{s}` is not a rate like 10/1m (requests per period, 1s to 1d)");
+        let (count, period) = s.split_once('/').ok_or_else(bad)?;
+        let count = count
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(bad)?;
+        let period = period.trim();
+        if period.is_empty() {
+            return Err(bad());
+        }
+        // `10/m` reads as `10/1m`.
+        let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+            parse_duration(period)
+        } else {
+            parse_duration(&format!("1{period}"))
+        }
+        .map_err(|_| bad())?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&period) {
+            return Err(bad());
+        }
+        Ok(Rate::new(count, period))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (s, ms) = (self.period.as_secs(), self.period.subsec_millis());
+        match (s, ms) {
+            (s, 0) if s % 86_400 == 0 => write!(f, "{}/{}d", self.count, s / 86_400),
+            (s, 0) if s % 3600 == 0 => write!(f, "{}/{}h", self.count, s / 3600),
+            (s, 0) if s % 60 == 0 => write!(f, "{}/{}m", self.count, s / 60),
+            (s, 0) => write!(f, "{}/{s}s", self.count),
+            _ => write!(f, "{}/{}ms", self.count, self.period.as_millis()),
+        }
+    }
+}
+
+/// The local per-IP limits of `routes::limits`. They hold per process only; what
+/// must hold across processes are the PostgreSQL quotas.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// `AUTHGATE_RATE_LIMITS`: `on` (default) or `off`, for load tests from one client.
+    pub enabled: bool,
+    /// `AUTHGATE_TRUSTED_PROXY_HEADER` (e.g. `X-Forwarded-For`): take the client IP
+    /// from the right-most address of this header, which our proxy appends. Unset
+    /// (default): the socket peer, since any client can send such a header.
+    pub trusted_proxy_header: Option<HeaderName>,
+    /// `AUTHGATE_LIMIT_MAX_KEYS`: clients tracked per route class; beyond it, new
+    /// clients share one bucket (bounds memory under a many-IP flood).
+    pub max_keys: usize,
+    /// `AUTHGATE_LIMIT_SIGNUP`, `AUTHGATE_LIMIT_LOGIN`, `AUTHGATE_LIMIT_CODE_CHECK`,
+    /// `AUTHGATE_LIMIT_CODE_SEND`: per client IP.
+    pub signup: Rate,
+    pub login: Rate,
+    pub code_check: Rate,
+    pub code_send: Rate,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        const MINUTE: Duration = Duration::from_secs(60);
+        RateLimitConfig {
+            enabled: true,
+            trusted_proxy_header: None,
+            max_keys: 100_000,
+            signup: Rate::new(10, MINUTE),
+            login: Rate::new(20, MINUTE),
+            code_check: Rate::new(30, MINUTE),
+            code_send: Rate::new(5, MINUTE),
+        }
+    }
 }
 
 /// Twilio credentials and sender. All of SID, token and a sender, or none.
@@ -196,6 +340,8 @@ impl Default for Config {
             jwt_audience: "authgate".to_owned(),
             refresh_ttl: Duration::from_secs(30 * 86_400),
             sms: SmsConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -358,6 +504,98 @@ impl Config {
             "AUTHGATE_SMS_BACKOFF_MAX",
             parse_duration
         );
+        set!(
+            cfg.quotas.sms_per_phone_hour,
+            "AUTHGATE_SMS_PER_PHONE_HOUR",
+            |s| parse_range(s, 1, 1_000_000)
+        );
+        set!(
+            cfg.quotas.sms_per_phone_day,
+            "AUTHGATE_SMS_PER_PHONE_DAY",
+            |s| parse_range(s, 1, 1_000_000)
+        );
+        set!(
+            cfg.quotas.sms_per_account_hour,
+            "AUTHGATE_SMS_PER_ACCOUNT_HOUR",
+            |s| parse_range(s, 1, 1_000_000)
+        );
+        set!(
+            cfg.quotas.sms_global_per_minute,
+            "AUTHGATE_SMS_GLOBAL_PER_MINUTE",
+            |s| parse_range(s, 1, 100_000_000)
+        );
+        set!(
+            cfg.quotas.sms_allowed_countries,
+            "AUTHGATE_SMS_ALLOWED_COUNTRIES",
+            |s: &str| {
+                s.split(',')
+                    .map(|c| c.trim().trim_start_matches('+'))
+                    .filter(|c| !c.is_empty())
+                    .map(|c| match c.parse::<u16>() {
+                        Ok(n) if (1..=999).contains(&n) => Ok(n),
+                        _ => Err(format!(
+                            "`{c}` is not a country calling code (like 1 or 44)"
+                        )),
+                    })
+                    .collect::<Result<Vec<u16>, String>>()
+            }
+        );
+        set!(
+            cfg.quotas.lockout_after,
+            "AUTHGATE_LOGIN_LOCKOUT_AFTER",
+            |s| parse_range(s, 1, 1000)
+        );
+        set!(
+            cfg.quotas.lockout_base,
+            "AUTHGATE_LOGIN_LOCKOUT_BASE",
+            parse_duration
+        );
+        set!(
+            cfg.quotas.lockout_max,
+            "AUTHGATE_LOGIN_LOCKOUT_MAX",
+            parse_duration
+        );
+        set!(
+            cfg.rate_limits.enabled,
+            "AUTHGATE_RATE_LIMITS",
+            |s: &str| match s.to_ascii_lowercase().as_str() {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                _ => Err(format!("`{s}` is not one of: on, off")),
+            }
+        );
+        set!(
+            cfg.rate_limits.trusted_proxy_header,
+            "AUTHGATE_TRUSTED_PROXY_HEADER",
+            |s: &str| match s.to_ascii_lowercase().as_str() {
+                "off" | "none" => Ok(None),
+                _ => s
+                    .parse::<HeaderName>()
+                    .map(Some)
+                    .map_err(|_| format!("`{s}` is not an HTTP header name")),
+            }
+        );
+        set!(cfg.rate_limits.max_keys, "AUTHGATE_LIMIT_MAX_KEYS", |s| {
+            parse_range(s, 1, 100_000_000)
+        });
+        set!(
+            cfg.rate_limits.signup,
+            "AUTHGATE_LIMIT_SIGNUP",
+            |s: &str| s.parse::<Rate>()
+        );
+        set!(cfg.rate_limits.login, "AUTHGATE_LIMIT_LOGIN", |s: &str| {
+            s.parse::<Rate>()
+        });
+        set!(
+            cfg.rate_limits.code_check,
+            "AUTHGATE_LIMIT_CODE_CHECK",
+            |s: &str| s.parse::<Rate>()
+        );
+        set!(
+            cfg.rate_limits.code_send,
+            "AUTHGATE_LIMIT_CODE_SEND",
+            |s: &str| s.parse::<Rate>()
+        );
         match twilio_from(&var) {
             Ok(t) => cfg.sms.twilio = t,
             Err(e) => errors.push(e),
@@ -419,6 +657,35 @@ impl Config {
             (
                 "AUTHGATE_SHUTDOWN_GRACE",
                 format!("{:?}", self.shutdown_grace),
+            ),
+            (
+                "AUTHGATE_RATE_LIMITS",
+                if self.rate_limits.enabled {
+                    "on".to_owned()
+                } else {
+                    "off (local per-IP limits disabled)".to_owned()
+                },
+            ),
+            (
+                "AUTHGATE_TRUSTED_PROXY_HEADER",
+                match &self.rate_limits.trusted_proxy_header {
+                    Some(h) => h.to_string(),
+                    None => "unset (client IP is the socket peer)".to_owned(),
+                },
+            ),
+            ("AUTHGATE_LIMIT_SIGNUP", self.rate_limits.signup.to_string()),
+            ("AUTHGATE_LIMIT_LOGIN", self.rate_limits.login.to_string()),
+            (
+                "AUTHGATE_LIMIT_CODE_CHECK",
+                self.rate_limits.code_check.to_string(),
+            ),
+            (
+                "AUTHGATE_LIMIT_CODE_SEND",
+                self.rate_limits.code_send.to_string(),
+            ),
+            (
+                "AUTHGATE_LIMIT_MAX_KEYS",
+                self.rate_limits.max_keys.to_string(),
             ),
         ]
     }
@@ -654,6 +921,95 @@ mod tests {
         assert!(parse_duration("15 minutes").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn quotas_parse_and_name_bad_values() {
+        let c = cfg(&[("AUTHGATE_SMS_ALLOWED_COUNTRIES", "1, +44,")]).unwrap();
+        assert_eq!(c.quotas.sms_allowed_countries, [1, 44]);
+        assert_eq!(
+            vars_of(cfg(&[("AUTHGATE_SMS_ALLOWED_COUNTRIES", "1,uk")])),
+            ["AUTHGATE_SMS_ALLOWED_COUNTRIES"]
+        );
+        assert_eq!(
+            vars_of(cfg(&[("AUTHGATE_SMS_PER_PHONE_HOUR", "0")])),
+            ["AUTHGATE_SMS_PER_PHONE_HOUR"]
+        );
+    }
+
+    #[test]
+    fn rate_limits_default_on_and_parse() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.rate_limits.enabled);
+        assert!(c.rate_limits.trusted_proxy_header.is_none());
+        assert_eq!(c.rate_limits.max_keys, 100_000);
+        assert_eq!(c.rate_limits.signup.to_string(), "10/1m");
+        assert_eq!(c.rate_limits.code_send.to_string(), "5/1m");
+        let c = cfg(&[
+            ("AUTHGATE_RATE_LIMITS", "OFF"),
+            ("AUTHGATE_TRUSTED_PROXY_HEADER", "X-Forwarded-For"),
+            ("AUTHGATE_LIMIT_SIGNUP", "3/1s"),
+            ("AUTHGATE_LIMIT_LOGIN", " 40 / 2m "),
+            ("AUTHGATE_LIMIT_CODE_CHECK", "60/h"),
+            ("AUTHGATE_LIMIT_CODE_SEND", "100/1d"),
+            ("AUTHGATE_LIMIT_MAX_KEYS", "5000"),
+        ])
+        .unwrap();
+        let r = &c.rate_limits;
+        assert!(!r.enabled);
+        assert_eq!(
+            r.trusted_proxy_header.as_ref().map(|h| h.as_str()),
+            Some("x-forwarded-for")
+        );
+        assert_eq!(r.signup, Rate::new(3, Duration::from_secs(1)));
+        assert_eq!(r.login, Rate::new(40, Duration::from_secs(120)));
+        assert_eq!(r.code_check, Rate::new(60, Duration::from_secs(3600)));
+        assert_eq!(r.code_send.to_string(), "100/1d");
+        assert_eq!(r.max_keys, 5000);
+        let described = c.describe();
+        assert!(described.contains(&("AUTHGATE_LIMIT_LOGIN", "40/2m".to_owned())));
+    }
+
+    #[test]
+    fn bad_rate_limits_are_named() {
+        for bad in [
+            "10",
+            "0/1m",
+            "-1/1m",
+            "ten/1m",
+            "10/",
+            "10/soon",
+            "10/500ms",
+            "10/2d",
+            "10/1m/1",
+            "2000000/1d",
+        ] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+            assert_eq!(
+                vars_of(cfg(&[("AUTHGATE_LIMIT_CODE_SEND", bad)])),
+                ["AUTHGATE_LIMIT_CODE_SEND"],
+                "{bad}"
+            );
+        }
+        let r = cfg(&[
+            ("AUTHGATE_RATE_LIMITS", "maybe"),
+            ("AUTHGATE_TRUSTED_PROXY_HEADER", "X Forwarded For"),
+            ("AUTHGATE_LIMIT_MAX_KEYS", "0"),
+            ("AUTHGATE_LIMIT_SIGNUP", "1/0s"),
+            ("AUTHGATE_LIMIT_LOGIN", "many"),
+            ("AUTHGATE_LIMIT_CODE_CHECK", "30/1y"),
+        ]);
+        assert_eq!(
+            vars_of(r),
+            [
+                "AUTHGATE_RATE_LIMITS",
+                "AUTHGATE_TRUSTED_PROXY_HEADER",
+                "AUTHGATE_LIMIT_MAX_KEYS",
+                "AUTHGATE_LIMIT_SIGNUP",
+                "AUTHGATE_LIMIT_LOGIN",
+                "AUTHGATE_LIMIT_CODE_CHECK",
+            ]
+        );
     }
 
     #[test]

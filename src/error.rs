@@ -54,6 +54,9 @@ pub enum AppError {
     /// 410: the code or flow can no longer be used.
     #[error("gone: {0:?}")]
     Gone(GoneReason),
+    /// 422: SMS cannot go to this number (country not allowed, or not a mobile).
+    #[error("sms not allowed: {0:?}")]
+    SmsRefused(SmsRefusal),
     /// 429: a flow's resend budget is spent; start a new login.
     #[error("resend limit reached")]
     ResendLimit,
@@ -95,6 +98,13 @@ pub enum StateConflict {
     TwoFaNotEnabled,
 }
 
+/// 422 reasons: why no SMS may go to a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsRefusal {
+    CountryNotAllowed,
+    NotMobile,
+}
+
 /// 410 reasons: what can no longer be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoneReason {
@@ -126,6 +136,7 @@ impl AppError {
             AppError::NotFound | AppError::NoActiveCode => StatusCode::NOT_FOUND,
             AppError::State(_) => StatusCode::CONFLICT,
             AppError::Gone(_) => StatusCode::GONE,
+            AppError::SmsRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::ResendLimit => StatusCode::TOO_MANY_REQUESTS,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::EmailTaken | AppError::PhoneTaken => StatusCode::CONFLICT,
@@ -163,6 +174,8 @@ impl AppError {
             AppError::Gone(GoneReason::FlowLocked) => "flow_locked",
             AppError::Gone(GoneReason::FlowFinished) => "flow_finished",
             AppError::ResendLimit => "resend_limit_reached",
+            AppError::SmsRefused(SmsRefusal::CountryNotAllowed) => "phone_country_not_allowed",
+            AppError::SmsRefused(SmsRefusal::NotMobile) => "phone_not_mobile",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::EmailTaken => "email_taken",
             AppError::PhoneTaken => "phone_taken",
@@ -239,6 +252,12 @@ impl AppError {
                 "too many wrong codes; this login is locked, log in again".to_owned()
             }
             AppError::Gone(GoneReason::FlowFinished) => "this login is already complete".to_owned(),
+            AppError::SmsRefused(SmsRefusal::CountryNotAllowed) => {
+                "SMS cannot be sent to numbers in this country".to_owned()
+            }
+            AppError::SmsRefused(SmsRefusal::NotMobile) => {
+                "SMS can only be sent to mobile numbers; this number is premium-rate, toll-free or a landline".to_owned()
+            }
             AppError::ResendLimit => {
                 "no more codes can be sent for this login; log in again".to_owned()
             }

@@ -16,6 +16,7 @@
 //! [`sms`] sending one SMS (Twilio or the console) and the retry policy.
 
 pub mod actors;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod crypto;

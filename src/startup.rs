@@ -96,6 +96,7 @@ impl Application {
                 max_attempts: config.otp_max_attempts,
                 cooldown: config.otp_resend_cooldown,
                 sender_name: config.sms.sender_name.clone(),
+                quotas: config.quotas.clone(),
                 on_enqueued: {
                     let sms = sms.clone();
                     Arc::new(move || sms.nudge())
@@ -110,7 +111,17 @@ impl Application {
             &config.jwt_audience,
             config.jwt_expiration,
         );
+        let limits = routes::limits::LocalLimits::new(&config.rate_limits);
+        if limits.enabled() {
+            limits.spawn_housekeeping(routes::limits::HOUSEKEEPING_EVERY);
+        } else {
+            tracing::warn!(
+                "AUTHGATE_RATE_LIMITS=off: local per-IP rate limits are disabled \
+                 (the PostgreSQL quotas still apply); use this for load tests only"
+            );
+        }
         let state = AppState::new(AppParts {
+            limits,
             config,
             store,
             keys,

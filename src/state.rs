@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::hasher::Hasher;
+use crate::routes::limits::LocalLimits;
 use crate::store::Store;
 use crate::tokens::TokenIssuer;
 
@@ -34,6 +35,8 @@ pub struct AppParts {
     pub sms: SmsHandle,
     /// The login flows that have an actor in this process.
     pub flows: FlowRegistry,
+    /// Local per-IP rate limits (this process only).
+    pub limits: LocalLimits,
 }
 
 struct Inner {
@@ -59,6 +62,11 @@ impl AppState {
 
     pub fn tokens(&self) -> &TokenIssuer {
         &self.inner.parts.tokens
+    }
+
+    /// Local per-IP rate limits.
+    pub fn limits(&self) -> &LocalLimits {
+        &self.inner.parts.limits
     }
 
     /// The login flows that have an actor in this process.

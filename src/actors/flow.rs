@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::json;
 use uuid::Uuid;
 
+use crate::audit::{AuditKind, ClientInfo};
 use crate::domain::login_flow::{self, Effect, Event, FlowError, FlowState, Limits, Reply};
 use crate::domain::otp::Purpose;
 use crate::domain::phone::PhoneE164;
@@ -39,9 +41,11 @@ pub struct Resent {
 pub enum FlowMsg {
     Verify {
         code: String,
+        client: ClientInfo,
         reply: RpcReplyPort<Result<TokensBody, AppError>>,
     },
     Resend {
+        client: ClientInfo,
         reply: RpcReplyPort<Result<Resent, AppError>>,
     },
     /// The flow's expiry timer.
@@ -102,6 +106,8 @@ pub struct FlowActorState {
     phone: PhoneE164,
     state: FlowState,
     version: i32,
+    /// Who sent the latest request, for the audit trail.
+    client: ClientInfo,
 }
 
 impl Actor for FlowActor {
@@ -128,6 +134,7 @@ impl Actor for FlowActor {
             phone: PhoneE164::from_trusted(args.stored.phone),
             state: args.stored.state,
             version: args.stored.version,
+            client: ClientInfo::default(),
         })
     }
 
@@ -147,10 +154,16 @@ impl Actor for FlowActor {
         s: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            FlowMsg::Verify { code, reply } => {
+            FlowMsg::Verify {
+                code,
+                client,
+                reply,
+            } => {
+                s.client = client;
                 let _ = reply.send(verify(s, code).await);
             }
-            FlowMsg::Resend { reply } => {
+            FlowMsg::Resend { client, reply } => {
+                s.client = client;
                 let _ = reply.send(resend(s).await);
             }
             FlowMsg::Tick => {
@@ -196,7 +209,7 @@ async fn apply(s: &mut FlowActorState, event: Event) -> Result<login_flow::Step,
             Some(version) => {
                 s.version = version;
                 s.state = step.state.clone();
-                audit(s, &step);
+                audit(s, &step).await;
                 return Ok(step);
             }
             None => reload(s).await?,
@@ -218,11 +231,26 @@ async fn reload(s: &mut FlowActorState) -> Result<(), AppError> {
     }
 }
 
-fn audit(s: &FlowActorState, step: &login_flow::Step) {
+async fn audit(s: &FlowActorState, step: &login_flow::Step) {
+    use crate::domain::login_flow::AuditKind as Flow;
     for effect in &step.effects {
-        if let Effect::Audit(kind) = effect {
-            tracing::info!(flow_id = %s.flow_id, user_id = %s.user_id, event = ?kind, "login flow");
-        }
+        let Effect::Audit(kind) = effect else {
+            continue;
+        };
+        tracing::info!(flow_id = %s.flow_id, user_id = %s.user_id, event = ?kind, "login flow");
+        let (kind, mut detail) = match kind {
+            Flow::LoginSucceeded => (AuditKind::LoginSucceeded, json!({ "amr": ["pwd", "sms"] })),
+            Flow::PasswordRejected => (
+                AuditKind::LoginFailed,
+                json!({ "reason": "wrong_password" }),
+            ),
+            Flow::CodeSent => (AuditKind::CodeSent, json!({ "purpose": "login_2fa" })),
+            Flow::CodeRejected => (AuditKind::CodeFailed, json!({ "purpose": "login_2fa" })),
+            Flow::FlowLocked => (AuditKind::LoginFailed, json!({ "reason": "flow_locked" })),
+            Flow::FlowExpired => (AuditKind::LoginFailed, json!({ "reason": "flow_expired" })),
+        };
+        detail["flowId"] = json!(s.flow_id);
+        crate::audit::record(&s.app, Some(s.user_id), kind, &s.client, detail).await;
     }
 }
 
@@ -388,15 +416,20 @@ impl FlowRegistry {
         app: &AppState,
         flow_id: Uuid,
         code: String,
+        client: ClientInfo,
     ) -> Result<TokensBody, AppError> {
         // A message queued to an actor that stopped (its flow just ended) gets no
         // answer: look the flow up again, which then answers from the database.
         for _ in 0..3 {
             let actor = self.actor_for(app, flow_id).await?;
-            let code = code.clone();
+            let (code, client) = (code.clone(), client.clone());
             match ractor::call_t!(
                 actor,
-                |reply| FlowMsg::Verify { code, reply },
+                |reply| FlowMsg::Verify {
+                    code,
+                    client,
+                    reply
+                },
                 CALL_TIMEOUT_MS
             ) {
                 Ok(r) => return r,
@@ -408,10 +441,20 @@ impl FlowRegistry {
     }
 
     /// Asks a flow for a new code.
-    pub async fn resend(&self, app: &AppState, flow_id: Uuid) -> Result<Resent, AppError> {
+    pub async fn resend(
+        &self,
+        app: &AppState,
+        flow_id: Uuid,
+        client: ClientInfo,
+    ) -> Result<Resent, AppError> {
         for _ in 0..3 {
             let actor = self.actor_for(app, flow_id).await?;
-            match ractor::call_t!(actor, |reply| FlowMsg::Resend { reply }, CALL_TIMEOUT_MS) {
+            let client = client.clone();
+            match ractor::call_t!(
+                actor,
+                |reply| FlowMsg::Resend { client, reply },
+                CALL_TIMEOUT_MS
+            ) {
                 Ok(r) => return r,
                 Err(ractor::RactorErr::Timeout) => break,
                 Err(_) => self.forget(flow_id, &actor),

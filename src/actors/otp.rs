@@ -19,8 +19,9 @@ use crate::clock::Clock;
 use crate::crypto::Keys;
 use crate::domain::otp::{self, Purpose};
 use crate::domain::phone::PhoneE164;
-use crate::error::AppError;
+use crate::error::{AppError, SmsRefusal};
 use crate::store::otp::{CheckOutcome, IssueOutcome, IssueRequest};
+use crate::store::quotas::Quota;
 use crate::store::Store;
 
 /// How long a caller waits for a shard before answering 503.
@@ -67,6 +68,8 @@ pub struct OtpSettings {
     pub max_attempts: u32,
     pub cooldown: Duration,
     pub sender_name: String,
+    /// Send quotas and the destination rules.
+    pub quotas: crate::config::QuotaConfig,
     /// Called after a code and its SMS are committed: wakes the SMS actor at once.
     pub on_enqueued: Arc<dyn Fn() + Send + Sync>,
 }
@@ -151,6 +154,40 @@ async fn issue(
     flow_id: Option<Uuid>,
     phone: &PhoneE164,
 ) -> Result<Issued, AppError> {
+    // Refuse before anything is stored or queued.
+    let q = &s.quotas;
+    if !q.sms_allowed_countries.is_empty()
+        && !phone
+            .country_code()
+            .is_some_and(|c| q.sms_allowed_countries.contains(&c))
+    {
+        return Err(AppError::SmsRefused(SmsRefusal::CountryNotAllowed));
+    }
+    if !phone.sms_capable() {
+        return Err(AppError::SmsRefused(SmsRefusal::NotMobile));
+    }
+    let quotas = [
+        Quota {
+            key: format!("sms:phone:{}:h", phone.as_str()),
+            window: chrono::Duration::hours(1),
+            limit: q.sms_per_phone_hour,
+        },
+        Quota {
+            key: format!("sms:phone:{}:d", phone.as_str()),
+            window: chrono::Duration::days(1),
+            limit: q.sms_per_phone_day,
+        },
+        Quota {
+            key: format!("sms:user:{user_id}:h"),
+            window: chrono::Duration::hours(1),
+            limit: q.sms_per_account_hour,
+        },
+        Quota {
+            key: "sms:global:m".to_owned(),
+            window: chrono::Duration::minutes(1),
+            limit: q.sms_global_per_minute,
+        },
+    ];
     let now = s.clock.now();
     let code = otp::generate_code(&mut rand::rngs::OsRng, s.code_length);
     let minutes = s.ttl.as_secs().div_ceil(60);
@@ -172,6 +209,7 @@ async fn issue(
                 expires_at,
                 max_attempts: i32::try_from(s.max_attempts).unwrap_or(i32::MAX),
                 cooldown,
+                quotas: &quotas,
             },
         )
         .await?;
@@ -188,6 +226,19 @@ async fn issue(
                 .to_std()
                 .unwrap_or(Duration::from_secs(1)),
         }),
+        IssueOutcome::QuotaExceeded { quota, retry_after } => {
+            let which = match quota.split(':').nth(1) {
+                Some("phone") => "per-phone",
+                Some("user") => "per-account",
+                _ => "global",
+            };
+            tracing::warn!(%user_id, quota = which, "SMS quota exceeded");
+            Err(AppError::TooManyRequests {
+                retry_after: (retry_after - now)
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(1)),
+            })
+        }
     }
 }
 

@@ -66,6 +66,31 @@ impl PhoneE164 {
             .map(|n| n.code().value())
     }
 
+    /// Whether SMS may go to this number: refused when the numbering plan says it is
+    /// premium-rate, shared-cost, toll-free or otherwise not a mobile (SMS pumping
+    /// uses such numbers to bill us). Numbers the plan cannot classify pass.
+    pub fn sms_capable(&self) -> bool {
+        use phonenumber::Type;
+        let Ok(n) = phonenumber::parse(None, &self.0) else {
+            return false;
+        };
+        !matches!(
+            n.number_type(&phonenumber::metadata::DATABASE),
+            Type::FixedLine
+                | Type::TollFree
+                | Type::PremiumRate
+                | Type::SharedCost
+                | Type::Pager
+                | Type::Uan
+                | Type::Emergency
+                | Type::Voicemail
+                | Type::ShortCode
+                | Type::StandardRate
+                | Type::Carrier
+                | Type::NoInternational
+        )
+    }
+
     /// A hint safe to show before the user is authenticated: `+1 ••• ••• 0100`-like,
     /// only the last two digits.
     pub fn masked(&self) -> String {
@@ -110,6 +135,17 @@ mod tests {
             Err(PhoneError::Impossible)
         );
         assert_eq!(PhoneE164::parse("+1 415"), Err(PhoneError::Impossible));
+    }
+
+    #[test]
+    fn premium_rate_and_landlines_cannot_take_sms() {
+        // US numbers are "fixed line or mobile": allowed.
+        assert!(PhoneE164::parse("+14155550100").unwrap().sms_capable());
+        // UK mobile, UK landline, UK premium rate, US toll-free.
+        assert!(PhoneE164::parse("+447400123456").unwrap().sms_capable());
+        assert!(!PhoneE164::parse("+442079460958").unwrap().sms_capable());
+        assert!(!PhoneE164::parse("+449098790000").unwrap().sms_capable());
+        assert!(!PhoneE164::parse("+18005550100").unwrap().sms_capable());
     }
 
     #[test]

@@ -3,14 +3,16 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::Filter;
 
 use super::auth::{bearer, issue_tokens, AuthUser};
 use super::body::{json_object, Fields};
-use super::{json, with_state, Outcome};
+use super::limits::{limit, RouteClass};
+use super::{client_info, json, with_state, Outcome};
+use crate::audit::{self, AuditKind, ClientInfo};
 use crate::domain::email::Email;
 use crate::domain::login_flow::{self, Event, Reply};
 use crate::domain::name::PersonName;
@@ -28,9 +30,19 @@ pub fn routes(
 ) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
     let signup = warp::path!("account" / "signup")
         .and(warp::post())
+        .and(limit(state.limits(), RouteClass::Signup))
         .and(json_object())
         .and(with_state(state.clone()))
-        .then(|body, state| async move { signup(state, body).await });
+        .and(client_info(state.clone()))
+        .then(|body, state, client| async move { signup(state, client, body).await });
+    let audit_trail = warp::path!("account" / "audit")
+        .and(warp::get())
+        .and(bearer(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|user: AuthUser, state: AppState| async move {
+            let rows = state.store().audit_for_user(user.id, 100).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({ "events": rows })))
+        });
     let me = warp::path!("account" / "me")
         .and(warp::get())
         .and(bearer(state.clone()))
@@ -39,21 +51,27 @@ pub fn routes(
     // "Send a code" endpoints: no body.
     let send = |path: warp::filters::BoxedFilter<()>, action: SendAction| {
         path.and(warp::post())
+            .and(limit(state.limits(), RouteClass::CodeSend))
             .and(bearer(state.clone()))
             .and(with_state(state.clone()))
-            .then(move |user: AuthUser, state: AppState| async move {
-                send_code(state, user, action).await
+            .and(client_info(state.clone()))
+            .then(move |user: AuthUser, state: AppState, client| async move {
+                send_code(state, client, user, action).await
             })
     };
     // "Confirm with a code" endpoints: `{ "code": "123456" }`.
     let confirm = |path: warp::filters::BoxedFilter<()>, purpose: Purpose| {
         path.and(warp::post())
+            .and(limit(state.limits(), RouteClass::CodeCheck))
             .and(bearer(state.clone()))
             .and(json_object())
             .and(with_state(state.clone()))
-            .then(move |user: AuthUser, body, state: AppState| async move {
-                confirm_code(state, user, purpose, body).await
-            })
+            .and(client_info(state.clone()))
+            .then(
+                move |user: AuthUser, body, state: AppState, client| async move {
+                    confirm_code(state, client, user, purpose, body).await
+                },
+            )
     };
     let phone_send = send(
         warp::path!("account" / "phone" / "verify" / "send").boxed(),
@@ -81,19 +99,26 @@ pub fn routes(
     );
     let login = warp::path!("account" / "login")
         .and(warp::post())
+        // A login may send a 2FA code too; it counts as a login only.
+        .and(limit(state.limits(), RouteClass::Login))
         .and(json_object())
         .and(with_state(state.clone()))
-        .then(|body, state| async move { login(state, body).await });
+        .and(client_info(state.clone()))
+        .then(|body, state, client| async move { login(state, client, body).await });
     let login_verify = warp::path!("account" / "login" / "verify")
         .and(warp::post())
+        .and(limit(state.limits(), RouteClass::CodeCheck))
         .and(json_object())
         .and(with_state(state.clone()))
-        .then(|body, state| async move { login_verify(state, body).await });
+        .and(client_info(state.clone()))
+        .then(|body, state, client| async move { login_verify(state, client, body).await });
     let login_resend = warp::path!("account" / "login" / "resend")
         .and(warp::post())
+        .and(limit(state.limits(), RouteClass::CodeSend))
         .and(json_object())
         .and(with_state(state.clone()))
-        .then(|body, state| async move { login_resend(state, body).await });
+        .and(client_info(state.clone()))
+        .then(|body, state, client| async move { login_resend(state, client, body).await });
     signup
         .or(login)
         .unify()
@@ -102,6 +127,8 @@ pub fn routes(
         .or(login_resend)
         .unify()
         .or(me)
+        .unify()
+        .or(audit_trail)
         .unify()
         .or(phone_send)
         .unify()
@@ -148,7 +175,12 @@ pub struct CodeSentBody {
     pub resend_after: DateTime<Utc>,
 }
 
-async fn send_code(state: AppState, user: AuthUser, action: SendAction) -> Outcome {
+async fn send_code(
+    state: AppState,
+    client: ClientInfo,
+    user: AuthUser,
+    action: SendAction,
+) -> Outcome {
     let u = current_user(&state, &user).await?;
     let purpose = match action {
         SendAction::VerifyPhone if u.is_phone_verified => {
@@ -171,6 +203,14 @@ async fn send_code(state: AppState, user: AuthUser, action: SendAction) -> Outco
         .otp()
         .issue(u.id, purpose, None, PhoneE164::from_trusted(u.phone))
         .await?;
+    audit::record(
+        &state,
+        Some(u.id),
+        AuditKind::CodeSent,
+        &client,
+        json!({ "purpose": purpose.as_str() }),
+    )
+    .await;
     Ok(json(
         StatusCode::ACCEPTED,
         &CodeSentBody {
@@ -210,6 +250,7 @@ pub fn check_failure(outcome: CheckOutcome, now: DateTime<Utc>) -> AppError {
 
 async fn confirm_code(
     state: AppState,
+    client: ClientInfo,
     user: AuthUser,
     purpose: Purpose,
     body: Map<String, Value>,
@@ -218,6 +259,16 @@ async fn confirm_code(
     let outcome = state.otp().check(user.id, purpose, None, code).await?;
     let now = state.clock().now();
     if outcome != CheckOutcome::Accepted {
+        if let CheckOutcome::Rejected { attempts_left } = outcome {
+            audit::record(
+                &state,
+                Some(user.id),
+                AuditKind::CodeFailed,
+                &client,
+                json!({ "purpose": purpose.as_str(), "attemptsLeft": attempts_left }),
+            )
+            .await;
+        }
         return Err(check_failure(outcome, now));
     }
     let store = state.store();
@@ -232,6 +283,12 @@ async fn confirm_code(
     };
     let user = updated.ok_or(AppError::InvalidToken)?;
     tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "code confirmed");
+    let kind = match purpose {
+        Purpose::PhoneVerify => AuditKind::PhoneVerified,
+        Purpose::Enable2fa => AuditKind::TwoFaEnabled,
+        _ => AuditKind::TwoFaDisabled,
+    };
+    audit::record(&state, Some(user.id), kind, &client, json!({})).await;
     Ok(json(StatusCode::OK, &user))
 }
 
@@ -279,12 +336,13 @@ fn name_message(field: &str, code: &str) -> String {
     }
 }
 
-async fn signup(state: AppState, body: Map<String, Value>) -> Outcome {
+async fn signup(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let new_user = parse_signup(body)?;
     let hash = state.hasher().hash(new_user.password.clone()).await?;
     match state.store().insert_user(&new_user, &hash).await? {
         Ok(user) => {
             tracing::info!(user_id = %user.id, "user signed up");
+            audit::record(&state, Some(user.id), AuditKind::Signup, &client, json!({})).await;
             Ok(json(StatusCode::CREATED, &user))
         }
         Err(Taken::Email) => Err(AppError::EmailTaken),
@@ -307,7 +365,7 @@ pub struct OtpRequiredBody {
 
 /// `POST /account/login`. An unknown e-mail and a wrong password answer alike,
 /// after the same argon2 work.
-async fn login(state: AppState, body: Map<String, Value>) -> Outcome {
+async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let mut f = Fields::new(body);
     let email = f.parse("email", |s| {
         if s.trim().is_empty() {
@@ -332,11 +390,26 @@ async fn login(state: AppState, body: Map<String, Value>) -> Outcome {
         Err(_) => None,
     };
     let stored_hash = creds.as_ref().map(|c| c.password_hash.clone());
-    let ok = state
+    let started = state.clock().now();
+    let locked = creds
+        .as_ref()
+        .and_then(|c| c.locked_until)
+        .is_some_and(|until| until > started);
+    // The hash is checked even while locked, so a lockout costs and looks the same.
+    let password_ok = state
         .hasher()
         .verify(password.clone(), stored_hash.clone())
         .await?;
+    let ok = password_ok && !locked;
     let now = state.clock().now();
+    record_password_outcome(
+        &state,
+        &client,
+        creds.as_ref().map(|c| c.id),
+        password_ok,
+        locked,
+    )
+    .await?;
     let limits = crate::actors::flow::limits(state.config());
     let flow = login_flow::start(now, &limits);
     let two_fa = creds.as_ref().is_some_and(|c| c.two_fa);
@@ -368,6 +441,14 @@ async fn login(state: AppState, body: Map<String, Value>) -> Outcome {
     match reply {
         Reply::Tokens(amr) => {
             tracing::info!(user_id = %creds.id, "login succeeded (password)");
+            audit::record(
+                &state,
+                Some(creds.id),
+                AuditKind::LoginSucceeded,
+                &client,
+                json!({ "amr": amr.as_strs() }),
+            )
+            .await;
             let tokens = issue_tokens(&state, creds.id, amr.as_strs(), Uuid::new_v4()).await?;
             Ok(json(StatusCode::OK, &tokens))
         }
@@ -391,6 +472,14 @@ async fn login(state: AppState, body: Map<String, Value>) -> Outcome {
             };
             state.flows().spawn(&state, flow_id, stored).await?;
             tracing::info!(user_id = %creds.id, %flow_id, "login needs an SMS code");
+            audit::record(
+                &state,
+                Some(creds.id),
+                AuditKind::CodeSent,
+                &client,
+                json!({ "purpose": "login_2fa", "flowId": flow_id }),
+            )
+            .await;
             Ok(json(
                 StatusCode::OK,
                 &OtpRequiredBody {
@@ -408,6 +497,70 @@ async fn login(state: AppState, body: Map<String, Value>) -> Outcome {
     }
 }
 
+/// Counts a failed password (and audits a lockout) or clears the count.
+async fn record_password_outcome(
+    state: &AppState,
+    client: &ClientInfo,
+    user: Option<Uuid>,
+    password_ok: bool,
+    locked: bool,
+) -> Result<(), AppError> {
+    let Some(id) = user else {
+        audit::record(
+            state,
+            None,
+            AuditKind::LoginFailed,
+            client,
+            json!({ "reason": "unknown_email" }),
+        )
+        .await;
+        return Ok(());
+    };
+    if locked {
+        audit::record(
+            state,
+            Some(id),
+            AuditKind::LoginFailed,
+            client,
+            json!({ "reason": "locked" }),
+        )
+        .await;
+        return Ok(());
+    }
+    if password_ok {
+        return Ok(state.store().record_successful_login(id).await?);
+    }
+    let q = &state.config().quotas;
+    let now = state.clock().now();
+    let failed = state
+        .store()
+        .record_failed_login(id, now, q.lockout_after, q.lockout_base, q.lockout_max)
+        .await?;
+    audit::record(
+        state,
+        Some(id),
+        AuditKind::LoginFailed,
+        client,
+        json!({ "reason": "wrong_password", "failuresInARow": failed.failures }),
+    )
+    .await;
+    if let Some(until) = failed
+        .locked_until
+        .filter(|_| failed.failures >= q.lockout_after)
+    {
+        tracing::warn!(user_id = %id, %until, "account locked after failed logins");
+        audit::record(
+            state,
+            Some(id),
+            AuditKind::LockedOut,
+            client,
+            json!({ "until": until, "failuresInARow": failed.failures }),
+        )
+        .await;
+    }
+    Ok(())
+}
+
 fn parse_flow_id(f: &mut Fields) -> Option<Uuid> {
     f.parse("flowId", |s| {
         Uuid::parse_str(s.trim())
@@ -416,7 +569,7 @@ fn parse_flow_id(f: &mut Fields) -> Option<Uuid> {
 }
 
 /// `POST /account/login/verify`: the SMS code of a 2FA login.
-async fn login_verify(state: AppState, body: Map<String, Value>) -> Outcome {
+async fn login_verify(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let length = state.config().otp_length;
     let mut f = Fields::new(body);
     let flow_id = parse_flow_id(&mut f);
@@ -427,19 +580,19 @@ async fn login_verify(state: AppState, body: Map<String, Value>) -> Outcome {
     let (Some(flow_id), Some(code)) = (flow_id, code) else {
         return Err(AppError::internal("verify fields missing after validation"));
     };
-    let tokens = state.flows().verify(&state, flow_id, code).await?;
+    let tokens = state.flows().verify(&state, flow_id, code, client).await?;
     Ok(json(StatusCode::OK, &tokens))
 }
 
 /// `POST /account/login/resend`: a new code for a 2FA login.
-async fn login_resend(state: AppState, body: Map<String, Value>) -> Outcome {
+async fn login_resend(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let mut f = Fields::new(body);
     let flow_id = parse_flow_id(&mut f);
     f.finish()?;
     let Some(flow_id) = flow_id else {
         return Err(AppError::internal("flowId missing after validation"));
     };
-    let resent = state.flows().resend(&state, flow_id).await?;
+    let resent = state.flows().resend(&state, flow_id, client).await?;
     Ok(json(
         StatusCode::ACCEPTED,
         &CodeSentBody {

@@ -9,6 +9,7 @@ use warp::{Filter, Rejection};
 
 use super::body::{json_object, Fields};
 use super::{json, with_state, Outcome};
+use crate::audit::{AuditKind, ClientInfo};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::tokens::{NewRefresh, RotateOutcome};
@@ -97,9 +98,15 @@ pub async fn issue_tokens(
 pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Rejection> + Clone {
     let refresh = warp::path!("auth" / "refresh")
         .and(warp::post())
+        // A refresh token is a secret a script could guess, like a code.
+        .and(super::limits::limit(
+            state.limits(),
+            super::limits::RouteClass::CodeCheck,
+        ))
         .and(json_object())
         .and(with_state(state.clone()))
-        .then(|body, state| async move { refresh(state, body).await });
+        .and(super::client_info(state.clone()))
+        .then(|body, state, client| async move { refresh(state, client, body).await });
     let logout = warp::path!("auth" / "logout")
         .and(warp::post())
         .and(warp::header::headers_cloned())
@@ -116,7 +123,7 @@ fn parse_refresh_field(body: Map<String, Value>) -> Result<String, AppError> {
     token.ok_or_else(|| AppError::internal("refreshToken missing after validation"))
 }
 
-async fn refresh(state: AppState, body: Map<String, Value>) -> Outcome {
+async fn refresh(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let token = parse_refresh_field(body)?;
     if !looks_like_refresh_token(&token) {
         return Err(AppError::InvalidRefreshToken);
@@ -138,6 +145,14 @@ async fn refresh(state: AppState, body: Map<String, Value>) -> Outcome {
         }
         RotateOutcome::Reused { user_id } => {
             tracing::warn!(%user_id, "refresh token reuse detected; token family revoked");
+            crate::audit::record(
+                &state,
+                Some(user_id),
+                AuditKind::RefreshReuseDetected,
+                &client,
+                serde_json::json!({}),
+            )
+            .await;
             Err(AppError::RefreshTokenReused)
         }
         RotateOutcome::Invalid => Err(AppError::InvalidRefreshToken),

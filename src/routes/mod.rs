@@ -9,6 +9,7 @@ pub mod account;
 pub mod auth;
 pub mod body;
 pub mod health;
+pub mod limits;
 pub mod webhooks;
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use warp::http::{header, HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::audit::ClientInfo;
 use crate::domain::FieldError;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -70,6 +72,29 @@ fn is_sane_request_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// The caller's address (see `limits::client_ip`) and user agent, for audit.
+pub fn client_info(
+    state: AppState,
+) -> impl Filter<Extract = (ClientInfo,), Error = Infallible> + Clone {
+    warp::addr::remote()
+        .and(warp::header::headers_cloned())
+        .and(with_state(state))
+        .map(
+            |peer: Option<std::net::SocketAddr>,
+             headers: warp::http::HeaderMap,
+             state: AppState| {
+                let trusted = state.config().rate_limits.trusted_proxy_header.as_ref();
+                ClientInfo {
+                    ip: Some(limits::client_ip(peer, &headers, trusted)),
+                    user_agent: headers
+                        .get(header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|s| s.chars().take(256).collect()),
+                }
+            },
+        )
+}
+
 /// Shares the application state with handlers.
 pub fn with_state(
     state: AppState,
@@ -104,7 +129,7 @@ fn finish(ctx: RequestCtx, outcome: Outcome) -> Response {
         Ok(r) => r,
         Err(e) => {
             if e.is_server_side() {
-                tracing::error!(request_id = %ctx.id, error = %e, "request failed");
+                tracing::error!(request_id = %ctx.id, error = %error_chain(&e), "request failed");
             }
             error_response(&e, &ctx.path)
         }
@@ -121,6 +146,18 @@ fn finish(ctx: RequestCtx, outcome: Outcome) -> Response {
         "request"
     );
     response
+}
+
+/// An error and its causes on one line ("db error" alone says nothing).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// The JSON error envelope of the REST contract.
@@ -217,6 +254,10 @@ fn clone_client_error(e: &AppError) -> AppError {
         AppError::UnsupportedMediaType => AppError::UnsupportedMediaType,
         AppError::LengthRequired => AppError::LengthRequired,
         AppError::InvalidToken => AppError::InvalidToken,
+        // The local rate limit filter refuses before the handler runs.
+        AppError::TooManyRequests { retry_after } => AppError::TooManyRequests {
+            retry_after: *retry_after,
+        },
         other => AppError::internal(format!("unexpected rejection: {other}")),
     }
 }

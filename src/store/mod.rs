@@ -5,10 +5,12 @@
 //! counts, single use) are expressed here as single atomic statements or
 //! constraints, never as read-then-write in Rust.
 
+pub mod audit;
 pub mod flows;
 pub mod otp;
 pub mod outbox;
 pub mod private_pg;
+pub mod quotas;
 pub mod tokens;
 pub mod users;
 

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::outbox::{self, NewSms};
+use super::quotas::{self, Quota};
 use super::{Store, StoreError};
 use crate::crypto::Keys;
 use crate::domain::otp::{CodeFacts, CodeState, Purpose};
@@ -25,13 +26,20 @@ pub struct IssueRequest<'a> {
     pub expires_at: DateTime<Utc>,
     pub max_attempts: i32,
     pub cooldown: chrono::Duration,
+    /// Send quotas this code counts against (see `store::quotas`).
+    pub quotas: &'a [Quota],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IssueOutcome {
     Issued,
     /// The previous code is younger than the cooldown.
     TooSoon {
+        retry_after: DateTime<Utc>,
+    },
+    /// A send quota is spent until `retry_after`; nothing was stored or sent.
+    QuotaExceeded {
+        quota: String,
         retry_after: DateTime<Utc>,
     },
 }
@@ -82,6 +90,10 @@ impl Store {
             if req.now < retry_after {
                 return Ok(IssueOutcome::TooSoon { retry_after });
             }
+        }
+        if let Some((quota, retry_after)) = quotas::take(&tx, req.quotas, req.now).await? {
+            // Dropping the transaction rolls the counters back.
+            return Ok(IssueOutcome::QuotaExceeded { quota, retry_after });
         }
         tx.execute(
             "UPDATE otp_codes SET state = 'superseded', finished_at = $3

@@ -91,6 +91,15 @@ pub struct Credentials {
     pub password_hash: String,
     pub phone: String,
     pub two_fa: bool,
+    /// Set while failed passwords keep the account locked.
+    pub locked_until: Option<chrono::DateTime<Utc>>,
+}
+
+/// After a failed password: the count in a row, and the lockout it started (if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedLogin {
+    pub failures: i32,
+    pub locked_until: Option<chrono::DateTime<Utc>>,
 }
 
 impl Store {
@@ -102,7 +111,7 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, password_hash, phone, two_fa FROM users WHERE lower(email) = lower($1)",
+                "SELECT id, password_hash, phone, two_fa, locked_until FROM users WHERE lower(email) = lower($1)",
                 &[&email],
             )
             .await?;
@@ -112,9 +121,56 @@ impl Store {
                 password_hash: r.try_get(1)?,
                 phone: r.try_get(2)?,
                 two_fa: r.try_get(3)?,
+                locked_until: r.try_get(4)?,
             }),
             None => None,
         })
+    }
+
+    /// Counts a failed password in one statement. From the `after`-th failure in a
+    /// row the account locks for `base`, doubling per further failure up to `max`:
+    /// growing, but bounded, so an attacker cannot lock the owner out for long.
+    pub async fn record_failed_login(
+        &self,
+        id: Uuid,
+        now: chrono::DateTime<Utc>,
+        after: i32,
+        base: std::time::Duration,
+        max: std::time::Duration,
+    ) -> Result<FailedLogin, StoreError> {
+        let client = self.client().await?;
+        let base_s = base.as_secs_f64();
+        let max_s = max.as_secs_f64();
+        let row = client
+            .query_one(
+                "UPDATE users SET
+                     failed_logins = failed_logins + 1,
+                     locked_until = CASE WHEN failed_logins + 1 >= $3
+                         THEN $2::timestamptz + make_interval(secs => least($5::float8,
+                              $4::float8 * power(2::float8, least(failed_logins + 1 - $3, 30))))
+                         ELSE locked_until END
+                 WHERE id = $1
+                 RETURNING failed_logins, locked_until",
+                &[&id, &now, &after, &base_s, &max_s],
+            )
+            .await?;
+        Ok(FailedLogin {
+            failures: row.try_get(0)?,
+            locked_until: row.try_get(1)?,
+        })
+    }
+
+    /// A right password clears the failure count and any lockout.
+    pub async fn record_successful_login(&self, id: Uuid) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE users SET failed_logins = 0, locked_until = NULL
+                 WHERE id = $1 AND (failed_logins <> 0 OR locked_until IS NOT NULL)",
+                &[&id],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Replaces a password hash made with older parameters, unless it changed meanwhile.

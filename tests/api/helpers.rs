@@ -164,6 +164,12 @@ pub fn test_config() -> Config {
             lease: Duration::from_secs(30),
             ..SmsConfig::default()
         },
+        // Every test client is 127.0.0.1: the local per-IP limits would trip the
+        // concurrency and login suites. tests/api/rate_limits.rs turns them on.
+        rate_limits: authgate::config::RateLimitConfig {
+            enabled: false,
+            ..Default::default()
+        },
         ..Config::default()
     }
 }

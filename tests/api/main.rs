@@ -2,6 +2,7 @@
 //! template database is built once per run. See `helpers.rs` for the harness.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod abuse;
 mod accounts;
 mod helpers;
 
@@ -11,6 +12,7 @@ mod http_envelope;
 mod login;
 mod logs;
 mod otp;
+mod rate_limits;
 mod signup;
 mod sms;
 mod webhooks;

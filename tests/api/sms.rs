@@ -424,7 +424,14 @@ async fn killing_the_actor_mid_batch_loses_nothing() {
     );
     for id in ids {
         let row = wait_for_row(&app, id, WAIT, |r| r.state == "sent").await;
-        assert_eq!(row.attempts, 2, "the killed claim counts as an attempt");
+        // The killed claim counts as an attempt. The killed batch's own request
+        // may also time out and record a retry before the lease lapses, which
+        // adds one claim; either way the message went out exactly once (above).
+        assert!(
+            (2..=3).contains(&row.attempts),
+            "attempts {}: the killed claim must count",
+            row.attempts
+        );
     }
 }
 

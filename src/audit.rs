@@ -1,0 +1,70 @@
+//! Audit events: the security-relevant moments of an account (sign-up, logins,
+//! codes sent and failed, lockouts, 2FA changes, refresh-token reuse), with the
+//! client's address and user agent, kept in PostgreSQL and readable per user.
+//!
+//! Recording never fails a request: a lost audit row is logged, the answer stands.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+/// Who made a request, as far as the edge can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    /// Truncated to 256 characters.
+    pub user_agent: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    Signup,
+    LoginSucceeded,
+    LoginFailed,
+    LockedOut,
+    CodeSent,
+    CodeFailed,
+    PhoneVerified,
+    TwoFaEnabled,
+    TwoFaDisabled,
+    RefreshReuseDetected,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Signup => "signup",
+            AuditKind::LoginSucceeded => "login_succeeded",
+            AuditKind::LoginFailed => "login_failed",
+            AuditKind::LockedOut => "locked_out",
+            AuditKind::CodeSent => "code_sent",
+            AuditKind::CodeFailed => "code_failed",
+            AuditKind::PhoneVerified => "phone_verified",
+            AuditKind::TwoFaEnabled => "two_fa_enabled",
+            AuditKind::TwoFaDisabled => "two_fa_disabled",
+            AuditKind::RefreshReuseDetected => "refresh_reuse_detected",
+        }
+    }
+}
+
+/// Records an event; failures are logged, never returned.
+pub async fn record(
+    state: &AppState,
+    user_id: Option<Uuid>,
+    kind: AuditKind,
+    client: &ClientInfo,
+    detail: serde_json::Value,
+) {
+    let now = state.clock().now();
+    if let Err(e) = state
+        .store()
+        .insert_audit(user_id, kind.as_str(), client, &detail, now)
+        .await
+    {
+        tracing::warn!(kind = kind.as_str(), error = %e, "audit event not recorded");
+    }
+}

@@ -1,0 +1,79 @@
+//! The `audit_events` table.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::audit::ClientInfo;
+
+/// One event as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRow {
+    pub kind: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub detail: serde_json::Value,
+    #[serde(serialize_with = "crate::domain::user::iso8601")]
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn insert_audit(
+        &self,
+        user_id: Option<Uuid>,
+        kind: &str,
+        client: &ClientInfo,
+        detail: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let ua: Option<String> = client
+            .user_agent
+            .as_ref()
+            .map(|u| u.chars().take(256).collect());
+        c.execute(
+            "INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
+             VALUES ($1, $2, $3::text::inet, $4, $5, $6)",
+            &[
+                &user_id,
+                &kind,
+                &client.ip.map(|ip| ip.to_string()),
+                &ua,
+                detail,
+                &now,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A user's newest events first.
+    pub async fn audit_for_user(
+        &self,
+        user_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT kind, host(ip), user_agent, detail, created_at FROM audit_events
+                 WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+                &[&user_id, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    kind: r.try_get(0)?,
+                    ip: r.try_get(1)?,
+                    user_agent: r.try_get(2)?,
+                    detail: r.try_get(3)?,
+                    created_at: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(StoreError::from)
+    }
+}
