@@ -47,7 +47,14 @@ impl PhoneE164 {
         if !phonenumber::is_valid(&number) {
             return Err(PhoneError::Impossible);
         }
-        Ok(PhoneE164(number.format().mode(Mode::E164).to_string()))
+        let e164 = number.format().mode(Mode::E164).to_string();
+        // E.164 caps a number at 15 digits (and the users table checks it), but
+        // the library's plans accept some longer ones (German `+49` numbers of 16
+        // digits, found by fuzzing): those cannot be stored or dialled as E.164.
+        if e164.len() > 16 {
+            return Err(PhoneError::Impossible);
+        }
+        Ok(PhoneE164(e164))
     }
 
     /// Rebuilds from a value the database stored (already normalised).
@@ -135,6 +142,20 @@ mod tests {
             Err(PhoneError::Impossible)
         );
         assert_eq!(PhoneE164::parse("+1 415"), Err(PhoneError::Impossible));
+    }
+
+    /// Regression (fuzz target `normalise`): the numbering plan calls this
+    /// 16-digit German number valid, but E.164 (and the users table's CHECK)
+    /// allow 15 digits at most, so sign-up failed in the database.
+    #[test]
+    fn numbers_longer_than_e164_allows_are_refused() {
+        for raw in ["+4948080914944291", "+4948080914944291\0\0\0"] {
+            assert_eq!(
+                PhoneE164::parse(raw),
+                Err(PhoneError::Impossible),
+                "{raw:?}"
+            );
+        }
     }
 
     #[test]
