@@ -1,12 +1,31 @@
-//! Criterion benchmarks of the request hot paths that involve no IO.
-//! Run: `cargo bench --bench hot_paths`.
+//! Criterion benchmarks of the request hot paths that involve no IO: request
+//! parsing and validation, one login state-machine transition, code generation
+//! and hashing, code verification, JWT signing and verification, and argon2id.
+//! Run: `cargo bench --bench hot_paths` (one group: `cargo bench --bench
+//! hot_paths -- jwt`).
+// A benchmark that cannot set itself up should stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use authgate::crypto::Keys;
 use authgate::domain::email::Email;
+use authgate::domain::login_flow::{self, Event, Limits};
+use authgate::domain::otp::{generate_code, parse_code, Purpose};
 use authgate::domain::password::{self, Password};
 use authgate::domain::phone::PhoneE164;
-use authgate::routes::{account::parse_signup, body::parse_object};
+use authgate::routes::{
+    account::{parse_code_body, parse_signup},
+    body::parse_object,
+};
+use authgate::tokens::TokenIssuer;
+use chrono::{DateTime, Duration, Utc};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use secrecy::SecretString;
+
+fn keys() -> Keys {
+    Keys::derive(&SecretString::from(
+        "bench-secret-bench-secret-bench-secret-0".to_owned(),
+    ))
+}
 
 fn parsing(c: &mut Criterion) {
     let body = br#"{"email":" Ada@Example.com ","phone":"+1 (415) 555-0100",
@@ -19,6 +38,99 @@ fn parsing(c: &mut Criterion) {
     });
     c.bench_function("email: parse and normalise", |b| {
         b.iter(|| Email::parse(black_box(" Ada.Lovelace@Example.com ")).unwrap())
+    });
+    let body = br#"{"code":" 123456 "}"#;
+    c.bench_function("code body: parse and validate", |b| {
+        b.iter(|| parse_code_body(parse_object(black_box(body)).unwrap(), 6).unwrap())
+    });
+}
+
+fn login_flow(c: &mut Criterion) {
+    let limits = Limits {
+        max_code_attempts: 5,
+        max_resends: 3,
+        resend_cooldown: Duration::seconds(30),
+        code_ttl: Duration::minutes(10),
+        flow_ttl: Duration::minutes(15),
+    };
+    let t0: DateTime<Utc> = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let fresh = login_flow::start(t0, &limits);
+    let pending = login_flow::transition(
+        &fresh,
+        Event::PasswordChecked {
+            ok: true,
+            two_fa: true,
+        },
+        t0,
+        &limits,
+    )
+    .state;
+    let now = t0 + Duration::seconds(20);
+    c.bench_function("login flow: password checked (2FA on)", |b| {
+        b.iter(|| {
+            login_flow::transition(
+                black_box(&fresh),
+                Event::PasswordChecked {
+                    ok: true,
+                    two_fa: true,
+                },
+                now,
+                &limits,
+            )
+        })
+    });
+    c.bench_function("login flow: right code", |b| {
+        b.iter(|| {
+            login_flow::transition(
+                black_box(&pending),
+                Event::CodeSubmitted { correct: true },
+                now,
+                &limits,
+            )
+        })
+    });
+}
+
+fn codes(c: &mut Criterion) {
+    let keys = keys();
+    let user = uuid::Uuid::from_u128(0x5eed);
+    let purpose = Purpose::Login2fa.as_str();
+    let mut rng = rand::rngs::OsRng;
+    c.bench_function("code: generate (OS CSPRNG)", |b| {
+        b.iter(|| generate_code(&mut rng, 6))
+    });
+    c.bench_function("code: generate and hash", |b| {
+        b.iter(|| {
+            let code = generate_code(&mut rng, 6);
+            keys.otp_hash(black_box(&user), purpose, &code)
+        })
+    });
+    // What a check does besides the database: shape, keyed hash, compare.
+    let stored = keys.otp_hash(&user, purpose, "123456");
+    c.bench_function("code: verify (parse, hash, constant-time compare)", |b| {
+        b.iter(|| {
+            let code = parse_code(black_box(" 123456 "), 6).unwrap();
+            Keys::hashes_equal(&stored, &keys.otp_hash(&user, purpose, &code))
+        })
+    });
+}
+
+fn jwt(c: &mut Criterion) {
+    let keys = keys();
+    let issuer = TokenIssuer::new(
+        &keys,
+        "authgate",
+        "authgate",
+        std::time::Duration::from_secs(900),
+    );
+    let user = uuid::Uuid::from_u128(0x5eed);
+    let now = Utc::now();
+    let token = issuer.issue(user, &["pwd", "sms"], now).unwrap();
+    c.bench_function("jwt: sign (HS256)", |b| {
+        b.iter(|| issuer.issue(black_box(user), &["pwd", "sms"], now).unwrap())
+    });
+    c.bench_function("jwt: verify (HS256)", |b| {
+        b.iter(|| issuer.verify(black_box(&token), now).unwrap())
     });
 }
 
@@ -36,5 +148,5 @@ fn hashing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parsing, hashing);
+criterion_group!(benches, parsing, login_flow, codes, jwt, hashing);
 criterion_main!(benches);

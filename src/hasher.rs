@@ -10,19 +10,31 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::metrics::Metrics;
+
 use crate::domain::password::{self, Password};
 use crate::error::AppError;
 
 #[derive(Clone)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    /// Where queue waits are recorded; None in benches and unit tests.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Hasher {
     pub fn new(concurrency: usize) -> Hasher {
         Hasher {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            metrics: None,
         }
+    }
+
+    /// Records each job's wait for a slot in `metrics`: a growing wait says the
+    /// pool (`AUTHGATE_HASH_CONCURRENCY`) is the bottleneck of logins.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Hasher {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn run<T: Send + 'static>(
@@ -37,6 +49,9 @@ impl Hasher {
             .await
             .map_err(AppError::internal)?;
         let waited = queued.elapsed();
+        if let Some(m) = &self.metrics {
+            m.hash_waited(waited);
+        }
         let out = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             job()

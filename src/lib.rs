@@ -15,6 +15,8 @@
 //! every layer; [`config`] the typed configuration; [`error`] the one error type;
 //! [`sms`] sending one SMS (Twilio or the console) and the retry policy.
 
+#![recursion_limit = "256"]
+
 pub mod actors;
 pub mod audit;
 pub mod clock;
@@ -23,6 +25,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod hasher;
+pub mod metrics;
 pub mod routes;
 pub mod sms;
 pub mod startup;

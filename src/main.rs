@@ -1,4 +1,4 @@
-//! The `authgate` command: `serve` (default), `migrate`, `check-config`.
+//! The `authgate` command: `serve` (default), `migrate`, `check-config`, `openapi`.
 
 use std::process::ExitCode;
 
@@ -18,6 +18,8 @@ Commands:
   migrate        Apply database migrations and exit
   check-config   Print the effective configuration (secrets masked) and exit;
                  exits non-zero naming every problem
+  openapi [FILE] Write the OpenAPI 3.1 document to FILE (default openapi.json;
+                 `-` for standard output); needs no database or configuration
   help           Print this help
 
 Configuration comes from environment variables and an optional .env file;
@@ -35,6 +37,9 @@ fn main() -> ExitCode {
     if matches!(command.as_str(), "version" | "-V" | "--version") {
         println!("authgate {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if command == "openapi" {
+        return write_openapi(std::env::args().nth(2).as_deref().unwrap_or("openapi.json"));
     }
     // A missing .env is normal; a malformed one is a configuration error.
     if let Err(e) = dotenvy::dotenv() {
@@ -79,6 +84,32 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("authgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `authgate openapi`: the same document the server serves, built from the code
+/// alone (before any configuration is read, so it works anywhere).
+fn write_openapi(target: &str) -> ExitCode {
+    let doc = match authgate::routes::docs::document_pretty() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("authgate: cannot render the OpenAPI document: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if target == "-" {
+        print!("{doc}");
+        return ExitCode::SUCCESS;
+    }
+    match std::fs::write(target, doc) {
+        Ok(()) => {
+            println!("wrote {target}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authgate: cannot write {target}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -72,6 +72,7 @@ impl Application {
             .await
             .map_err(|e| format!("could not start the actor tree: {e}"))?;
         let sms = SmsHandle::new(&config.sms, store.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         sms::start(
             &supervisor,
             &sms,
@@ -97,6 +98,7 @@ impl Application {
                 cooldown: config.otp_resend_cooldown,
                 sender_name: config.sms.sender_name.clone(),
                 quotas: config.quotas.clone(),
+                metrics: metrics.clone(),
                 on_enqueued: {
                     let sms = sms.clone();
                     Arc::new(move || sms.nudge())
@@ -131,6 +133,7 @@ impl Application {
             tokens,
             sms,
             flows: FlowRegistry::default(),
+            metrics,
         });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

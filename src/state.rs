@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::hasher::Hasher;
+use crate::metrics::Metrics;
 use crate::routes::limits::LocalLimits;
 use crate::store::Store;
 use crate::tokens::TokenIssuer;
@@ -37,6 +38,8 @@ pub struct AppParts {
     pub flows: FlowRegistry,
     /// Local per-IP rate limits (this process only).
     pub limits: LocalLimits,
+    /// The Prometheus counters (`GET /metrics`); shared with the OTP actors.
+    pub metrics: Arc<Metrics>,
 }
 
 struct Inner {
@@ -46,7 +49,7 @@ struct Inner {
 
 impl AppState {
     pub fn new(parts: AppParts) -> AppState {
-        let hasher = Hasher::new(parts.config.hash_concurrency);
+        let hasher = Hasher::new(parts.config.hash_concurrency).with_metrics(parts.metrics.clone());
         AppState {
             inner: Arc::new(Inner { parts, hasher }),
         }
@@ -72,6 +75,11 @@ impl AppState {
     /// The login flows that have an actor in this process.
     pub fn flows(&self) -> &FlowRegistry {
         &self.inner.parts.flows
+    }
+
+    /// The Prometheus counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.parts.metrics
     }
 
     pub fn config(&self) -> &Config {

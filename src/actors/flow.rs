@@ -22,6 +22,7 @@ use crate::domain::login_flow::{self, Effect, Event, FlowError, FlowState, Limit
 use crate::domain::otp::Purpose;
 use crate::domain::phone::PhoneE164;
 use crate::error::{AppError, GoneReason};
+use crate::metrics::FlowEvent;
 use crate::routes::auth::{issue_tokens, TokensBody};
 use crate::state::AppState;
 use crate::store::otp::CheckOutcome;
@@ -70,7 +71,7 @@ pub fn purge_after(state: &FlowState, now: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The 4xx a refused step answers.
-pub fn flow_error(e: FlowError) -> AppError {
+pub fn flow_error(e: FlowError, now: DateTime<Utc>) -> AppError {
     match e {
         FlowError::InvalidCredentials => AppError::InvalidCredentials,
         FlowError::InvalidCode { attempts_left } => AppError::InvalidCode { attempts_left },
@@ -81,7 +82,7 @@ pub fn flow_error(e: FlowError) -> AppError {
             AppError::Gone(GoneReason::FlowFinished)
         }
         FlowError::ResendTooSoon { retry_after } => AppError::TooManyRequests {
-            retry_after: (retry_after - Utc::now())
+            retry_after: (retry_after - now)
                 .to_std()
                 .unwrap_or(Duration::from_secs(1)),
         },
@@ -237,6 +238,14 @@ async fn audit(s: &FlowActorState, step: &login_flow::Step) {
         let Effect::Audit(kind) = effect else {
             continue;
         };
+        // Counted here, after the compare-and-set persisted the transition, so
+        // each flow's end is counted once across every process.
+        match kind {
+            Flow::LoginSucceeded => s.app.metrics().flow(FlowEvent::Completed),
+            Flow::FlowLocked => s.app.metrics().flow(FlowEvent::Locked),
+            Flow::FlowExpired => s.app.metrics().flow(FlowEvent::Expired),
+            Flow::PasswordRejected | Flow::CodeSent | Flow::CodeRejected => {}
+        }
         tracing::info!(flow_id = %s.flow_id, user_id = %s.user_id, event = ?kind, "login flow");
         let (kind, mut detail) = match kind {
             Flow::LoginSucceeded => (AuditKind::LoginSucceeded, json!({ "amr": ["pwd", "sms"] })),
@@ -258,7 +267,7 @@ async fn verify(s: &mut FlowActorState, code: String) -> Result<TokensBody, AppE
     // Expired or finished flows answer before any code is looked at.
     let tick = apply(s, Event::Tick).await?;
     if let Err(e) = tick.reply {
-        return Err(flow_error(e));
+        return Err(flow_error(e, s.app.clock().now()));
     }
     if let FlowState::OtpPending {
         code_expires_at, ..
@@ -294,7 +303,7 @@ async fn verify(s: &mut FlowActorState, code: String) -> Result<TokensBody, AppE
             issue_tokens(&s.app, s.user_id, amr.as_strs(), Uuid::new_v4()).await
         }
         Ok(_) => Err(AppError::internal("code step answered without tokens")),
-        Err(e) => Err(flow_error(e)),
+        Err(e) => Err(flow_error(e, s.app.clock().now())),
     }
 }
 
@@ -307,7 +316,7 @@ async fn resend(s: &mut FlowActorState) -> Result<Resent, AppError> {
     if let Err(e) = preview.reply {
         // Persist what the refusal may have changed (an expiry).
         let _ = apply(s, Event::Tick).await;
-        return Err(flow_error(e));
+        return Err(flow_error(e, s.app.clock().now()));
     }
     let issued = s
         .app
@@ -326,7 +335,7 @@ async fn resend(s: &mut FlowActorState) -> Result<Resent, AppError> {
             resend_after,
         }),
         Ok(_) => Err(AppError::internal("resend answered without a code")),
-        Err(e) => Err(flow_error(e)),
+        Err(e) => Err(flow_error(e, s.app.clock().now())),
     }
 }
 
@@ -405,7 +414,9 @@ impl FlowRegistry {
             return Err(step
                 .reply
                 .err()
-                .map_or(AppError::Gone(GoneReason::FlowFinished), flow_error));
+                .map_or(AppError::Gone(GoneReason::FlowFinished), |e| {
+                    flow_error(e, now)
+                }));
         }
         self.spawn(app, flow_id, stored).await
     }

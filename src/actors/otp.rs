@@ -20,6 +20,7 @@ use crate::crypto::Keys;
 use crate::domain::otp::{self, Purpose};
 use crate::domain::phone::PhoneE164;
 use crate::error::{AppError, SmsRefusal};
+use crate::metrics::QuotaRefusal;
 use crate::store::otp::{CheckOutcome, IssueOutcome, IssueRequest};
 use crate::store::quotas::Quota;
 use crate::store::Store;
@@ -70,6 +71,8 @@ pub struct OtpSettings {
     pub sender_name: String,
     /// Send quotas and the destination rules.
     pub quotas: crate::config::QuotaConfig,
+    /// Codes issued and checked, quota refusals (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Called after a code and its SMS are committed: wakes the SMS actor at once.
     pub on_enqueued: Arc<dyn Fn() + Send + Sync>,
 }
@@ -111,7 +114,11 @@ impl Actor for OtpActor {
                 phone,
                 reply,
             } => {
-                let _ = reply.send(issue(s, user_id, purpose, flow_id, &phone).await);
+                let result = issue(s, user_id, purpose, flow_id, &phone).await;
+                if result.is_ok() {
+                    s.metrics.code_issued(purpose);
+                }
+                let _ = reply.send(result);
             }
             OtpMsg::Check {
                 user_id,
@@ -126,6 +133,9 @@ impl Actor for OtpActor {
                     .check_code(&s.keys, user_id, purpose, flow_id, &code, now)
                     .await
                     .map_err(AppError::from);
+                if let Ok(outcome) = &result {
+                    s.metrics.code_checked(purpose, outcome);
+                }
                 let _ = reply.send(result);
             }
             OtpMsg::Purge => {
@@ -221,17 +231,21 @@ async fn issue(
                 resend_after: now + cooldown,
             })
         }
-        IssueOutcome::TooSoon { retry_after } => Err(AppError::TooManyRequests {
-            retry_after: (retry_after - now)
-                .to_std()
-                .unwrap_or(Duration::from_secs(1)),
-        }),
+        IssueOutcome::TooSoon { retry_after } => {
+            s.metrics.quota_refused(QuotaRefusal::Cooldown);
+            Err(AppError::TooManyRequests {
+                retry_after: (retry_after - now)
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(1)),
+            })
+        }
         IssueOutcome::QuotaExceeded { quota, retry_after } => {
-            let which = match quota.split(':').nth(1) {
-                Some("phone") => "per-phone",
-                Some("user") => "per-account",
-                _ => "global",
+            let (which, refusal) = match quota.split(':').nth(1) {
+                Some("phone") => ("per-phone", QuotaRefusal::PerPhone),
+                Some("user") => ("per-account", QuotaRefusal::PerAccount),
+                _ => ("global", QuotaRefusal::Global),
             };
+            s.metrics.quota_refused(refusal);
             tracing::warn!(%user_id, quota = which, "SMS quota exceeded");
             Err(AppError::TooManyRequests {
                 retry_after: (retry_after - now)

@@ -15,7 +15,7 @@ pub mod user;
 use serde::Serialize;
 
 /// One problem with one field of a request, as listed in a 400 `validation_failed`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// The request field, as the client spelled it (camelCase).
     pub field: &'static str,

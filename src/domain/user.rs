@@ -20,7 +20,8 @@ pub struct NewUser {
 }
 
 /// A stored user, as the REST contract shows it (camelCase, ISO-8601 times).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "3c931f6d-b04b-41e8-b991-036f086d9090", "email": "ada@example.com", "phone": "+14155550100", "firstName": "Ada", "lastName": "Lovelace", "twoFA": false, "isPhoneVerified": false, "createdAt": "2026-11-27T10:42:17.628Z", "updatedAt": "2026-11-27T10:42:17.628Z"}))]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: Uuid,

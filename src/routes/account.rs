@@ -40,8 +40,8 @@ pub fn routes(
         .and(bearer(state.clone()))
         .and(with_state(state.clone()))
         .then(|user: AuthUser, state: AppState| async move {
-            let rows = state.store().audit_for_user(user.id, 100).await?;
-            Ok(json(StatusCode::OK, &serde_json::json!({ "events": rows })))
+            let events = state.store().audit_for_user(user.id, 100).await?;
+            Ok(json(StatusCode::OK, &AuditTrailBody { events }))
         });
     let me = warp::path!("account" / "me")
         .and(warp::get())
@@ -144,6 +144,12 @@ pub fn routes(
         .unify()
 }
 
+/// `GET /account/audit`: the user's newest events first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditTrailBody {
+    pub events: Vec<crate::store::audit::AuditRow>,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum SendAction {
     VerifyPhone,
@@ -165,9 +171,11 @@ async fn me(state: AppState, user: AuthUser) -> Outcome {
 }
 
 /// The answer to "a code was sent".
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"status": "code_sent", "expiresAt": "2026-11-27T10:52:17.628Z", "resendAfter": "2026-11-27T10:42:47.628Z"}))]
 pub struct CodeSentBody {
+    #[schema(pattern = "^code_sent$")]
     pub status: &'static str,
     #[serde(serialize_with = "crate::domain::user::iso8601")]
     pub expires_at: DateTime<Utc>,
@@ -351,11 +359,15 @@ async fn signup(state: AppState, client: ClientInfo, body: Map<String, Value>) -
 }
 
 /// The answer when a password was right and 2FA is on.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"status": "otp_required", "flowId": "7d0f0b5e-2b7e-4d7a-9c1e-5f6a8b9c0d1e", "phoneHint": "+•••••••••00", "expiresAt": "2026-11-27T10:52:17.628Z", "resendAfter": "2026-11-27T10:42:47.628Z"}))]
 pub struct OtpRequiredBody {
+    #[schema(pattern = "^otp_required$")]
     pub status: &'static str,
+    /// Send it with the code to `/account/login/verify`.
     pub flow_id: Uuid,
+    /// The phone the code went to, all but the last two digits masked.
     pub phone_hint: String,
     #[serde(serialize_with = "crate::domain::user::iso8601")]
     pub expires_at: DateTime<Utc>,
@@ -417,7 +429,7 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
     let creds = match (step.reply, creds) {
         (Err(e), _) => {
             tracing::info!("login refused: invalid credentials");
-            return Err(crate::actors::flow::flow_error(e));
+            return Err(crate::actors::flow::flow_error(e, now));
         }
         (Ok(_), None) => return Err(AppError::internal("login accepted without an account")),
         (Ok(reply), Some(creds)) => (reply, creds),
@@ -471,6 +483,7 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
                 version: 0,
             };
             state.flows().spawn(&state, flow_id, stored).await?;
+            state.metrics().flow(crate::metrics::FlowEvent::Started);
             tracing::info!(user_id = %creds.id, %flow_id, "login needs an SMS code");
             audit::record(
                 &state,

@@ -50,13 +50,19 @@ pub fn bearer(state: AppState) -> impl Filter<Extract = (AuthUser,), Error = Rej
 }
 
 /// The tokens answer of the REST contract.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"status": "authenticated", "accessToken": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIzYzkzMWY2ZCJ9.c2lnbmF0dXJl", "refreshToken": "Jx2lqM8yKQ0u3m9p5vXcN7bR1sT4wZ6aD8fG0hJ2kL4", "tokenType": "Bearer", "expiresIn": 900}))]
 pub struct TokensBody {
+    #[schema(pattern = "^authenticated$")]
     pub status: &'static str,
+    /// An HS256 JWT with `sub`, `iat`, `exp`, `jti`, `iss`, `aud` and `amr`.
     pub access_token: String,
+    /// 43 URL-safe base64 characters (256 random bits); send it to `/auth/refresh`.
     pub refresh_token: String,
+    #[schema(pattern = "^Bearer$")]
     pub token_type: &'static str,
+    /// Seconds until the access token expires.
     pub expires_in: i64,
 }
 

@@ -1,18 +1,35 @@
 //! Liveness and readiness, outside the `/api/v1` prefix.
 
-use serde_json::json;
+use serde::Serialize;
 use warp::http::StatusCode;
 use warp::Filter;
 
 use super::{json, with_state, Outcome};
 use crate::state::AppState;
 
+/// `GET /healthz`: the process is alive.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub struct HealthBody {
+    #[schema(pattern = "^ok$")]
+    pub status: &'static str,
+}
+
+/// `GET /readyz`: 200 `ready` when the database answers, else 503 `unavailable`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "ready", "database": true}))]
+pub struct ReadyBody {
+    #[schema(pattern = "^(ready|unavailable)$")]
+    pub status: &'static str,
+    pub database: bool,
+}
+
 pub fn routes(
     state: AppState,
 ) -> impl warp::Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| Ok(json(StatusCode::OK, &json!({"status": "ok"}))));
+        .map(|| Ok(json(StatusCode::OK, &HealthBody { status: "ok" })));
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_state(state))
@@ -25,10 +42,10 @@ pub fn routes(
             };
             Ok(json(
                 status,
-                &json!({
-                    "status": if database { "ready" } else { "unavailable" },
-                    "database": database,
-                }),
+                &ReadyBody {
+                    status: if database { "ready" } else { "unavailable" },
+                    database,
+                },
             ))
         });
     healthz.or(readyz).unify()

@@ -19,7 +19,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,6 +186,8 @@ struct Inner {
     login: Limiter,
     code_check: Limiter,
     code_send: Limiter,
+    /// Refusals per class since start, for `/metrics` (indexed like `RouteClass::ALL`).
+    refused: [AtomicU64; 4],
 }
 
 impl Inner {
@@ -218,6 +220,7 @@ impl LocalLimits {
                 login: limiter(config.login, max),
                 code_check: limiter(config.code_check, max),
                 code_send: limiter(config.code_send, max),
+                refused: Default::default(),
             }),
         }
     }
@@ -247,11 +250,22 @@ impl LocalLimits {
             return Ok(());
         }
         let limiter = self.inner.limiter(class);
-        limiter
-            .check_key(&rate_key(ip))
-            .map_err(|not_until| AppError::TooManyRequests {
+        limiter.check_key(&rate_key(ip)).map_err(|not_until| {
+            if let Some(n) = self.inner.refused.get(class as usize) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            AppError::TooManyRequests {
                 retry_after: not_until.wait_time_from(limiter.clock().now()),
-            })
+            }
+        })
+    }
+
+    /// Requests of `class` refused with 429 since start.
+    pub fn refused(&self, class: RouteClass) -> u64 {
+        self.inner
+            .refused
+            .get(class as usize)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Clients currently tracked for `class` (the overflow bucket not counted).

@@ -8,8 +8,10 @@
 pub mod account;
 pub mod auth;
 pub mod body;
+pub mod docs;
 pub mod health;
 pub mod limits;
+pub mod metrics;
 pub mod webhooks;
 
 use std::convert::Infallible;
@@ -25,6 +27,32 @@ use crate::audit::ClientInfo;
 use crate::domain::FieldError;
 use crate::error::AppError;
 use crate::state::AppState;
+
+/// Every route the application serves, as (method, full path): the one list the
+/// OpenAPI document is built from. `tests/api/openapi.rs` checks it both ways,
+/// against the document and against the running filters, so a route added to
+/// `app()` but not here (or the reverse) fails the build's tests.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/account/signup"),
+    ("POST", "/api/v1/account/login"),
+    ("POST", "/api/v1/account/login/verify"),
+    ("POST", "/api/v1/account/login/resend"),
+    ("GET", "/api/v1/account/me"),
+    ("GET", "/api/v1/account/audit"),
+    ("POST", "/api/v1/account/phone/verify/send"),
+    ("POST", "/api/v1/account/phone/verify/confirm"),
+    ("POST", "/api/v1/account/2fa/enable"),
+    ("POST", "/api/v1/account/2fa/enable/confirm"),
+    ("POST", "/api/v1/account/2fa/disable"),
+    ("POST", "/api/v1/account/2fa/disable/confirm"),
+    ("POST", "/api/v1/auth/refresh"),
+    ("POST", "/api/v1/auth/logout"),
+    ("POST", "/api/v1/webhooks/twilio/status"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
 
 /// Request bodies above this are refused with 413 before they are read in full.
 pub const MAX_BODY_BYTES: u64 = 8 * 1024;
@@ -104,27 +132,39 @@ pub fn with_state(
 
 /// The whole HTTP application: every route, the envelope, the request id, logging.
 pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let registry = state.metrics().clone();
+    // Boxing each group keeps the composed filter type shallow: without it the
+    // compiler's trait solver overflows its recursion limit on the whole tree.
     let api = warp::path!("api" / "v1" / ..).and(
         account::routes(state.clone())
-            .or(auth::routes(state.clone()))
+            .boxed()
+            .or(auth::routes(state.clone()).boxed())
             .unify()
-            .or(webhooks::routes(state.clone()))
-            .unify(),
+            .or(webhooks::routes(state.clone()).boxed())
+            .unify()
+            .or(docs::routes().boxed())
+            .unify()
+            .boxed(),
     );
     let routes = api
-        .or(health::routes(state))
+        .or(health::routes(state.clone()))
+        .unify()
+        .or(metrics::routes(state))
         .unify()
         // After a route matched, handlers never reject; what reaches here is
         // warp's own refusal (no route, wrong method, body problems).
         .or_else(|rejection: Rejection| async move {
             Ok::<(Outcome,), Infallible>((Err(from_rejection(rejection)),))
         });
-    request_ctx().and(routes).map(finish)
+    request_ctx()
+        .and(routes)
+        .map(move |ctx, outcome| finish(&registry, ctx, outcome))
 }
 
 /// Turns any result into the final response: renders errors as the envelope, adds
-/// the request id, writes the one log line per request.
-fn finish(ctx: RequestCtx, outcome: Outcome) -> Response {
+/// the request id, writes the one log line per request and counts it in the
+/// metrics (by route pattern, never by raw path).
+fn finish(registry: &crate::metrics::Metrics, ctx: RequestCtx, outcome: Outcome) -> Response {
     let mut response = match outcome {
         Ok(r) => r,
         Err(e) => {
@@ -137,12 +177,15 @@ fn finish(ctx: RequestCtx, outcome: Outcome) -> Response {
     if let Ok(v) = HeaderValue::from_str(&ctx.id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    let latency = ctx.started.elapsed();
+    let status = response.status().as_u16();
+    registry.observe_request(&ctx.path, status, latency);
     tracing::info!(
         request_id = %ctx.id,
         method = %ctx.method,
         path = %ctx.path,
-        status = response.status().as_u16(),
-        latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        status,
+        latency_ms = latency.as_secs_f64() * 1000.0,
         "request"
     );
     response
@@ -161,41 +204,60 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The JSON error envelope of the REST contract.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody<'a> {
     pub status_code: u16,
+    /// The status's reason phrase (`Bad Request`, `Unauthorized`, …).
     pub error: &'a str,
+    /// Stable and machine-readable: branch on this, never on `message`.
     pub code: &'a str,
     pub message: String,
     pub path: &'a str,
+    #[schema(format = DateTime)]
     pub timestamp: String,
     /// With `validation_failed`: every problem, one per field.
+    // Absent rather than null when empty, so the schema does not allow null.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub details: Option<&'a [FieldError]>,
     /// With `invalid_code`: tries left for the current code.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub attempts_left: Option<u32>,
+}
+
+impl<'a> ErrorBody<'a> {
+    /// The envelope for `e` at `path`; the OpenAPI examples are rendered by this
+    /// same function, so they cannot differ from what clients get.
+    pub fn new(e: &'a AppError, path: &'a str, timestamp: String) -> ErrorBody<'a> {
+        let status = e.status();
+        ErrorBody {
+            status_code: status.as_u16(),
+            error: status.canonical_reason().unwrap_or("Error"),
+            code: e.code(),
+            message: e.public_message(),
+            path,
+            timestamp,
+            details: match e {
+                AppError::Validation(list) => Some(list),
+                _ => None,
+            },
+            attempts_left: match e {
+                AppError::InvalidCode { attempts_left } => Some(*attempts_left),
+                _ => None,
+            },
+        }
+    }
 }
 
 pub fn error_response(e: &AppError, path: &str) -> Response {
     let status = e.status();
-    let body = ErrorBody {
-        status_code: status.as_u16(),
-        error: status.canonical_reason().unwrap_or("Error"),
-        code: e.code(),
-        message: e.public_message(),
+    let body = ErrorBody::new(
+        e,
         path,
-        timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        details: match e {
-            AppError::Validation(list) => Some(list),
-            _ => None,
-        },
-        attempts_left: match e {
-            AppError::InvalidCode { attempts_left } => Some(*attempts_left),
-            _ => None,
-        },
-    };
+        Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+    );
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
     if let AppError::TooManyRequests { retry_after } = e {
         let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;

@@ -8,12 +8,19 @@ use super::{Store, StoreError};
 use crate::audit::ClientInfo;
 
 /// One event as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"kind": "login_succeeded", "ip": "203.0.113.7", "userAgent": "curl/8.5.0", "detail": {"amr": ["pwd"]}, "createdAt": "2026-11-27T10:42:17.628Z"}))]
 pub struct AuditRow {
+    /// What happened (`signup`, `login_succeeded`, `login_failed`, `code_sent`, …).
     pub kind: String,
+    // Always present, null when unknown: listed as required so clients can rely on it.
+    #[schema(required = true)]
     pub ip: Option<String>,
+    #[schema(required = true)]
     pub user_agent: Option<String>,
+    /// Event-specific facts (purpose, reason, amr…); never secrets.
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
     #[serde(serialize_with = "crate::domain::user::iso8601")]
     pub created_at: DateTime<Utc>,

@@ -237,12 +237,18 @@ async fn resend_waits_for_the_cooldown_and_is_capped() {
     expect_error(r, 429, "too_many_requests").await;
 
     let mut last = first.clone();
-    for _ in 0..3 {
+    for i in 0..3 {
         app.clock.advance(Duration::from_secs(31));
         let before = count_to(&fake, &a.phone);
         let body = expect_json(app.post_json(RESEND, &json!({"flowId": flow})).await, 202).await;
         assert!(body["expiresAt"].is_string() && body["resendAfter"].is_string());
         last = code_for(&fake, &a.phone, before).await;
+        if i < 2 {
+            // Straight away again: too soon, by the app's clock (not the wall clock).
+            let r = app.post_json(RESEND, &json!({"flowId": flow})).await;
+            assert_eq!(r.headers()["retry-after"], "30");
+            expect_error(r, 429, "too_many_requests").await;
+        }
     }
     app.clock.advance(Duration::from_secs(31));
     let r = app.post_json(RESEND, &json!({"flowId": flow})).await;

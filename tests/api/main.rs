@@ -11,6 +11,8 @@ mod fake_twilio;
 mod http_envelope;
 mod login;
 mod logs;
+mod metrics;
+mod openapi;
 mod otp;
 mod rate_limits;
 mod signup;

@@ -1,0 +1,996 @@
+//! `authgate-load`: a load tool for concurrent OTP flows.
+//!
+//! It serves its own Twilio-compatible capture endpoint on loopback
+//! (`POST /2010-04-01/Accounts/{sid}/Messages.json`, answered 201 with a message
+//! resource; `To` and `Body` recorded) to read the codes the server sends, can
+//! start the server itself (`target/release/authgate` on a fresh database on
+//! 127.0.0.1:5432, or on the embedded default, pointed at the capture endpoint,
+//! with local rate limits off and SMS quotas raised) or target a running one,
+//! creates its users, runs V virtual users for D seconds through each chosen
+//! flow, and prints per flow: completed flows per second, p50/p95/p99 latency per
+//! step, errors by kind, and the server's peak resident memory (VmHWM, when it
+//! started the server).
+//!
+//! Everything is bounded: at most 1,024 virtual users, at most 600 s per flow,
+//! 10 s per request and per awaited SMS, loopback addresses only.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/authgate-load --flow code-check --users 64 --duration 10
+//! target/release/authgate-load --flow login,2fa-login,refresh --users 16 --duration 5
+//! target/release/authgate-load --target http://127.0.0.1:3000 --capture-port 4010 --flow login
+//! ```
+//!
+//! Flows (a "flow" is what one completed iteration counts):
+//! - `signup`: `POST /account/signup` with a new e-mail and phone.
+//! - `login`: a password login of a user without 2FA (one argon2 verify).
+//! - `phone-verify`: sign-up, login, `phone/verify/send`, the SMS, `phone/verify/confirm`.
+//! - `2fa-login`: login (`otp_required`), the SMS, `login/verify` (tokens).
+//! - `refresh`: `POST /auth/refresh`, rotating the user's refresh token.
+//! - `code-check`: 2FA on and off again: `2fa/enable`, SMS, `2fa/enable/confirm`,
+//!   `2fa/disable`, SMS, `2fa/disable/confirm`: two code checks per flow, no argon2.
+//!
+//! `--argon2-bound S` measures, with no server, the argon2 bound of password
+//! logins: `domain::password::verify` (the server's own parameters) on as many
+//! threads as there are cores, for S seconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngCore};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Barrier};
+use warp::http::StatusCode;
+use warp::Filter;
+
+const USAGE: &str = "\
+authgate-load: concurrent OTP flows against authgate
+
+Usage: authgate-load [OPTIONS]
+
+Options:
+  --flow LIST           comma-separated: signup, login, phone-verify, 2fa-login,
+                        refresh, code-check, all (default code-check)
+  --users V             virtual users, 1 to 1024 (default 16)
+  --duration D          seconds per flow, 1 to 600 (default 10)
+  --target URL          a running server (loopback only); it must send SMS to
+                        this tool's capture endpoint (see --capture-port)
+  --capture-port P      port of the Twilio capture endpoint (default: any free)
+  --binary PATH         server to start (default target/release/authgate)
+  --database-url URL    admin URL; a fresh database is created beside it and
+                        dropped afterwards (default postgres://postgres@127.0.0.1:5432/postgres)
+  --embedded            start the server with no DATABASE_URL (its private
+                        PostgreSQL, data in target/load-data)
+  --keep-db             do not drop the fresh database
+  --env KEY=VALUE       extra environment for the started server (repeatable)
+  --otp-length N        digits per code (default 6)
+  --argon2-bound S      no server: password verifies per second on every core
+                        for S seconds (1 to 60), with the server's parameters
+  -h, --help            this help";
+
+const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+const PASSWORD: &str = "l0ad-test-passw0rd";
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const SMS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Latency samples kept per step and virtual user: bounds memory on long runs.
+const MAX_SAMPLES: usize = 200_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Signup,
+    Login,
+    PhoneVerify,
+    TwoFaLogin,
+    Refresh,
+    CodeCheck,
+}
+
+impl Flow {
+    const ALL: [Flow; 6] = [
+        Flow::Signup,
+        Flow::Login,
+        Flow::PhoneVerify,
+        Flow::TwoFaLogin,
+        Flow::Refresh,
+        Flow::CodeCheck,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Flow::Signup => "signup",
+            Flow::Login => "login",
+            Flow::PhoneVerify => "phone-verify",
+            Flow::TwoFaLogin => "2fa-login",
+            Flow::Refresh => "refresh",
+            Flow::CodeCheck => "code-check",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Vec<Flow>, String> {
+        if s == "all" {
+            return Ok(Flow::ALL.to_vec());
+        }
+        s.split(',')
+            .map(|f| {
+                Flow::ALL
+                    .into_iter()
+                    .find(|x| x.name() == f.trim())
+                    .ok_or_else(|| format!("unknown flow `{f}`"))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Args {
+    flows: Vec<Flow>,
+    users: usize,
+    duration: Duration,
+    target: Option<String>,
+    capture_port: u16,
+    binary: PathBuf,
+    database_url: String,
+    embedded: bool,
+    keep_db: bool,
+    env: Vec<(String, String)>,
+    otp_length: usize,
+    argon2_bound: Option<u64>,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut a = Args {
+        flows: vec![Flow::CodeCheck],
+        users: 16,
+        duration: Duration::from_secs(10),
+        target: None,
+        capture_port: 0,
+        binary: PathBuf::from("target/release/authgate"),
+        database_url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+        embedded: false,
+        keep_db: false,
+        env: Vec::new(),
+        otp_length: 6,
+        argon2_bound: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--flow" => a.flows = Flow::parse(&value()?)?,
+            "--users" => {
+                a.users = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or("--users must be 1 to 1024")?
+            }
+            "--duration" => {
+                let secs: u64 = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=600).contains(n))
+                    .ok_or("--duration must be 1 to 600 seconds")?;
+                a.duration = Duration::from_secs(secs);
+            }
+            "--target" => a.target = Some(value()?.trim_end_matches('/').to_owned()),
+            "--capture-port" => {
+                a.capture_port = value()?.parse().map_err(|_| "--capture-port: a port")?
+            }
+            "--binary" => a.binary = PathBuf::from(value()?),
+            "--database-url" => a.database_url = value()?,
+            "--embedded" => a.embedded = true,
+            "--keep-db" => a.keep_db = true,
+            "--env" => {
+                let kv = value()?;
+                let (k, v) = kv.split_once('=').ok_or("--env wants KEY=VALUE")?;
+                a.env.push((k.to_owned(), v.to_owned()));
+            }
+            "--otp-length" => {
+                a.otp_length = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (4..=10).contains(n))
+                    .ok_or("--otp-length must be 4 to 10")?
+            }
+            "--argon2-bound" => {
+                a.argon2_bound = Some(
+                    value()?
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=60).contains(n))
+                        .ok_or("--argon2-bound must be 1 to 60 seconds")?,
+                )
+            }
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    if let Some(t) = &a.target {
+        let host = t
+            .strip_prefix("http://")
+            .ok_or("--target must be an http:// URL")?;
+        let host = host.split('/').next().unwrap_or_default();
+        let loopback = host.starts_with("127.")
+            || host.starts_with("localhost:")
+            || host == "localhost"
+            || host.starts_with("[::1]");
+        if !loopback {
+            return Err("--target must be a loopback address (127.x, localhost, [::1])".into());
+        }
+    }
+    Ok(Some(a))
+}
+
+// ---------------------------------------------------------------- capture
+
+/// The Twilio capture endpoint: the newest code per phone number, with a
+/// sequence number so a virtual user can wait for the *next* one.
+#[derive(Default)]
+struct Capture {
+    /// std Mutex: held only to look up or insert, never across an await.
+    phones: Mutex<HashMap<String, watch::Sender<(u64, String)>>>,
+    messages: std::sync::atomic::AtomicU64,
+}
+
+impl Capture {
+    fn sender(&self, phone: &str) -> watch::Sender<(u64, String)> {
+        let mut phones = match self.phones.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        phones
+            .entry(phone.to_owned())
+            .or_insert_with(|| watch::channel((0, String::new())).0)
+            .clone()
+    }
+
+    /// A receiver that has seen every code so far: `changed()` is the next one.
+    fn subscribe(&self, phone: &str) -> watch::Receiver<(u64, String)> {
+        let mut rx = self.sender(phone).subscribe();
+        rx.borrow_and_update();
+        rx
+    }
+
+    fn record(&self, to: &str, body: &str, otp_length: usize) {
+        self.messages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(code) = extract_code(body, otp_length) {
+            self.sender(to).send_modify(|(seq, c)| {
+                *seq += 1;
+                *c = code;
+            });
+        }
+    }
+}
+
+/// The first run of exactly `len` ASCII digits in an SMS body.
+fn extract_code(body: &str, len: usize) -> Option<String> {
+    body.split(|c: char| !c.is_ascii_digit())
+        .find(|run| run.len() == len)
+        .map(str::to_owned)
+}
+
+async fn start_capture(
+    capture: Arc<Capture>,
+    port: u16,
+    otp_length: usize,
+) -> Result<SocketAddr, String> {
+    let route = warp::post()
+        .and(warp::path!(
+            "2010-04-01" / "Accounts" / String / "Messages.json"
+        ))
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::form::<Vec<(String, String)>>())
+        .map(move |sid: String, form: Vec<(String, String)>| {
+            let field = |n: &str| {
+                form.iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default()
+            };
+            let (to, body) = (field("To"), field("Body"));
+            capture.record(to, body, otp_length);
+            let msid = format!("SM{:032x}", rand::thread_rng().gen::<u128>());
+            let resource = json!({
+                "account_sid": sid, "sid": msid, "to": to, "from": field("From"),
+                "body": body, "status": "queued", "num_segments": "1",
+                "direction": "outbound-api", "api_version": "2010-04-01",
+                "uri": format!("/2010-04-01/Accounts/{sid}/Messages/{msid}.json"),
+            });
+            warp::reply::with_status(warp::reply::json(&resource), StatusCode::CREATED)
+        });
+    let (addr, server) = warp::serve(route)
+        .try_bind_ephemeral(([127, 0, 0, 1], port))
+        .map_err(|e| format!("capture endpoint: cannot bind 127.0.0.1:{port}: {e}"))?;
+    tokio::spawn(server);
+    Ok(addr)
+}
+
+// ---------------------------------------------------------------- server
+
+/// A server this tool started: killed on drop, its database dropped by `stop`.
+struct Server {
+    child: tokio::process::Child,
+    pid: u32,
+    database: Option<(String, String)>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Peak and current resident memory in KiB, from `/proc/<pid>/status`.
+    fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    async fn stop(mut self, keep_db: bool) {
+        // SIGTERM lets it drain; `kill` is the only portable way without libc.
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        if let (Some((admin, db)), false) = (self.database.take(), keep_db) {
+            match admin_client(&admin).await {
+                Ok(c) => {
+                    if let Err(e) = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .await
+                    {
+                        eprintln!("could not drop database {db}: {e}");
+                    }
+                }
+                Err(e) => eprintln!("could not drop database {db}: {e}"),
+            }
+        }
+    }
+}
+
+async fn admin_client(url: &str) -> Result<tokio_postgres::Client, String> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("PostgreSQL at {url}: {e}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, String), String> {
+    let port = free_port()?;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let mut cmd = tokio::process::Command::new(&args.binary);
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .env("JWT_SECRET", hex::encode(secret))
+        .env("OTP_LENGTH", args.otp_length.to_string())
+        .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+        .env("TWILIO_AUTH_TOKEN", "load-tool-auth-token-0123456789ab")
+        .env("TWILIO_PHONE_NUMBER", "+15005550006")
+        .env("TWILIO_API_BASE_URL", format!("http://{capture}"))
+        .env("AUTHGATE_RATE_LIMITS", "off")
+        .env("AUTHGATE_SMS_PER_PHONE_HOUR", "1000000")
+        .env("AUTHGATE_SMS_PER_PHONE_DAY", "1000000")
+        .env("AUTHGATE_SMS_PER_ACCOUNT_HOUR", "1000000")
+        .env("AUTHGATE_SMS_GLOBAL_PER_MINUTE", "100000000")
+        .env("AUTHGATE_SMS_RATE_PER_SEC", "10000")
+        .env("AUTHGATE_SMS_CONCURRENCY", "64")
+        .env("AUTHGATE_LOGIN_LOCKOUT_AFTER", "1000")
+        .env("OTP_RESEND_COOLDOWN", "0")
+        .kill_on_drop(true)
+        .stdin(Stdio::null());
+    let mut database = None;
+    if args.embedded {
+        cmd.env("AUTHGATE_DATA_DIR", "target/load-data");
+        if let Ok(home) = std::env::var("HOME") {
+            cmd.env("HOME", home);
+        }
+    } else {
+        let admin = admin_client(&args.database_url).await?;
+        let db = format!(
+            "authgate_load_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .map_err(|e| format!("CREATE DATABASE {db}: {e}"))?;
+        let url = replace_dbname(&args.database_url, &db)?;
+        cmd.env("DATABASE_URL", url);
+        database = Some((args.database_url.clone(), db));
+    }
+    for (k, v) in &args.env {
+        cmd.env(k, v);
+    }
+    std::fs::create_dir_all("target").map_err(|e| format!("target/: {e}"))?;
+    let log = PathBuf::from(format!("target/authgate-load-server-{port}.log"));
+    let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let file2 = file.try_clone().map_err(|e| e.to_string())?;
+    cmd.stdout(file).stderr(file2);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", args.binary.display()))?;
+    let pid = child.id().ok_or("server exited at once")?;
+    let server = Server {
+        child,
+        pid,
+        database,
+        log,
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok((server, base));
+            }
+        }
+        if Instant::now() > deadline {
+            let log = server.log.display().to_string();
+            server.stop(args.keep_db).await;
+            return Err(format!("server not ready within 90 s; see {log}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn replace_dbname(url: &str, db: &str) -> Result<String, String> {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).ok_or("malformed URL")?;
+    let base = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    Ok(match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    })
+}
+
+// ---------------------------------------------------------------- virtual users
+
+/// What one virtual user measured: latency samples per step (microseconds),
+/// errors by kind, completed flows.
+#[derive(Default)]
+struct Recorder {
+    steps: BTreeMap<&'static str, Vec<u32>>,
+    errors: BTreeMap<String, u64>,
+    completed: u64,
+}
+
+impl Recorder {
+    fn merge(&mut self, other: Recorder) {
+        for (k, mut v) in other.steps {
+            self.steps.entry(k).or_default().append(&mut v);
+        }
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+        self.completed += other.completed;
+    }
+}
+
+struct Vu {
+    client: reqwest::Client,
+    base: String,
+    capture: Arc<Capture>,
+    rec: Recorder,
+    /// Whether latencies and errors count (false during setup).
+    measuring: bool,
+    email: String,
+    phone: String,
+    access: String,
+    refresh: String,
+}
+
+type Step<T> = Result<T, ()>;
+
+impl Vu {
+    fn error(&mut self, kind: String) {
+        if self.measuring {
+            *self.rec.errors.entry(kind).or_default() += 1;
+        } else {
+            eprintln!("setup: {kind}");
+        }
+    }
+
+    fn sample(&mut self, step: &'static str, started: Instant) {
+        if self.measuring {
+            let v = self.rec.steps.entry(step).or_default();
+            if v.len() < MAX_SAMPLES {
+                v.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+            }
+        }
+    }
+
+    /// One request; `Err` (recorded by kind) unless the status is `expect`.
+    async fn req(
+        &mut self,
+        step: &'static str,
+        path: &str,
+        bearer: bool,
+        body: Value,
+        expect: u16,
+    ) -> Step<Value> {
+        let mut r = self
+            .client
+            .post(format!("{}/api/v1{path}", self.base))
+            .json(&body);
+        if bearer {
+            r = r.bearer_auth(&self.access);
+        }
+        let started = Instant::now();
+        let resp = match r.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "transport"
+                };
+                self.error(format!("{step}: {kind}"));
+                return Err(());
+            }
+        };
+        let status = resp.status().as_u16();
+        let value = resp.json::<Value>().await.unwrap_or(Value::Null);
+        if status != expect {
+            let code = value["code"].as_str().unwrap_or("-").to_owned();
+            self.error(format!("{step}: {status} {code}"));
+            return Err(());
+        }
+        self.sample(step, started);
+        Ok(value)
+    }
+
+    async fn signup(&mut self) -> Step<()> {
+        let body = json!({"email": self.email, "phone": self.phone, "password": PASSWORD,
+                          "firstName": "Load", "lastName": "Test"});
+        self.req("signup", "/account/signup", false, body, 201)
+            .await
+            .map(drop)
+    }
+
+    /// A password login expecting tokens; keeps them.
+    async fn login(&mut self) -> Step<()> {
+        let body = json!({"email": self.email, "password": PASSWORD});
+        let v = self
+            .req("login", "/account/login", false, body, 200)
+            .await?;
+        self.keep_tokens(&v, "login")
+    }
+
+    fn keep_tokens(&mut self, v: &Value, step: &str) -> Step<()> {
+        match (v["accessToken"].as_str(), v["refreshToken"].as_str()) {
+            (Some(a), Some(r)) => {
+                self.access = a.to_owned();
+                self.refresh = r.to_owned();
+                Ok(())
+            }
+            _ => {
+                self.error(format!("{step}: no tokens in answer"));
+                Err(())
+            }
+        }
+    }
+
+    /// Sends a code with `send` (a POST answered 202 or 200) and waits for the
+    /// SMS; the wait is the step `sms`.
+    async fn code_after(
+        &mut self,
+        step: &'static str,
+        path: &str,
+        bearer: bool,
+        body: Value,
+        expect: u16,
+    ) -> Step<(Value, String)> {
+        let mut rx = self.capture.subscribe(&self.phone);
+        let v = self.req(step, path, bearer, body, expect).await?;
+        let started = Instant::now();
+        match tokio::time::timeout(SMS_TIMEOUT, rx.changed()).await {
+            Ok(Ok(())) => {
+                self.sample("sms", started);
+                let code = rx.borrow().1.clone();
+                Ok((v, code))
+            }
+            _ => {
+                self.error("sms: no code within 10 s".to_owned());
+                Err(())
+            }
+        }
+    }
+
+    async fn verify_phone(&mut self) -> Step<()> {
+        let (_, code) = self
+            .code_after(
+                "verify-send",
+                "/account/phone/verify/send",
+                true,
+                json!({}),
+                202,
+            )
+            .await?;
+        let body = json!({"code": code});
+        self.req(
+            "verify-confirm",
+            "/account/phone/verify/confirm",
+            true,
+            body,
+            200,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn toggle_2fa(&mut self, on: bool) -> Step<()> {
+        let (send, confirm, send_path, confirm_path) = if on {
+            (
+                "enable",
+                "enable-confirm",
+                "/account/2fa/enable",
+                "/account/2fa/enable/confirm",
+            )
+        } else {
+            (
+                "disable",
+                "disable-confirm",
+                "/account/2fa/disable",
+                "/account/2fa/disable/confirm",
+            )
+        };
+        let (_, code) = self
+            .code_after(send, send_path, true, json!({}), 202)
+            .await?;
+        self.req(confirm, confirm_path, true, json!({"code": code}), 200)
+            .await
+            .map(drop)
+    }
+
+    /// Untimed preparation before the measured phase.
+    async fn setup(&mut self, flow: Flow) -> Step<()> {
+        match flow {
+            Flow::Signup | Flow::PhoneVerify => Ok(()),
+            Flow::Login | Flow::Refresh => {
+                self.signup().await?;
+                self.login().await
+            }
+            Flow::CodeCheck | Flow::TwoFaLogin => {
+                self.signup().await?;
+                self.login().await?;
+                self.verify_phone().await?;
+                if flow == Flow::TwoFaLogin {
+                    self.toggle_2fa(true).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn run_once(&mut self, flow: Flow, ids: &mut Ids) -> Step<()> {
+        match flow {
+            Flow::Signup => {
+                (self.email, self.phone) = ids.next();
+                self.signup().await
+            }
+            Flow::Login => self.login().await,
+            Flow::PhoneVerify => {
+                (self.email, self.phone) = ids.next();
+                self.signup().await?;
+                self.login().await?;
+                self.verify_phone().await
+            }
+            Flow::TwoFaLogin => {
+                let body = json!({"email": self.email, "password": PASSWORD});
+                let (v, code) = self
+                    .code_after("login", "/account/login", false, body, 200)
+                    .await?;
+                let Some(flow_id) = v["flowId"].as_str().map(str::to_owned) else {
+                    self.error("login: no flowId (2FA off?)".to_owned());
+                    return Err(());
+                };
+                let body = json!({"flowId": flow_id, "code": code});
+                let v = self
+                    .req("login-verify", "/account/login/verify", false, body, 200)
+                    .await?;
+                self.keep_tokens(&v, "login-verify")
+            }
+            Flow::Refresh => {
+                let body = json!({"refreshToken": self.refresh});
+                match self.req("refresh", "/auth/refresh", false, body, 200).await {
+                    Ok(v) => self.keep_tokens(&v, "refresh"),
+                    Err(()) => {
+                        // A broken family: log in again (not counted as a flow).
+                        let measuring = std::mem::replace(&mut self.measuring, false);
+                        let _ = self.login().await;
+                        self.measuring = measuring;
+                        Err(())
+                    }
+                }
+            }
+            Flow::CodeCheck => {
+                let on = self.toggle_2fa(true).await;
+                // Whatever happened, try to leave 2FA off for the next round.
+                let off = self.toggle_2fa(false).await;
+                on.and(off)
+            }
+        }
+    }
+}
+
+/// Unique e-mail addresses and valid US mobile numbers for one virtual user.
+struct Ids {
+    run: u32,
+    vu: usize,
+    n: u64,
+}
+
+impl Ids {
+    fn next(&mut self) -> (String, String) {
+        self.n += 1;
+        let k = (u64::from(self.run) * 7919 + self.vu as u64 * 1_000_003 + self.n) % 8_000_000;
+        let (exchange, line) = (200 + k / 10_000, k % 10_000);
+        (
+            format!("load-{:08x}-{}-{}@example.com", self.run, self.vu, self.n),
+            format!("+1415{exchange:03}{line:04}"),
+        )
+    }
+}
+
+async fn run_flow(
+    flow: Flow,
+    args: &Args,
+    base: &str,
+    capture: &Arc<Capture>,
+    run: u32,
+) -> Result<(Recorder, Duration), String> {
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(args.users)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let barrier = Arc::new(Barrier::new(args.users + 1));
+    let mut tasks = Vec::with_capacity(args.users);
+    for vu in 0..args.users {
+        let mut ids = Ids { run, vu, n: 0 };
+        let (email, phone) = ids.next();
+        let mut v = Vu {
+            client: client.clone(),
+            base: base.to_owned(),
+            capture: capture.clone(),
+            rec: Recorder::default(),
+            measuring: false,
+            email,
+            phone,
+            access: String::new(),
+            refresh: String::new(),
+        };
+        let barrier = barrier.clone();
+        let duration = args.duration;
+        tasks.push(tokio::spawn(async move {
+            let ready = v.setup(flow).await.is_ok();
+            barrier.wait().await;
+            let deadline = Instant::now() + duration;
+            v.measuring = true;
+            if !ready {
+                v.error("setup failed".to_owned());
+                return v.rec;
+            }
+            while Instant::now() < deadline {
+                if v.run_once(flow, &mut ids).await.is_ok() {
+                    v.rec.completed += 1;
+                } else {
+                    // Do not spin on a persistent failure.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            v.rec
+        }));
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut total = Recorder::default();
+    for t in tasks {
+        match t.await {
+            Ok(rec) => total.merge(rec),
+            Err(e) => *total.errors.entry(format!("task: {e}")).or_default() += 1,
+        }
+    }
+    Ok((total, started.elapsed()))
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    f64::from(sorted[rank - 1]) / 1000.0
+}
+
+fn report(flow: Flow, args: &Args, rec: &mut Recorder, elapsed: Duration, server: Option<&Server>) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "\n== {} | {} virtual users | {:.1} s | {} flows completed | {:.1} flows/s",
+        flow.name(),
+        args.users,
+        secs,
+        rec.completed,
+        rec.completed as f64 / secs
+    );
+    println!(
+        "   {:<16} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "step", "count", "per s", "p50 ms", "p95 ms", "p99 ms"
+    );
+    for (step, samples) in rec.steps.iter_mut() {
+        samples.sort_unstable();
+        println!(
+            "   {:<16} {:>8} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
+            step,
+            samples.len(),
+            samples.len() as f64 / secs,
+            percentile(samples, 0.50),
+            percentile(samples, 0.95),
+            percentile(samples, 0.99)
+        );
+    }
+    if rec.errors.is_empty() {
+        println!("   errors: none");
+    } else {
+        println!("   errors:");
+        for (kind, n) in &rec.errors {
+            println!("     {n:>8}  {kind}");
+        }
+    }
+    match server.and_then(Server::memory_kib) {
+        Some((hwm, rss)) => println!(
+            "   server memory: peak resident (VmHWM) {:.1} MiB, now {:.1} MiB",
+            hwm as f64 / 1024.0,
+            rss as f64 / 1024.0
+        ),
+        None => println!("   server memory: n/a (not started by this tool)"),
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let capture = Arc::new(Capture::default());
+    let capture_addr = start_capture(capture.clone(), args.capture_port, args.otp_length).await?;
+    println!("Twilio capture endpoint: http://{capture_addr} (TWILIO_API_BASE_URL)");
+    let (server, base) = match &args.target {
+        Some(t) => (None, t.clone()),
+        None => {
+            let (s, base) = start_server(&args, capture_addr).await?;
+            println!(
+                "started {} (pid {}) at {base}; log {}",
+                args.binary.display(),
+                s.pid,
+                s.log.display()
+            );
+            (Some(s), base)
+        }
+    };
+    let mut result = Ok(());
+    for &flow in &args.flows {
+        // Fresh users per flow: e-mail addresses and phones never repeat.
+        let run_id = rand::random::<u32>();
+        match run_flow(flow, &args, &base, &capture, run_id).await {
+            Ok((mut rec, elapsed)) => report(flow, &args, &mut rec, elapsed, server.as_ref()),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    println!(
+        "\nSMS captured: {}",
+        capture.messages.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    if let Some(s) = server {
+        s.stop(args.keep_db).await;
+    }
+    result
+}
+
+/// Password verifies per second on every core: the most password logins the
+/// machine can do, whatever else the server does.
+fn argon2_bound(duration: Duration) -> Result<(), String> {
+    use authgate::domain::password::{self, Password};
+    let pw = Password::parse_new(PASSWORD).map_err(|e| e.message())?;
+    let phc = password::hash(&pw).map_err(|e| format!("argon2: {e}"))?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let total: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        if password::verify(&pw, &phc) {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "argon2 bound: {total} verifies in {secs:.1} s on {threads} threads = {:.1} verifies/s \
+         (parameters of domain::password: {phc_params})",
+        total as f64 / secs,
+        phc_params = phc.split('$').nth(3).unwrap_or("?")
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("authgate-load: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(secs) = args.argon2_bound {
+        return match argon2_bound(Duration::from_secs(secs)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("authgate-load: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("authgate-load: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authgate-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,887 @@
+//! The OpenAPI 3.1 document of every route in [`super::ROUTES`], built from the
+//! code's own types so that it cannot drift from what the server does:
+//!
+//! - response schemas are derived (`utoipa::ToSchema`) on the very structs the
+//!   handlers serialize (`User`, `TokensBody`, `ErrorBody`, …);
+//! - error responses are rendered from `AppError` values through
+//!   `ErrorBody::new`, so each route's statuses, `code`s and example bodies come
+//!   from `AppError::status`, `code` and `public_message`;
+//! - request bodies are described by the small types below. The handlers still
+//!   parse bodies by hand from `serde_json::Value` (to report every field problem
+//!   at once and never echo a value); these types only document the fields those
+//!   parsers read, and the tests send real bodies validated against them.
+//!
+//! Served at `GET /api/v1/openapi.json` and written to `openapi.json` by
+//! `authgate openapi`. What this module must not do: handle a request other than
+//! the document's own, or hold any state.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::example::ExampleBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, ComponentsBuilder, ObjectBuilder, OneOfBuilder, Schema,
+    Type,
+};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::tag::TagBuilder;
+use utoipa::openapi::{
+    ContentBuilder, InfoBuilder, LicenseBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr,
+    Required, ResponseBuilder, ResponsesBuilder,
+};
+use utoipa::ToSchema;
+use warp::http::StatusCode;
+use warp::Filter;
+
+use super::account::{AuditTrailBody, CodeSentBody, OtpRequiredBody};
+use super::auth::TokensBody;
+use super::health::{HealthBody, ReadyBody};
+use super::{json, ErrorBody, Outcome, ROUTES};
+use crate::domain::user::User;
+use crate::domain::FieldError;
+use crate::error::{AppError, GoneReason, SmsRefusal, StateConflict};
+use crate::store::audit::AuditRow;
+
+/// Where the document is served (also one of `ROUTES`).
+pub const DOCUMENT_PATH: &str = "/api/v1/openapi.json";
+
+/// A fixed time for example bodies, so the committed `openapi.json` is stable.
+const EXAMPLE_TIME: &str = "2026-11-27T10:42:17.665Z";
+
+/// `POST /account/signup`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"email": "ada@example.com", "phone": "+1 (415) 555-0100", "password": "s3cure-passw0rd", "firstName": "Ada", "lastName": "Lovelace"}))]
+pub struct SignupRequest {
+    /// Trimmed and compared case-insensitively; stored lower-cased.
+    pub email: String,
+    /// Any format a numbering-plan library understands; stored as E.164.
+    pub phone: String,
+    /// 8 to 128 printable characters with at least one letter and one digit.
+    pub password: String,
+    /// 1 to 100 characters, no control characters.
+    pub first_name: String,
+    /// 1 to 100 characters, no control characters.
+    pub last_name: String,
+}
+
+/// `POST /account/login`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ada@example.com", "password": "s3cure-passw0rd"}))]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+/// `POST /account/login/verify`: the SMS code of a 2FA login.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"flowId": "7d0f0b5e-2b7e-4d7a-9c1e-5f6a8b9c0d1e", "code": "123456"}))]
+pub struct LoginVerifyRequest {
+    /// From the `otp_required` answer of `/account/login`.
+    #[schema(format = Uuid)]
+    pub flow_id: String,
+    /// The digits of the SMS (`OTP_LENGTH`, default 6).
+    #[schema(pattern = "^[0-9]+$")]
+    pub code: String,
+}
+
+/// `POST /account/login/resend`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"flowId": "7d0f0b5e-2b7e-4d7a-9c1e-5f6a8b9c0d1e"}))]
+pub struct FlowRequest {
+    #[schema(format = Uuid)]
+    pub flow_id: String,
+}
+
+/// The `.../confirm` endpoints.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"code": "123456"}))]
+pub struct CodeRequest {
+    #[schema(pattern = "^[0-9]+$")]
+    pub code: String,
+}
+
+/// `POST /auth/refresh`, and `POST /auth/logout` when it has a body.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"refreshToken": "Jx2lqM8yKQ0u3m9p5vXcN7bR1sT4wZ6aD8fG0hJ2kL4"}))]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Twilio's message status callback, form-encoded. Only the fields authgate
+/// reads are listed; Twilio sends more, and every one of them is covered by
+/// the signature.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"MessageSid": "SM0123456789abcdef0123456789abcdef", "MessageStatus": "delivered", "AccountSid": "AC0123456789abcdef0123456789abcdef"}))]
+#[allow(non_snake_case)] // Twilio's own field names
+pub struct TwilioStatusForm {
+    /// Required unless the legacy `SmsSid` is sent.
+    pub MessageSid: Option<String>,
+    /// `queued`, `sent`, `delivered`, `undelivered`, `failed`, …; required unless
+    /// the legacy `SmsStatus` is sent.
+    pub MessageStatus: Option<String>,
+    pub SmsSid: Option<String>,
+    pub SmsStatus: Option<String>,
+    /// Twilio's error code for failed messages.
+    pub ErrorCode: Option<String>,
+}
+
+/// How a route authenticates its caller.
+enum Auth {
+    None,
+    Bearer,
+    /// Logout: a refresh token in the body, or else a bearer token.
+    BearerOptional,
+    TwilioSignature,
+}
+
+/// What a route reads from the body.
+enum Body {
+    None,
+    Json(&'static str),
+    OptionalJson(&'static str),
+    Form(&'static str),
+}
+
+/// What a route answers on success.
+enum Reply {
+    Json(&'static str),
+    OneOf(&'static [&'static str]),
+    Empty,
+    /// The OpenAPI document itself.
+    Document,
+    /// Prometheus text exposition.
+    Prometheus,
+}
+
+struct Spec {
+    id: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    description: Option<&'static str>,
+    auth: Auth,
+    body: Body,
+    ok: Vec<(StatusCode, &'static str, Reply)>,
+    /// One of each error the route can answer; grouped by status in the document.
+    errors: Vec<AppError>,
+}
+
+fn validation_example() -> AppError {
+    AppError::Validation(vec![
+        FieldError::new(
+            "email",
+            "invalid_format",
+            "email must be a valid address like name@example.com",
+        ),
+        FieldError::new(
+            "password",
+            "too_short",
+            "password must be at least 8 characters",
+        ),
+    ])
+}
+
+/// A 400 listing each of `fields` as missing, as the parsers report it.
+fn missing(fields: &[&'static str]) -> AppError {
+    AppError::Validation(
+        fields
+            .iter()
+            .map(|f| FieldError::new(f, "required", format!("{f} is required")))
+            .collect(),
+    )
+}
+
+/// What any route reading a JSON body may refuse before its handler runs, with
+/// `validation` as the example of its own 400.
+fn json_body_errors(validation: AppError) -> Vec<AppError> {
+    vec![
+        validation,
+        AppError::MalformedJson("syntax error at line 1, column 12".to_owned()),
+        AppError::BadRequest("Invalid request header \"content-length\"".to_owned()),
+        AppError::PayloadTooLarge {
+            limit: super::MAX_BODY_BYTES,
+        },
+        AppError::UnsupportedMediaType,
+    ]
+}
+
+/// What any route touching the database or the actors may answer.
+fn server_errors() -> Vec<AppError> {
+    vec![
+        AppError::Unavailable("database unreachable".into()),
+        AppError::Internal("bug".into()),
+    ]
+}
+
+fn too_many() -> AppError {
+    AppError::TooManyRequests {
+        retry_after: std::time::Duration::from_secs(30),
+    }
+}
+
+fn sms_refusals() -> Vec<AppError> {
+    vec![
+        AppError::SmsRefused(SmsRefusal::CountryNotAllowed),
+        AppError::SmsRefused(SmsRefusal::NotMobile),
+    ]
+}
+
+fn code_gone() -> Vec<AppError> {
+    vec![
+        AppError::Gone(GoneReason::CodeExpired),
+        AppError::Gone(GoneReason::CodeUsed),
+        AppError::Gone(GoneReason::CodeAttemptsExhausted),
+        AppError::Gone(GoneReason::CodeSuperseded),
+    ]
+}
+
+fn concat(parts: Vec<Vec<AppError>>) -> Vec<AppError> {
+    parts.into_iter().flatten().collect()
+}
+
+const USER: &str = "User";
+const TOKENS: &str = "TokensBody";
+const CODE_SENT: &str = "CodeSentBody";
+
+/// The document's description of one route, or `None` for a route it does not
+/// know (which the tests then report as missing from the document).
+fn spec(method: &str, path: &str) -> Option<Spec> {
+    use AppError as E;
+    let confirm = |id, summary, extra: Vec<AppError>| Spec {
+        id,
+        tag: "account",
+        summary,
+        description: Some("Confirms with the code of the SMS sent by the matching send endpoint."),
+        auth: Auth::Bearer,
+        body: Body::Json("CodeRequest"),
+        ok: vec![(StatusCode::OK, "The updated user.", Reply::Json(USER))],
+        errors: concat(vec![
+            vec![E::InvalidToken, too_many()],
+            json_body_errors(missing(&["code"])),
+            vec![E::InvalidCode { attempts_left: 4 }, E::NoActiveCode],
+            code_gone(),
+            extra,
+            server_errors(),
+        ]),
+    };
+    let send = |id, summary, description, extra: Vec<AppError>| Spec {
+        id,
+        tag: "account",
+        summary,
+        description: Some(description),
+        auth: Auth::Bearer,
+        body: Body::None,
+        ok: vec![(
+            StatusCode::ACCEPTED,
+            "A code was sent by SMS.",
+            Reply::Json(CODE_SENT),
+        )],
+        errors: concat(vec![
+            vec![E::InvalidToken, too_many()],
+            extra,
+            sms_refusals(),
+            server_errors(),
+        ]),
+    };
+    let spec = match (method, path) {
+        ("POST", "/api/v1/account/signup") => Spec {
+            id: "signup",
+            tag: "account",
+            summary: "Create an account",
+            description: None,
+            auth: Auth::None,
+            body: Body::Json("SignupRequest"),
+            ok: vec![(StatusCode::CREATED, "The new user.", Reply::Json(USER))],
+            errors: concat(vec![
+                json_body_errors(validation_example()),
+                vec![E::EmailTaken, E::PhoneTaken, too_many()],
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/account/login") => Spec {
+            id: "login",
+            tag: "account",
+            summary: "Log in with e-mail and password",
+            description: Some(
+                "Tokens, or `otp_required` with a flow id when 2FA is on (a code is sent by SMS). \
+                 An unknown e-mail and a wrong password answer the same 401.",
+            ),
+            auth: Auth::None,
+            body: Body::Json("LoginRequest"),
+            ok: vec![(
+                StatusCode::OK,
+                "Tokens (`status: authenticated`), or `status: otp_required`.",
+                Reply::OneOf(&[TOKENS, "OtpRequiredBody"]),
+            )],
+            errors: concat(vec![
+                json_body_errors(missing(&["email", "password"])),
+                vec![E::InvalidCredentials, too_many()],
+                sms_refusals(),
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/account/login/verify") => Spec {
+            id: "loginVerify",
+            tag: "account",
+            summary: "Finish a 2FA login with the SMS code",
+            description: Some("The access token's `amr` is `[\"pwd\",\"sms\"]`."),
+            auth: Auth::None,
+            body: Body::Json("LoginVerifyRequest"),
+            ok: vec![(StatusCode::OK, "Tokens.", Reply::Json(TOKENS))],
+            errors: concat(vec![
+                json_body_errors(missing(&["flowId", "code"])),
+                vec![
+                    E::InvalidCode { attempts_left: 4 },
+                    E::Gone(GoneReason::CodeExpired),
+                    E::Gone(GoneReason::FlowExpired),
+                    E::Gone(GoneReason::FlowLocked),
+                    E::Gone(GoneReason::FlowFinished),
+                    too_many(),
+                ],
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/account/login/resend") => Spec {
+            id: "loginResend",
+            tag: "account",
+            summary: "Send a new code for a 2FA login",
+            description: None,
+            auth: Auth::None,
+            body: Body::Json("FlowRequest"),
+            ok: vec![(
+                StatusCode::ACCEPTED,
+                "A new code was sent by SMS.",
+                Reply::Json(CODE_SENT),
+            )],
+            errors: concat(vec![
+                json_body_errors(missing(&["flowId"])),
+                vec![
+                    E::Gone(GoneReason::FlowExpired),
+                    E::Gone(GoneReason::FlowLocked),
+                    E::Gone(GoneReason::FlowFinished),
+                    too_many(),
+                    E::ResendLimit,
+                ],
+                sms_refusals(),
+                server_errors(),
+            ]),
+        },
+        ("GET", "/api/v1/account/me") => Spec {
+            id: "me",
+            tag: "account",
+            summary: "The current user",
+            description: None,
+            auth: Auth::Bearer,
+            body: Body::None,
+            ok: vec![(StatusCode::OK, "The current user.", Reply::Json(USER))],
+            errors: concat(vec![vec![E::InvalidToken], server_errors()]),
+        },
+        ("GET", "/api/v1/account/audit") => Spec {
+            id: "auditTrail",
+            tag: "account",
+            summary: "The current user's newest 100 security events",
+            description: None,
+            auth: Auth::Bearer,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "Events, newest first.",
+                Reply::Json("AuditTrailBody"),
+            )],
+            errors: concat(vec![vec![E::InvalidToken], server_errors()]),
+        },
+        ("POST", "/api/v1/account/phone/verify/send") => send(
+            "phoneVerifySend",
+            "Send a phone verification code",
+            "Sends a code to the account's phone.",
+            vec![E::State(StateConflict::PhoneAlreadyVerified)],
+        ),
+        ("POST", "/api/v1/account/phone/verify/confirm") => confirm(
+            "phoneVerifyConfirm",
+            "Confirm the phone with its code",
+            vec![],
+        ),
+        ("POST", "/api/v1/account/2fa/enable") => send(
+            "twoFaEnable",
+            "Start turning 2FA on",
+            "Sends a code to the account's phone, which must be verified.",
+            vec![
+                E::State(StateConflict::TwoFaAlreadyEnabled),
+                E::State(StateConflict::PhoneNotVerified),
+            ],
+        ),
+        ("POST", "/api/v1/account/2fa/enable/confirm") => confirm(
+            "twoFaEnableConfirm",
+            "Turn 2FA on with the code",
+            vec![E::State(StateConflict::PhoneNotVerified)],
+        ),
+        ("POST", "/api/v1/account/2fa/disable") => send(
+            "twoFaDisable",
+            "Start turning 2FA off",
+            "Sends a code to the account's phone.",
+            vec![E::State(StateConflict::TwoFaNotEnabled)],
+        ),
+        ("POST", "/api/v1/account/2fa/disable/confirm") => {
+            confirm("twoFaDisableConfirm", "Turn 2FA off with the code", vec![])
+        }
+        ("POST", "/api/v1/auth/refresh") => Spec {
+            id: "refresh",
+            tag: "auth",
+            summary: "Rotate a refresh token",
+            description: Some(
+                "The old refresh token stops working; presenting it again revokes every \
+                 token of that login (`refresh_token_reused`).",
+            ),
+            auth: Auth::None,
+            body: Body::Json("RefreshRequest"),
+            ok: vec![(StatusCode::OK, "New tokens.", Reply::Json(TOKENS))],
+            errors: concat(vec![
+                json_body_errors(missing(&["refreshToken"])),
+                vec![E::InvalidRefreshToken, E::RefreshTokenReused, too_many()],
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/auth/logout") => Spec {
+            id: "logout",
+            tag: "auth",
+            summary: "Log out",
+            description: Some(
+                "With a refresh token in the body, revokes that login; with no body and a \
+                 bearer token, revokes every refresh token of the user.",
+            ),
+            auth: Auth::BearerOptional,
+            body: Body::OptionalJson("RefreshRequest"),
+            ok: vec![(StatusCode::NO_CONTENT, "Logged out.", Reply::Empty)],
+            errors: concat(vec![
+                vec![
+                    missing(&["refreshToken"]),
+                    E::MalformedJson("syntax error at line 1, column 12".to_owned()),
+                    E::BadRequest("Invalid request header \"content-length\"".to_owned()),
+                    E::PayloadTooLarge {
+                        limit: super::MAX_BODY_BYTES,
+                    },
+                    E::InvalidRefreshToken,
+                    E::InvalidToken,
+                ],
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/webhooks/twilio/status") => Spec {
+            id: "twilioStatusCallback",
+            tag: "webhooks",
+            summary: "Twilio message status callback",
+            description: Some(
+                "Called by Twilio, form-encoded, signed with `X-Twilio-Signature` over \
+                 `TWILIO_STATUS_CALLBACK_URL` and every form parameter. Unsigned or \
+                 wrongly signed requests, and every request when Twilio is not \
+                 configured, answer 403.",
+            ),
+            auth: Auth::TwilioSignature,
+            body: Body::Form("TwilioStatusForm"),
+            ok: vec![(StatusCode::NO_CONTENT, "Acknowledged.", Reply::Empty)],
+            errors: concat(vec![
+                vec![
+                    E::Forbidden,
+                    AppError::Validation(vec![FieldError::new(
+                        "MessageStatus",
+                        "required",
+                        "MessageStatus is required",
+                    )]),
+                    E::BadRequest("the request could not be processed".to_owned()),
+                    E::LengthRequired,
+                    E::PayloadTooLarge {
+                        limit: super::MAX_BODY_BYTES,
+                    },
+                    E::UnsupportedMediaType,
+                ],
+                server_errors(),
+            ]),
+        },
+        ("GET", DOCUMENT_PATH) => Spec {
+            id: "openapi",
+            tag: "operations",
+            summary: "This OpenAPI document",
+            description: None,
+            auth: Auth::None,
+            body: Body::None,
+            ok: vec![(StatusCode::OK, "The document.", Reply::Document)],
+            errors: vec![],
+        },
+        ("GET", "/metrics") => Spec {
+            id: "metrics",
+            tag: "operations",
+            summary: "Prometheus metrics",
+            description: Some("The text exposition format; see the README for every series."),
+            auth: Auth::None,
+            body: Body::None,
+            ok: vec![(StatusCode::OK, "The metrics.", Reply::Prometheus)],
+            errors: vec![],
+        },
+        ("GET", "/healthz") => Spec {
+            id: "healthz",
+            tag: "operations",
+            summary: "Liveness",
+            description: None,
+            auth: Auth::None,
+            body: Body::None,
+            ok: vec![(StatusCode::OK, "Alive.", Reply::Json("HealthBody"))],
+            errors: vec![],
+        },
+        ("GET", "/readyz") => Spec {
+            id: "readyz",
+            tag: "operations",
+            summary: "Readiness: the database answers",
+            description: None,
+            auth: Auth::None,
+            body: Body::None,
+            ok: vec![
+                (StatusCode::OK, "Ready.", Reply::Json("ReadyBody")),
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The database does not answer.",
+                    Reply::Json("ReadyBody"),
+                ),
+            ],
+            errors: vec![],
+        },
+        _ => return None,
+    };
+    Some(spec)
+}
+
+fn schema_ref(name: &str) -> RefOr<Schema> {
+    RefOr::Ref(Ref::from_schema_name(name))
+}
+
+fn http_method(method: &str) -> Option<HttpMethod> {
+    match method {
+        "GET" => Some(HttpMethod::Get),
+        "POST" => Some(HttpMethod::Post),
+        "PUT" => Some(HttpMethod::Put),
+        "PATCH" => Some(HttpMethod::Patch),
+        "DELETE" => Some(HttpMethod::Delete),
+        _ => None,
+    }
+}
+
+/// The error responses of one route and status: the envelope with `code`
+/// narrowed to the codes this route can give, one example per code.
+fn error_response(
+    status: StatusCode,
+    errors: &[&AppError],
+    path: &str,
+) -> utoipa::openapi::Response {
+    let mut codes: Vec<&'static str> = errors.iter().map(|e| e.code()).collect();
+    codes.dedup();
+    let narrowed = ObjectBuilder::new()
+        .property(
+            "statusCode",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([status.as_u16()])),
+        )
+        .property(
+            "code",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(codes.clone())),
+        );
+    let schema = AllOfBuilder::new()
+        .item(schema_ref("ErrorBody"))
+        .item(narrowed);
+    let examples = errors.iter().filter_map(|e| {
+        let value = serde_json::to_value(ErrorBody::new(e, path, EXAMPLE_TIME.to_owned())).ok()?;
+        Some((
+            e.code().to_owned(),
+            ExampleBuilder::new().value(Some(value)).build(),
+        ))
+    });
+    let content = ContentBuilder::new()
+        .schema(Some(schema))
+        .examples_from_iter(examples)
+        .build();
+    let description = format!(
+        "{}: {}",
+        status.canonical_reason().unwrap_or("Error"),
+        codes
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut response = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", content);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some("Seconds to wait before retrying."))
+                .build(),
+        );
+    }
+    if codes.contains(&"invalid_token") {
+        response = response.header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(
+                    "`Bearer error=\"invalid_token\"` with `invalid_token`.",
+                ))
+                .build(),
+        );
+    }
+    response.build()
+}
+
+fn operation(path: &str, spec: Spec) -> utoipa::openapi::path::Operation {
+    let mut op = OperationBuilder::new()
+        .operation_id(Some(spec.id))
+        .tag(spec.tag)
+        .summary(Some(spec.summary))
+        .description(spec.description);
+    op = match spec.auth {
+        Auth::None => op,
+        Auth::Bearer => op.security(SecurityRequirement::new("bearer", Vec::<String>::new())),
+        // An empty requirement makes the bearer token optional.
+        Auth::BearerOptional => op
+            .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
+            .security(SecurityRequirement::default()),
+        Auth::TwilioSignature => op.parameter(
+            ParameterBuilder::new()
+                .name("X-Twilio-Signature")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::True)
+                .description(Some(
+                    "Base64 HMAC-SHA1, keyed with the Twilio auth token, of the callback \
+                     URL followed by every form parameter sorted by name.",
+                ))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+        ),
+    };
+    let body = |media: &str, name: &str, required: Required| {
+        RequestBodyBuilder::new()
+            .required(Some(required))
+            .content(
+                media,
+                ContentBuilder::new().schema(Some(schema_ref(name))).build(),
+            )
+            .build()
+    };
+    op = op.request_body(match spec.body {
+        Body::None => None,
+        Body::Json(name) => Some(body("application/json", name, Required::True)),
+        Body::OptionalJson(name) => Some(body("application/json", name, Required::False)),
+        Body::Form(name) => Some(body(
+            "application/x-www-form-urlencoded",
+            name,
+            Required::True,
+        )),
+    });
+    let mut responses = ResponsesBuilder::new();
+    for (status, description, reply) in spec.ok {
+        let mut r = ResponseBuilder::new().description(description);
+        let schema = match reply {
+            Reply::Json(name) => Some(schema_ref(name)),
+            Reply::OneOf(names) => {
+                let mut one_of = OneOfBuilder::new();
+                for name in names {
+                    one_of = one_of.item(schema_ref(name));
+                }
+                Some(one_of.into())
+            }
+            Reply::Document => Some(ObjectBuilder::new().schema_type(Type::Object).into()),
+            Reply::Empty => None,
+            Reply::Prometheus => {
+                r = r.content(
+                    crate::metrics::CONTENT_TYPE,
+                    ContentBuilder::new()
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                        .build(),
+                );
+                None
+            }
+        };
+        if let Some(schema) = schema {
+            r = r.content(
+                "application/json",
+                ContentBuilder::new().schema(Some(schema)).build(),
+            );
+        }
+        responses = responses.response(status.as_str(), r.build());
+    }
+    // Group the errors by status, in status order, keeping each code once.
+    let mut errors: Vec<&AppError> = Vec::new();
+    for e in &spec.errors {
+        if !errors.iter().any(|seen| seen.code() == e.code()) {
+            errors.push(e);
+        }
+    }
+    errors.sort_by_key(|e| e.status().as_u16());
+    let mut statuses: Vec<StatusCode> = errors.iter().map(|e| e.status()).collect();
+    statuses.dedup();
+    for status in statuses {
+        let of_status: Vec<&AppError> = errors
+            .iter()
+            .copied()
+            .filter(|e| e.status() == status)
+            .collect();
+        responses = responses.response(status.as_str(), error_response(status, &of_status, path));
+    }
+    op.responses(responses.build()).build()
+}
+
+/// Response schemas describe exactly what the server writes, so an extra field
+/// is a contract change: refuse it. (Request schemas stay open, as the parsers
+/// ignore unknown fields.)
+const CLOSED_SCHEMAS: &[&str] = &[
+    "User",
+    "TokensBody",
+    "CodeSentBody",
+    "OtpRequiredBody",
+    "AuditRow",
+    "AuditTrailBody",
+    "ErrorBody",
+    "FieldError",
+    "HealthBody",
+    "ReadyBody",
+];
+
+fn components() -> utoipa::openapi::Components {
+    let mut components = ComponentsBuilder::new()
+        .schema_from::<User>()
+        .schema_from::<TokensBody>()
+        .schema_from::<CodeSentBody>()
+        .schema_from::<OtpRequiredBody>()
+        .schema_from::<AuditRow>()
+        .schema_from::<AuditTrailBody>()
+        .schema_from::<ErrorBody>()
+        .schema_from::<FieldError>()
+        .schema_from::<HealthBody>()
+        .schema_from::<ReadyBody>()
+        .schema_from::<SignupRequest>()
+        .schema_from::<LoginRequest>()
+        .schema_from::<LoginVerifyRequest>()
+        .schema_from::<FlowRequest>()
+        .schema_from::<CodeRequest>()
+        .schema_from::<RefreshRequest>()
+        .schema_from::<TwilioStatusForm>()
+        .security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::builder()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some("An access token from `/account/login`, `/account/login/verify` or `/auth/refresh`."))
+                .build()),
+        )
+        .build();
+    for name in CLOSED_SCHEMAS {
+        if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(*name) {
+            o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
+    components
+}
+
+/// The whole document.
+pub fn document() -> OpenApi {
+    let mut paths = PathsBuilder::new();
+    for (method, path) in ROUTES {
+        if let (Some(m), Some(s)) = (http_method(method), spec(method, path)) {
+            paths = paths.path(*path, PathItem::new(m, operation(path, s)));
+        }
+    }
+    let info = InfoBuilder::new()
+        .title("authgate")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Self-hosted SMS two-factor authentication: sign-up, password login with JWTs, \
+             phone verification and SMS 2FA. Every error is the JSON envelope `ErrorBody`; \
+             branch on its `code`.",
+        ))
+        .license(Some(LicenseBuilder::new().name("MIT").build()))
+        .build();
+    let tag = |name: &str, description: &str| {
+        TagBuilder::new()
+            .name(name)
+            .description(Some(description))
+            .build()
+    };
+    OpenApiBuilder::new()
+        .info(info)
+        .paths(paths.build())
+        .components(Some(components()))
+        .tags(Some([
+            tag("account", "Sign-up, login, phone verification and 2FA."),
+            tag("auth", "Refresh tokens and logout."),
+            tag("webhooks", "Callbacks from Twilio."),
+            tag("operations", "Health, readiness and this document."),
+        ]))
+        .build()
+}
+
+/// The document as JSON.
+pub fn document_json() -> Value {
+    serde_json::to_value(document()).unwrap_or(Value::Null)
+}
+
+/// The document as written to `openapi.json`: pretty, with a final newline, so
+/// that diffs of the committed file are readable.
+pub fn document_pretty() -> Result<String, serde_json::Error> {
+    let mut s = serde_json::to_string_pretty(&document())?;
+    s.push('\n');
+    Ok(s)
+}
+
+/// `GET /openapi.json` under `/api/v1`. The document is built once, at start.
+pub fn routes() -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+    let doc = document_json();
+    warp::path!("openapi.json")
+        .and(warp::get())
+        .map(move || Ok(json(StatusCode::OK, &doc)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// The documented request examples are what the hand-written parsers accept,
+    /// field names included.
+    #[test]
+    fn request_examples_parse() {
+        let signup = serde_json::json!({"email": "ada@example.com", "phone": "+1 (415) 555-0100",
+            "password": "s3cure-passw0rd", "firstName": "Ada", "lastName": "Lovelace"});
+        let typed: SignupRequest = serde_json::from_value(signup.clone()).unwrap();
+        assert_eq!(serde_json::to_value(typed).unwrap(), signup);
+        let Value::Object(map) = signup else {
+            panic!("object")
+        };
+        assert!(super::super::account::parse_signup(map).is_ok());
+        let Value::Object(code) = serde_json::to_value(CodeRequest {
+            code: "123456".into(),
+        })
+        .unwrap() else {
+            panic!("object")
+        };
+        assert!(super::super::account::parse_code_body(code, 6).is_ok());
+    }
+
+    #[test]
+    fn every_route_has_a_spec() {
+        for (method, path) in ROUTES {
+            assert!(spec(method, path).is_some(), "{method} {path}");
+            assert!(http_method(method).is_some(), "{method}");
+        }
+        let doc = document_json();
+        assert_eq!(doc["openapi"], "3.1.0");
+    }
+}
