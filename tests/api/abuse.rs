@@ -48,19 +48,6 @@ async fn per_phone_hourly_quota_trips_and_recovers() {
     expect_json(post_auth(&app, SEND, &fresh, None).await, 202).await;
 }
 
-async fn relogin(app: &TestApp, a: &Account) -> String {
-    let t = expect_json(
-        app.post_json(
-            "/api/v1/account/login",
-            &json!({"email": a.email, "password": a.password}),
-        )
-        .await,
-        200,
-    )
-    .await;
-    t["accessToken"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn per_account_quota_counts_every_purpose() {
     let (app, fake) = spawn_app_with_twilio_and(|c| c.quotas.sms_per_account_hour = 3).await;

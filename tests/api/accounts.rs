@@ -40,6 +40,20 @@ pub async fn account(app: &TestApp) -> Account {
     }
 }
 
+/// Logs the account in again (password only) and returns a fresh access token.
+pub async fn relogin(app: &TestApp, a: &Account) -> String {
+    let t = expect_json(
+        app.post_json(
+            "/api/v1/account/login",
+            &json!({"email": a.email, "password": a.password}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    t["accessToken"].as_str().unwrap().to_owned()
+}
+
 /// POST with a bearer token and an optional JSON body.
 pub async fn post_auth(
     app: &TestApp,

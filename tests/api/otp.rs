@@ -124,22 +124,9 @@ async fn codes_expire() {
     let code = code_for(&fake, &a.phone, 0).await;
     app.clock.advance(Duration::from_secs(600));
     // The access token expired too (15 minutes is more than 10): get a fresh one.
-    let fresh = account_login(&app, &a).await;
+    let fresh = relogin(&app, &a).await;
     let r = post_auth(&app, CONFIRM, &fresh, Some(json!({"code": code}))).await;
     expect_error(r, 410, "code_expired").await;
-}
-
-async fn account_login(app: &TestApp, a: &Account) -> String {
-    let t = expect_json(
-        app.post_json(
-            "/api/v1/account/login",
-            &json!({"email": a.email, "password": a.password}),
-        )
-        .await,
-        200,
-    )
-    .await;
-    t["accessToken"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -240,6 +227,24 @@ async fn account_endpoints_need_a_valid_bearer_token() {
     expect_error(r, 401, "invalid_token").await;
 }
 
+/// Fifty confirmations of `code` at once, alternating between two instances;
+/// each answer's status and error code.
+async fn confirm_fifty_times(
+    app: &TestApp,
+    second: &TestApp,
+    access: &str,
+    code: &str,
+) -> Vec<(u16, String)> {
+    futures::future::join_all((0..50).map(|i| async move {
+        let target = if i % 2 == 0 { app } else { second };
+        let r = post_auth(target, CONFIRM, access, Some(json!({"code": code}))).await;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        (status, body["code"].as_str().unwrap_or("").to_owned())
+    }))
+    .await
+}
+
 /// Fifty confirmations of the right code at once, spread over two instances:
 /// exactly one succeeds.
 #[tokio::test]
@@ -252,17 +257,7 @@ async fn fifty_concurrent_right_codes_succeed_exactly_once_across_two_instances(
     let a = account(&app).await;
     expect_json(post_auth(&app, SEND, &a.access, None).await, 202).await;
     let code = code_for(&fake, &a.phone, 0).await;
-    let results = futures::future::join_all((0..50).map(|i| {
-        let target = if i % 2 == 0 { &app } else { &second };
-        let (access, code) = (a.access.clone(), code.clone());
-        async move {
-            let r = post_auth(target, CONFIRM, &access, Some(json!({"code": code}))).await;
-            let status = r.status().as_u16();
-            let body: serde_json::Value = r.json().await.unwrap();
-            (status, body["code"].as_str().unwrap_or("").to_owned())
-        }
-    }))
-    .await;
+    let results = confirm_fifty_times(&app, &second, &a.access, &code).await;
     let ok = results.iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(ok, 1, "{results:?}");
     assert!(
@@ -286,17 +281,7 @@ async fn fifty_concurrent_wrong_codes_never_count_past_the_limit() {
     expect_json(post_auth(&app, SEND, &a.access, None).await, 202).await;
     let code = code_for(&fake, &a.phone, 0).await;
     let bad = wrong(&code);
-    let results = futures::future::join_all((0..50).map(|i| {
-        let target = if i % 2 == 0 { &app } else { &second };
-        let (access, bad) = (a.access.clone(), bad.clone());
-        async move {
-            let r = post_auth(target, CONFIRM, &access, Some(json!({"code": bad}))).await;
-            let status = r.status().as_u16();
-            let body: serde_json::Value = r.json().await.unwrap();
-            (status, body["code"].as_str().unwrap_or("").to_owned())
-        }
-    }))
-    .await;
+    let results = confirm_fifty_times(&app, &second, &a.access, &bad).await;
     let counted = results.iter().filter(|(s, _)| *s == 401).count();
     assert_eq!(counted, 5, "{results:?}");
     assert_eq!(results.iter().filter(|(s, _)| *s == 410).count(), 45);
