@@ -58,6 +58,7 @@ impl Application {
         let secret = resolve_jwt_secret(&config)?;
         let keys = Keys::derive(&secret);
         // The SMS actor's LISTEN connection needs the settings outside the pool.
+        tokio::task::spawn_blocking(crate::hasher::warm_up).await?;
         let store = Store::connect(db.clone(), config.db_pool_size, config.db_timeout)?;
         let applied = store
             .migrate()
