@@ -11,7 +11,6 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -59,11 +58,6 @@ impl Keys {
             &self.otp,
             &[user_id.as_bytes(), purpose.as_bytes(), code.as_bytes()],
         )
-    }
-
-    /// Constant-time comparison of a stored hash with a candidate's.
-    pub fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
-        a.ct_eq(b).into()
     }
 
     /// Encrypts with a fresh random nonce: `nonce (12 bytes) || ciphertext+tag`.
@@ -124,26 +118,14 @@ mod tests {
         let k = keys("a-secret-of-at-least-thirty-two-bytes!!");
         let u = uuid::Uuid::new_v4();
         let h = k.otp_hash(&u, "phone_verify", "123456");
-        assert!(Keys::hashes_equal(
-            &h,
-            &k.otp_hash(&u, "phone_verify", "123456")
-        ));
-        assert!(!Keys::hashes_equal(
-            &h,
-            &k.otp_hash(&u, "login_2fa", "123456")
-        ));
-        assert!(!Keys::hashes_equal(
-            &h,
-            &k.otp_hash(&uuid::Uuid::new_v4(), "phone_verify", "123456")
-        ));
-        assert!(!Keys::hashes_equal(
-            &h,
-            &k.otp_hash(&u, "phone_verify", "123457")
-        ));
+        assert_eq!(h, k.otp_hash(&u, "phone_verify", "123456"));
+        assert_ne!(h, k.otp_hash(&u, "login_2fa", "123456"));
+        assert_ne!(
+            h,
+            k.otp_hash(&uuid::Uuid::new_v4(), "phone_verify", "123456")
+        );
+        assert_ne!(h, k.otp_hash(&u, "phone_verify", "123457"));
         let other = keys("another-secret-of-thirty-two-bytes-long");
-        assert!(!Keys::hashes_equal(
-            &h,
-            &other.otp_hash(&u, "phone_verify", "123456")
-        ));
+        assert_ne!(h, other.otp_hash(&u, "phone_verify", "123456"));
     }
 }

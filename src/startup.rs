@@ -136,6 +136,8 @@ impl Application {
             flows: FlowRegistry::default(),
             metrics,
         });
+        // Expires due login flows (any process's) and stops idle flow actors.
+        crate::actors::flow::start_sweeper(&state).await?;
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (addr, serve) = warp::serve(routes::app(state.clone()))

@@ -1,22 +1,36 @@
-//! `FlowActor`: one per login flow waiting for its SMS code. It runs the pure
-//! state machine (`domain::login_flow`), calls the OTP actors and the token
-//! issuer, persists every transition with compare-and-set, and stops when the flow
-//! completes, locks or expires (a timer fires at the flow's expiry).
+//! `FlowActor`: one per *active* login flow waiting for its SMS code. It runs the
+//! pure state machine (`domain::login_flow`), calls the OTP actors and the token
+//! issuer, persists every transition with compare-and-set, and stops when the
+//! flow completes, locks or expires, or when no request came for a while.
 //!
 //! Actors are a cache and a serialisation point, not the truth: the
 //! `FlowRegistry` rebuilds a flow's actor from PostgreSQL when a request for it
 //! arrives at a process where it does not live, and a transition that loses the
 //! compare-and-set to another process reloads the flow and applies its event again.
+//! So an idle actor is only a cache entry, and it is dropped: a pending flow costs
+//! a row in PostgreSQL, not an actor, a task and a timer in memory (100,000
+//! pending flows would otherwise hold 100,000 of each; see
+//! `benches/pending_flows.rs`).
+//!
+//! Expiry does not need the flow's actor either: one `FlowSweeper` per process
+//! (a supervised child) looks every [`SWEEP_EVERY`] for pending flows past their
+//! deadline with one indexed query, moves them to `Expired` through the state
+//! machine with compare-and-set, and writes their audit rows in the same
+//! transaction (`FOR UPDATE SKIP LOCKED`, so several processes share the work and
+//! each flow's expiry is recorded and counted once). Flows whose process died, or
+//! whose actor is gone, expire on time all the same. The same tick stops idle
+//! actors.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::supervisor::{start_child, ChildSpec};
 use crate::audit::{AuditKind, ClientInfo};
 use crate::domain::login_flow::{self, Effect, Event, FlowError, FlowState, Limits, Reply};
 use crate::domain::otp::Purpose;
@@ -25,16 +39,41 @@ use crate::error::{AppError, GoneReason};
 use crate::metrics::FlowEvent;
 use crate::routes::auth::{issue_tokens, TokensBody};
 use crate::state::AppState;
+use crate::store::flows::SweptState;
 use crate::store::otp::CheckOutcome;
 
 /// How long a caller waits for a flow actor before answering 503.
 const CALL_TIMEOUT_MS: u64 = 15_000;
 /// How long a finished flow's row stays, so late requests get a precise 410.
 const KEEP_FINISHED: chrono::Duration = chrono::Duration::hours(1);
+/// How often each process sweeps for due flows (and idle actors). A flow
+/// expires at most about this long after its deadline, whichever process
+/// started it and whether that process still runs.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Due flows expired per transaction of the sweep, and batches per sweep.
+const SWEEP_BATCH: i64 = 1_000;
+const MAX_SWEEP_BATCHES: usize = 100;
+/// A flow actor with no request for this long stops; the next request rebuilds it.
+const IDLE_STOP: Duration = Duration::from_secs(30);
+/// With more than `BUSY_ACTORS` live, actors stop after `IDLE_STOP_BUSY` instead:
+/// the cache stays small when many flows are pending at once.
+const BUSY_ACTORS: usize = 1_000;
+const IDLE_STOP_BUSY: Duration = Duration::from_secs(1);
 
 /// What a resend answers.
 #[derive(Debug, Clone, Copy)]
 pub struct Resent {
+    pub expires_at: DateTime<Utc>,
+    pub resend_after: DateTime<Utc>,
+}
+
+/// What starting a flow answers (the login route's `otp_required` body).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub flow_id: Uuid,
+    /// The phone the code went to, all but the last two digits masked.
+    pub phone_hint: String,
+    /// Expiry of the code just sent.
     pub expires_at: DateTime<Utc>,
     pub resend_after: DateTime<Utc>,
 }
@@ -49,8 +88,9 @@ pub enum FlowMsg {
         client: ClientInfo,
         reply: RpcReplyPort<Result<Resent, AppError>>,
     },
-    /// The flow's expiry timer.
-    Tick,
+    /// From the sweeper: no request looked this flow up since `since`; stop
+    /// unless one did meanwhile.
+    Idle { since: Instant },
 }
 
 /// The limits of the state machine, from configuration.
@@ -118,15 +158,10 @@ impl Actor for FlowActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         args: FlowArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let now = args.app.clock().now();
-        if let Some(expires) = args.stored.state.expires_at() {
-            let wait = (expires - now).to_std().unwrap_or(Duration::ZERO);
-            // A little after expiry, so the machine sees `now >= expires_at`.
-            myself.send_after(wait + Duration::from_millis(50), || FlowMsg::Tick);
-        }
+        // No timer: the sweeper expires the flow, and stops this actor when idle.
         Ok(FlowActorState {
             app: args.app,
             registry: args.registry,
@@ -167,19 +202,9 @@ impl Actor for FlowActor {
                 s.client = client;
                 let _ = reply.send(resend(s).await);
             }
-            FlowMsg::Tick => {
-                let now = s.app.clock().now();
-                match s.state.expires_at() {
-                    // The app clock may lag the timer; look again shortly.
-                    Some(expires) if now < expires => {
-                        let wait = (expires - now).to_std().unwrap_or(Duration::ZERO);
-                        myself.send_after(wait + Duration::from_millis(50), || FlowMsg::Tick);
-                    }
-                    _ => {
-                        if let Err(e) = apply(s, Event::Tick).await {
-                            tracing::warn!(flow_id = %s.flow_id, error = %e, "could not record flow expiry");
-                        }
-                    }
+            FlowMsg::Idle { since } => {
+                if s.registry.unused_since(s.flow_id, &myself, since) {
+                    myself.stop(Some("idle".into()));
                 }
             }
         }
@@ -339,11 +364,18 @@ async fn resend(s: &mut FlowActorState) -> Result<Resent, AppError> {
     }
 }
 
-/// Where a flow's actor lives in this process. Bounded by the number of pending
-/// flows: actors remove themselves when they stop.
+/// A live flow actor and when a request last looked it up.
+struct Entry {
+    actor: ActorRef<FlowMsg>,
+    used: Instant,
+}
+
+/// Where a flow's actor lives in this process: a cache of the flows requests are
+/// using. Actors remove themselves when they stop; the sweeper stops idle ones,
+/// so this holds the active flows, not every pending one.
 #[derive(Clone, Default)]
 pub struct FlowRegistry {
-    live: Arc<Mutex<HashMap<Uuid, ActorRef<FlowMsg>>>>,
+    live: Arc<Mutex<HashMap<Uuid, Entry>>>,
 }
 
 impl FlowRegistry {
@@ -352,7 +384,7 @@ impl FlowRegistry {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, ActorRef<FlowMsg>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
         match self.live.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -361,9 +393,111 @@ impl FlowRegistry {
 
     fn forget(&self, id: Uuid, actor: &ActorRef<FlowMsg>) {
         let mut map = self.lock();
-        if map.get(&id).is_some_and(|a| a.get_id() == actor.get_id()) {
+        if map
+            .get(&id)
+            .is_some_and(|e| e.actor.get_id() == actor.get_id())
+        {
             map.remove(&id);
         }
+    }
+
+    /// The live actor of a flow, marked as just used.
+    fn lookup(&self, id: Uuid) -> Option<ActorRef<FlowMsg>> {
+        let mut map = self.lock();
+        let entry = map.get_mut(&id)?;
+        entry.used = Instant::now();
+        Some(entry.actor.clone())
+    }
+
+    /// True when no request looked `actor` up since `since` (or it is no longer
+    /// this flow's actor): it may stop.
+    fn unused_since(&self, id: Uuid, actor: &ActorRef<FlowMsg>, since: Instant) -> bool {
+        match self.lock().get(&id) {
+            Some(e) if e.actor.get_id() == actor.get_id() => e.used <= since,
+            _ => true,
+        }
+    }
+
+    /// Asks the actors nobody used lately to stop: after [`IDLE_STOP`], or after
+    /// [`IDLE_STOP_BUSY`] when more than [`BUSY_ACTORS`] are live.
+    fn stop_idle(&self) -> usize {
+        let now = Instant::now();
+        let idle: Vec<(ActorRef<FlowMsg>, Instant)> = {
+            let map = self.lock();
+            let limit = if map.len() > BUSY_ACTORS {
+                IDLE_STOP_BUSY
+            } else {
+                IDLE_STOP
+            };
+            map.values()
+                .filter(|e| now.saturating_duration_since(e.used) >= limit)
+                .map(|e| (e.actor.clone(), e.used))
+                .collect()
+        };
+        for (actor, since) in &idle {
+            let _ = actor.send_message(FlowMsg::Idle { since: *since });
+        }
+        idle.len()
+    }
+
+    /// Stops the local actor of a flow that ended elsewhere (its state is stale).
+    fn stop_ended(&self, id: Uuid) {
+        if let Some(e) = self.lock().get(&id) {
+            e.actor.stop(Some("flow ended".into()));
+        }
+    }
+
+    /// Starts a 2FA login flow once the password was right: issues the first code
+    /// (into the SMS outbox), persists the flow in `state` (what the machine
+    /// answered to `PasswordChecked`), gives it an actor here, counts and audits
+    /// it. The login route's path after the password check, and the bench's.
+    pub async fn start(
+        &self,
+        app: &AppState,
+        user_id: Uuid,
+        phone: String,
+        state: FlowState,
+        now: DateTime<Utc>,
+        client: &ClientInfo,
+    ) -> Result<Started, AppError> {
+        let flow_id = Uuid::new_v4();
+        let phone_e164 = PhoneE164::from_trusted(phone.clone());
+        let issued = app
+            .otp()
+            .issue(
+                user_id,
+                Purpose::Login2fa,
+                Some(flow_id),
+                phone_e164.clone(),
+            )
+            .await?;
+        let purge = purge_after(&state, now);
+        app.store()
+            .insert_flow(flow_id, user_id, &state, now, purge)
+            .await?;
+        let stored = crate::store::flows::StoredFlow {
+            user_id,
+            phone,
+            state,
+            version: 0,
+        };
+        self.spawn(app, flow_id, stored).await?;
+        app.metrics().flow(FlowEvent::Started);
+        tracing::info!(%user_id, %flow_id, "login needs an SMS code");
+        crate::audit::record(
+            app,
+            Some(user_id),
+            AuditKind::CodeSent,
+            client,
+            json!({ "purpose": "login_2fa", "flowId": flow_id }),
+        )
+        .await;
+        Ok(Started {
+            flow_id,
+            phone_hint: phone_e164.masked(),
+            expires_at: issued.expires_at,
+            resend_after: issued.resend_after,
+        })
     }
 
     /// Spawns the actor of a pending flow (just created, or loaded from the database).
@@ -383,12 +517,19 @@ impl FlowRegistry {
             .await
             .map_err(|e| AppError::Unavailable(format!("flow actor: {e}").into()))?;
         let mut map = self.lock();
-        if let Some(existing) = map.get(&flow_id) {
+        if let Some(existing) = map.get_mut(&flow_id) {
             // Another request rebuilt it first: keep one actor per flow.
             actor.stop(None);
-            return Ok(existing.clone());
+            existing.used = Instant::now();
+            return Ok(existing.actor.clone());
         }
-        map.insert(flow_id, actor.clone());
+        map.insert(
+            flow_id,
+            Entry {
+                actor: actor.clone(),
+                used: Instant::now(),
+            },
+        );
         Ok(actor)
     }
 
@@ -399,7 +540,7 @@ impl FlowRegistry {
         app: &AppState,
         flow_id: Uuid,
     ) -> Result<ActorRef<FlowMsg>, AppError> {
-        if let Some(a) = self.lock().get(&flow_id).cloned() {
+        if let Some(a) = self.lookup(flow_id) {
             return Ok(a);
         }
         let stored = app
@@ -473,4 +614,121 @@ impl FlowRegistry {
         }
         Err(AppError::Unavailable("login flow did not answer".into()))
     }
+}
+
+/// The next state of a due flow, through the state machine: what the sweep
+/// writes, with the audit event the transition asks for. None when the machine
+/// changes nothing (not due by this clock).
+fn expire_step(
+    flow_id: Uuid,
+    state: &FlowState,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Option<SweptState> {
+    use crate::domain::login_flow::AuditKind as Flow;
+    let step = login_flow::transition(state, Event::Tick, now, limits);
+    if step.state == *state {
+        return None;
+    }
+    let audit = step.effects.iter().find_map(|e| match e {
+        Effect::Audit(Flow::FlowExpired) => Some(AuditKind::LoginFailed.as_str()),
+        _ => None,
+    });
+    Some(SweptState {
+        purge_after: purge_after(&step.state, now),
+        state: step.state,
+        audit: audit.map(|kind| (kind, json!({ "reason": "flow_expired", "flowId": flow_id }))),
+    })
+}
+
+pub enum SweepMsg {
+    /// Expire the due flows and stop idle actors, then schedule the next sweep.
+    Sweep,
+}
+
+/// One per process: expires due flows (this process's or any other's, alive or
+/// not) and stops idle flow actors, every [`SWEEP_EVERY`].
+pub struct FlowSweeper;
+
+pub struct SweeperArgs {
+    pub app: AppState,
+}
+
+impl Actor for FlowSweeper {
+    type Msg = SweepMsg;
+    type State = AppState;
+    type Arguments = SweeperArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SweeperArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Right away: flows may have come due while no process was running.
+        myself.send_message(SweepMsg::Sweep)?;
+        Ok(args.app)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        app: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SweepMsg::Sweep => {
+                app.flows().stop_idle();
+                if let Err(e) = sweep(app).await {
+                    tracing::warn!(error = %e, "login flow expiry sweep failed; retrying");
+                }
+                // One timer at a time: a slow sweep delays the next, never piles up.
+                myself.send_after(SWEEP_EVERY, || SweepMsg::Sweep);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Expires every flow due now, a batch per transaction; returns how many.
+pub async fn sweep(app: &AppState) -> Result<usize, AppError> {
+    let limits = limits(app.config());
+    let mut total = 0;
+    // Bounded, in case rows the machine leaves unchanged keep filling batches.
+    for _ in 0..MAX_SWEEP_BATCHES {
+        let now = app.clock().now();
+        let (swept, seen) = app
+            .store()
+            .sweep_due_flows(now, SWEEP_BATCH, |id, state| {
+                expire_step(id, state, now, &limits)
+            })
+            .await?;
+        for flow in &swept {
+            // Counted after the commit, once per flow across every process: the
+            // rows were locked and written with compare-and-set.
+            if matches!(flow.state, FlowState::Expired { .. }) {
+                app.metrics().flow(FlowEvent::Expired);
+                tracing::info!(flow_id = %flow.id, user_id = %flow.user_id, "login flow expired");
+            }
+            app.flows().stop_ended(flow.id);
+        }
+        total += swept.len();
+        if seen < usize::try_from(SWEEP_BATCH).unwrap_or(usize::MAX) {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Starts this process's `FlowSweeper` under the supervisor (restarted if it fails).
+pub async fn start_sweeper(app: &AppState) -> Result<(), String> {
+    let app_for_spec = app.clone();
+    let spec = ChildSpec::new("flow-sweeper", move |sup: ActorCell| {
+        let app = app_for_spec.clone();
+        async move {
+            let (actor, _) =
+                Actor::spawn_linked(None, FlowSweeper, SweeperArgs { app }, sup).await?;
+            Ok(actor.get_cell())
+        }
+    });
+    start_child(app.supervisor(), spec).await
 }

@@ -15,14 +15,18 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use uuid::Uuid;
 
 use super::supervisor::{start_child, ChildSpec, Slot, SupervisorMsg};
+use crate::audit::{AuditKind, ClientInfo};
 use crate::clock::Clock;
 use crate::crypto::Keys;
 use crate::domain::otp::{self, Purpose};
 use crate::domain::phone::PhoneE164;
+use crate::domain::user::User;
 use crate::error::{AppError, SmsRefusal};
 use crate::metrics::QuotaRefusal;
-use crate::store::otp::{CheckOutcome, IssueOutcome, IssueRequest};
+use crate::store::audit::AuditEntry;
+use crate::store::otp::{CheckOutcome, IssueOutcome, IssueRequest, OnAccept};
 use crate::store::quotas::Quota;
+use crate::store::users::AccountChange;
 use crate::store::Store;
 
 /// How long a caller waits for a shard before answering 503.
@@ -53,9 +57,18 @@ pub enum OtpMsg {
         purpose: Purpose,
         flow_id: Option<Uuid>,
         code: String,
-        reply: RpcReplyPort<Result<CheckOutcome, AppError>>,
+        /// The account change a right code confirms, applied with the check.
+        confirms: Option<Confirms>,
+        reply: RpcReplyPort<Result<(CheckOutcome, Option<User>), AppError>>,
     },
     Purge,
+}
+
+/// The account change a right code confirms, and who asked (for the audit event).
+pub struct Confirms {
+    pub change: AccountChange,
+    pub audit: AuditKind,
+    pub client: ClientInfo,
 }
 
 /// Settings the shards share.
@@ -125,15 +138,33 @@ impl Actor for OtpActor {
                 purpose,
                 flow_id,
                 code,
+                confirms,
                 reply,
             } => {
                 let now = s.clock.now();
+                let detail = serde_json::json!({});
+                let on_accept = confirms.as_ref().map(|c| OnAccept {
+                    change: c.change,
+                    audit: AuditEntry {
+                        kind: c.audit.as_str(),
+                        client: &c.client,
+                        detail: &detail,
+                    },
+                });
                 let result = s
                     .store
-                    .check_code(&s.keys, user_id, purpose, flow_id, &code, now)
+                    .check_code(
+                        &s.keys,
+                        user_id,
+                        purpose,
+                        flow_id,
+                        &code,
+                        now,
+                        on_accept.as_ref(),
+                    )
                     .await
                     .map_err(AppError::from);
-                if let Ok(outcome) = &result {
+                if let Ok((outcome, _)) = &result {
                     s.metrics.code_checked(purpose, outcome);
                 }
                 let _ = reply.send(result);
@@ -332,6 +363,34 @@ impl OtpService {
         flow_id: Option<Uuid>,
         code: String,
     ) -> Result<CheckOutcome, AppError> {
+        let (outcome, _) = self
+            .call_check(user_id, purpose, flow_id, code, None)
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Checks an account code and, if right, applies the change it confirms and
+    /// its audit event in the same statement. The user is returned as changed
+    /// (`None` when the change's guard refused it).
+    pub async fn confirm(
+        &self,
+        user_id: Uuid,
+        purpose: Purpose,
+        code: String,
+        confirms: Confirms,
+    ) -> Result<(CheckOutcome, Option<User>), AppError> {
+        self.call_check(user_id, purpose, None, code, Some(confirms))
+            .await
+    }
+
+    async fn call_check(
+        &self,
+        user_id: Uuid,
+        purpose: Purpose,
+        flow_id: Option<Uuid>,
+        code: String,
+        confirms: Option<Confirms>,
+    ) -> Result<(CheckOutcome, Option<User>), AppError> {
         let actor = self.shard(&user_id, purpose)?;
         ractor::call_t!(
             actor,
@@ -340,6 +399,7 @@ impl OtpService {
                 purpose,
                 flow_id,
                 code,
+                confirms,
                 reply
             },
             CALL_TIMEOUT_MS

@@ -1,14 +1,17 @@
 //! Passwords: the acceptance rule and argon2id hashing and verification.
 //!
 //! These functions are CPU-bound (tens of milliseconds, 19 MiB each) and must never
-//! run on an async worker: callers go through `crate::hasher`, which runs them on a
-//! bounded blocking pool.
+//! run on an async worker: callers go through `crate::hasher`, which runs them on
+//! its own few threads. Each of those threads keeps one argon2 working memory
+//! (`Memory`) and passes it to every hash, so a login neither allocates nor
+//! page-faults 19 MiB, and the process holds at most one per thread.
 
 use std::fmt;
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq;
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
@@ -109,24 +112,103 @@ pub fn argon2() -> Argon2<'static> {
 #[error("password hashing failed: {0}")]
 pub struct HashError(String);
 
+/// Stored hashes asking for more memory than this (1 GiB) are refused: they
+/// are not ours, and would let one row exhaust the server.
+const MAX_BLOCKS: usize = 1024 * 1024;
+
+/// Argon2 working memory, reused from hash to hash. Argon2 overwrites every
+/// block before reading it, so what a previous hash left there does not matter.
+#[derive(Default)]
+pub struct Memory(Vec<Block>);
+
+impl Memory {
+    fn blocks(&mut self, params: &Params) -> &mut [Block] {
+        let n = params.block_count();
+        if self.0.len() < n {
+            self.0.resize(n, Block::default());
+        }
+        &mut self.0[..n]
+    }
+}
+
 /// Hashes with a fresh random salt; returns the PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`).
 pub fn hash(password: &Password) -> Result<String, HashError> {
+    hash_in(password, &mut Memory::default())
+}
+
+/// `hash`, in the given working memory.
+pub fn hash_in(password: &Password, memory: &mut Memory) -> Result<String, HashError> {
+    let err = |e: &dyn fmt::Display| HashError(e.to_string());
+    let argon = argon2();
+    let params = argon.params().clone();
     let salt = SaltString::generate(&mut OsRng);
-    argon2()
-        .hash_password(password.expose().as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| HashError(e.to_string()))
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(|e| err(&e))?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    argon
+        .hash_password_into_with_memory(
+            password.expose().as_bytes(),
+            salt_bytes,
+            &mut out,
+            memory.blocks(&params),
+        )
+        .map_err(|e| err(&e))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| err(&e))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| err(&e))?),
+    };
+    Ok(phc.to_string())
 }
 
 /// Checks a password against a stored PHC string, in the hash's own parameters.
 /// A malformed stored hash verifies as false rather than erroring to the client.
 pub fn verify(password: &Password, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => argon2()
-            .verify_password(password.expose().as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    verify_in(password, phc, &mut Memory::default())
+}
+
+/// `verify`, in the given working memory. The comparison is in constant time.
+pub fn verify_in(password: &Password, phc: &str, memory: &mut Memory) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    if params.block_count() > MAX_BLOCKS {
+        return false;
     }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params.clone());
+    argon
+        .hash_password_into_with_memory(
+            password.expose().as_bytes(),
+            salt_bytes,
+            out,
+            memory.blocks(&params),
+        )
+        .is_ok()
+        && bool::from(out.ct_eq(expected.as_bytes()))
 }
 
 /// True when a stored hash was made with weaker or other parameters than today's,
@@ -146,6 +228,7 @@ pub fn needs_rehash(phc: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
     #[test]
     fn rule_requires_letter_digit_and_length() {
@@ -193,6 +276,36 @@ mod tests {
         ));
         assert!(!verify(&p, "not a hash"));
         assert!(!needs_rehash(&phc));
+    }
+
+    #[test]
+    fn reused_memory_gives_the_same_answers_as_fresh_memory() {
+        let right = Password::parse_new("s3cretpassword").unwrap();
+        let wrong = Password::parse_new("s3cretpasswore").unwrap();
+        // Made by the crate's own hasher: our PHC reading must agree with it.
+        let theirs = argon2()
+            .hash_password(right.expose().as_bytes(), &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        let mut memory = Memory::default();
+        let ours = hash_in(&right, &mut memory).unwrap();
+        assert!(PasswordHash::new(&ours).is_ok(), "{ours}");
+        for phc in [&theirs, &ours, &theirs] {
+            // A wrong password first leaves its blocks behind in the memory.
+            assert!(!verify_in(&wrong, phc, &mut memory));
+            assert!(verify_in(&right, phc, &mut memory));
+            assert!(verify(&right, phc));
+        }
+        // The crate verifies what we produce.
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(argon2()
+            .verify_password(right.expose().as_bytes(), &parsed)
+            .is_ok());
+        assert!(!verify_in(
+            &right,
+            "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+            &mut memory
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::auth::{bearer, issue_tokens, AuthUser};
 use super::body::{json_object, Fields};
 use super::limits::{limit, RouteClass};
 use super::{client_info, json, with_state, Outcome};
+use crate::actors::otp::Confirms;
 use crate::audit::{self, AuditKind, ClientInfo};
 use crate::domain::email::Email;
 use crate::domain::login_flow::{self, Event, Reply};
@@ -23,7 +24,7 @@ use crate::domain::user::{NewUser, User};
 use crate::error::{AppError, GoneReason, StateConflict};
 use crate::state::AppState;
 use crate::store::otp::CheckOutcome;
-use crate::store::users::Taken;
+use crate::store::users::{AccountChange, Taken};
 
 pub fn routes(
     state: AppState,
@@ -264,8 +265,21 @@ async fn confirm_code(
     body: Map<String, Value>,
 ) -> Outcome {
     let code = parse_code_body(body, state.config().otp_length)?;
-    let outcome = state.otp().check(user.id, purpose, None, code).await?;
-    let now = state.clock().now();
+    let (change, kind) = match purpose {
+        Purpose::PhoneVerify => (AccountChange::PhoneVerified, AuditKind::PhoneVerified),
+        Purpose::Enable2fa => (AccountChange::TwoFa(true), AuditKind::TwoFaEnabled),
+        Purpose::Disable2fa => (AccountChange::TwoFa(false), AuditKind::TwoFaDisabled),
+        Purpose::Login2fa => return Err(AppError::internal("login codes are confirmed by flows")),
+    };
+    let confirms = Confirms {
+        change,
+        audit: kind,
+        client: client.clone(),
+    };
+    let (outcome, updated) = state
+        .otp()
+        .confirm(user.id, purpose, code, confirms)
+        .await?;
     if outcome != CheckOutcome::Accepted {
         if let CheckOutcome::Rejected { attempts_left } = outcome {
             audit::record(
@@ -277,26 +291,16 @@ async fn confirm_code(
             )
             .await;
         }
-        return Err(check_failure(outcome, now));
+        return Err(check_failure(outcome, state.clock().now()));
     }
-    let store = state.store();
-    let updated = match purpose {
-        Purpose::PhoneVerify => store.set_phone_verified(user.id, now).await?,
-        Purpose::Enable2fa => match store.set_two_fa(user.id, true, now).await? {
-            Some(u) => Some(u),
-            None => return Err(AppError::State(StateConflict::PhoneNotVerified)),
-        },
-        Purpose::Disable2fa => store.set_two_fa(user.id, false, now).await?,
-        Purpose::Login2fa => return Err(AppError::internal("login codes are confirmed by flows")),
+    let user = match (updated, change) {
+        (Some(u), _) => u,
+        (None, AccountChange::TwoFa(true)) => {
+            return Err(AppError::State(StateConflict::PhoneNotVerified))
+        }
+        (None, _) => return Err(AppError::InvalidToken),
     };
-    let user = updated.ok_or(AppError::InvalidToken)?;
     tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "code confirmed");
-    let kind = match purpose {
-        Purpose::PhoneVerify => AuditKind::PhoneVerified,
-        Purpose::Enable2fa => AuditKind::TwoFaEnabled,
-        _ => AuditKind::TwoFaDisabled,
-    };
-    audit::record(&state, Some(user.id), kind, &client, json!({})).await;
     Ok(json(StatusCode::OK, &user))
 }
 
@@ -465,42 +469,18 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
             Ok(json(StatusCode::OK, &tokens))
         }
         Reply::OtpRequired { .. } => {
-            let flow_id = Uuid::new_v4();
-            let phone = PhoneE164::from_trusted(creds.phone.clone());
-            let issued = state
-                .otp()
-                .issue(creds.id, Purpose::Login2fa, Some(flow_id), phone.clone())
+            let started = state
+                .flows()
+                .start(&state, creds.id, creds.phone, step.state, now, &client)
                 .await?;
-            let purge = crate::actors::flow::purge_after(&step.state, now);
-            state
-                .store()
-                .insert_flow(flow_id, creds.id, &step.state, now, purge)
-                .await?;
-            let stored = crate::store::flows::StoredFlow {
-                user_id: creds.id,
-                phone: creds.phone,
-                state: step.state,
-                version: 0,
-            };
-            state.flows().spawn(&state, flow_id, stored).await?;
-            state.metrics().flow(crate::metrics::FlowEvent::Started);
-            tracing::info!(user_id = %creds.id, %flow_id, "login needs an SMS code");
-            audit::record(
-                &state,
-                Some(creds.id),
-                AuditKind::CodeSent,
-                &client,
-                json!({ "purpose": "login_2fa", "flowId": flow_id }),
-            )
-            .await;
             Ok(json(
                 StatusCode::OK,
                 &OtpRequiredBody {
                     status: "otp_required",
-                    flow_id,
-                    phone_hint: phone.masked(),
-                    expires_at: issued.expires_at,
-                    resend_after: issued.resend_after,
+                    flow_id: started.flow_id,
+                    phone_hint: started.phone_hint,
+                    expires_at: started.expires_at,
+                    resend_after: started.resend_after,
                 },
             ))
         }

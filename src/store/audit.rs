@@ -26,6 +26,27 @@ pub struct AuditRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// An event to record in the same statement as the change it describes.
+pub struct AuditEntry<'a> {
+    pub kind: &'a str,
+    pub client: &'a ClientInfo,
+    pub detail: &'a serde_json::Value,
+}
+
+impl AuditEntry<'_> {
+    pub(super) fn ip(&self) -> Option<String> {
+        self.client.ip.map(|ip| ip.to_string())
+    }
+
+    /// At most 256 characters are kept.
+    pub(super) fn user_agent(&self) -> Option<String> {
+        self.client
+            .user_agent
+            .as_ref()
+            .map(|u| u.chars().take(256).collect())
+    }
+}
+
 impl Store {
     pub async fn insert_audit(
         &self,
@@ -35,20 +56,24 @@ impl Store {
         detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let entry = AuditEntry {
+            kind,
+            client,
+            detail,
+        };
         let c = self.client().await?;
-        let ua: Option<String> = client
-            .user_agent
-            .as_ref()
-            .map(|u| u.chars().take(256).collect());
         c.execute(
-            "INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
+            &c.prepare_cached(
+                "INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
              VALUES ($1, $2, $3::text::inet, $4, $5, $6)",
+            )
+            .await?,
             &[
                 &user_id,
-                &kind,
-                &client.ip.map(|ip| ip.to_string()),
-                &ua,
-                detail,
+                &entry.kind,
+                &entry.ip(),
+                &entry.user_agent(),
+                entry.detail,
                 &now,
             ],
         )
@@ -65,8 +90,11 @@ impl Store {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT kind, host(ip), user_agent, detail, created_at FROM audit_events
+                &c.prepare_cached(
+                    "SELECT kind, host(ip), user_agent, detail, created_at FROM audit_events
                  WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+                )
+                .await?,
                 &[&user_id, &limit],
             )
             .await?;

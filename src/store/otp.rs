@@ -1,18 +1,23 @@
 //! The `otp_codes` table. Issuing is one transaction holding a per-(user,
 //! purpose) advisory lock: cooldown check, supersede, insert, and the SMS into
-//! the outbox. Checking is one conditional UPDATE per outcome, so concurrent
-//! checks, in this process or others, can never consume a code twice or count
-//! more wrong tries than allowed.
+//! the outbox. Checking is one statement that finds the newest code and consumes
+//! it or counts the wrong try under the row lock, so concurrent checks, in this
+//! process or others, can never consume a code twice or count more wrong tries
+//! than allowed.
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::audit::AuditEntry;
 use super::outbox::{self, NewSms};
 use super::quotas::{self, Quota};
+use super::users::{user_from_row, AccountChange, USER_COLUMNS};
 use super::{Store, StoreError};
 use crate::crypto::Keys;
 use crate::domain::otp::{CodeFacts, CodeState, Purpose};
 use crate::domain::phone::PhoneE164;
+use crate::domain::user::User;
 
 /// A code to issue. `code` is the clear text, only hashed and sealed here.
 pub struct IssueRequest<'a> {
@@ -44,6 +49,12 @@ pub enum IssueOutcome {
     },
 }
 
+/// What a right code confirms: applied in the check's own statement.
+pub struct OnAccept<'a> {
+    pub change: AccountChange,
+    pub audit: AuditEntry<'a>,
+}
+
 /// The result of checking a submitted code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckOutcome {
@@ -73,13 +84,17 @@ impl Store {
         let tx = client.transaction().await?;
         // Serialises issuers of one (user, purpose) across processes; released at commit.
         tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .await?,
             &[&lock_key(&req.user_id, req.purpose)],
         )
         .await?;
         let last: Option<DateTime<Utc>> = tx
             .query_one(
-                "SELECT max(created_at) FROM otp_codes WHERE user_id = $1 AND purpose = $2",
+                &tx.prepare_cached(
+                    "SELECT max(created_at) FROM otp_codes WHERE user_id = $1 AND purpose = $2",
+                )
+                .await?,
                 &[&req.user_id, &req.purpose.as_str()],
             )
             .await?
@@ -96,15 +111,18 @@ impl Store {
             return Ok(IssueOutcome::QuotaExceeded { quota, retry_after });
         }
         tx.execute(
-            "UPDATE otp_codes SET state = 'superseded', finished_at = $3
+            &tx.prepare_cached(
+                "UPDATE otp_codes SET state = 'superseded', finished_at = $3
              WHERE user_id = $1 AND purpose = $2 AND state = 'live'",
+            )
+            .await?,
             &[&req.user_id, &req.purpose.as_str(), &req.now],
         )
         .await?;
         let hash = keys.otp_hash(&req.user_id, req.purpose.as_str(), req.code);
         tx.execute(
-            "INSERT INTO otp_codes (id, user_id, purpose, flow_id, code_hash, max_attempts, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &tx.prepare_cached("INSERT INTO otp_codes (id, user_id, purpose, flow_id, code_hash, max_attempts, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)").await?,
             &[
                 &Uuid::new_v4(),
                 &req.user_id,
@@ -134,8 +152,24 @@ impl Store {
     }
 
     /// Checks a submitted code against the newest code of (user, purpose), and of
-    /// `flow_id` when given. The comparison is in constant time in Rust; the state
-    /// change is one conditional UPDATE that re-checks liveness under the row lock.
+    /// `flow_id` when given, in one statement: it finds the newest code and, if
+    /// it is live, either consumes it (right code) or counts a wrong try, under
+    /// the row lock, so concurrent checks in any process can neither use a code
+    /// twice nor count more tries than allowed.
+    ///
+    /// With `on_accept`, a right code also applies the account change it
+    /// confirms and records its audit event in that same statement: one round
+    /// trip and one commit, and the change exists exactly when the code was used
+    /// (a crash cannot leave a used code without its effect). The user, as
+    /// changed, is returned then (`None` if the change's guard refused, e.g. 2FA
+    /// on without a verified phone).
+    ///
+    /// The comparison PostgreSQL makes is between two keyed hashes: the submitted
+    /// code is hashed with the server's OTP key here first. Its timing can at most
+    /// tell how many leading bytes of two MACs the caller cannot compute agree,
+    /// which says nothing about the code (the "double HMAC" argument), and every
+    /// comparison costs one of the code's few tries.
+    #[allow(clippy::too_many_arguments)]
     pub async fn check_code(
         &self,
         keys: &Keys,
@@ -144,68 +178,64 @@ impl Store {
         flow_id: Option<Uuid>,
         code: &str,
         now: DateTime<Utc>,
-    ) -> Result<CheckOutcome, StoreError> {
+        on_accept: Option<&OnAccept<'_>>,
+    ) -> Result<(CheckOutcome, Option<User>), StoreError> {
+        let candidate = keys.otp_hash(&user_id, purpose.as_str(), code);
         let client = self.client().await?;
+        let (ip, user_agent) =
+            on_accept.map_or((None, None), |a| (a.audit.ip(), a.audit.user_agent()));
+        let kind = on_accept.map(|a| a.audit.kind);
+        let detail = on_accept.map(|a| a.audit.detail);
+        let (purpose_str, hash) = (purpose.as_str(), candidate.as_slice());
+        let base: [&(dyn ToSql + Sync); 5] = [&user_id, &purpose_str, &flow_id, &hash, &now];
+        let effect: [&(dyn ToSql + Sync); 4] = [&kind, &ip, &user_agent, &detail];
+        let params: Vec<&(dyn ToSql + Sync)> = match on_accept {
+            Some(_) => base.iter().chain(&effect).copied().collect(),
+            None => base.to_vec(),
+        };
+        let sql = check_sql(on_accept.map(|a| a.change));
         let row = client
-            .query_opt(
-                "SELECT id, code_hash, state, attempts, max_attempts, expires_at
-                 FROM otp_codes
-                 WHERE user_id = $1 AND purpose = $2 AND ($3::uuid IS NULL OR flow_id = $3)
-                 ORDER BY created_at DESC, (state = 'live') DESC
-                 LIMIT 1",
-                &[&user_id, &purpose.as_str(), &flow_id],
-            )
+            .query_opt(&client.prepare_cached(&sql).await?, &params)
             .await?;
         let Some(row) = row else {
-            return Ok(CheckOutcome::NoCode);
+            return Ok((CheckOutcome::NoCode, None));
         };
-        let id: Uuid = row.try_get("id")?;
-        let stored: Vec<u8> = row.try_get("code_hash")?;
+        let new_state: Option<String> = row.try_get("new_state")?;
+        if let Some(new_state) = new_state {
+            if new_state == "used" {
+                let changed: Option<Uuid> = match on_accept {
+                    Some(_) => row.try_get("id")?,
+                    None => None,
+                };
+                let user = match changed {
+                    Some(_) => Some(user_from_row(&row)?),
+                    None => None,
+                };
+                return Ok((CheckOutcome::Accepted, user));
+            }
+            let attempts: i32 = row.try_get("new_attempts")?;
+            let max: i32 = row.try_get("max_attempts")?;
+            let attempts_left = u32::try_from(max - attempts).unwrap_or(0);
+            return Ok((CheckOutcome::Rejected { attempts_left }, None));
+        }
         let facts = facts_from(&row)?;
         if crate::domain::otp::usable(&facts, now).is_err() {
-            return Ok(CheckOutcome::Unusable(facts));
+            return Ok((CheckOutcome::Unusable(facts), None));
         }
-        let candidate = keys.otp_hash(&user_id, purpose.as_str(), code);
-        if Keys::hashes_equal(&stored, &candidate) {
-            let consumed = client
-                .query_opt(
-                    "UPDATE otp_codes SET state = 'used', finished_at = $2
-                     WHERE id = $1 AND state = 'live' AND expires_at > $2 AND attempts < max_attempts
-                     RETURNING id",
-                    &[&id, &now],
-                )
-                .await?;
-            if consumed.is_some() {
-                return Ok(CheckOutcome::Accepted);
-            }
-        } else {
-            let counted = client
-                .query_opt(
-                    "UPDATE otp_codes
-                     SET attempts = attempts + 1,
-                         state = CASE WHEN attempts + 1 >= max_attempts THEN 'dead' ELSE 'live' END,
-                         finished_at = CASE WHEN attempts + 1 >= max_attempts THEN $2 END
-                     WHERE id = $1 AND state = 'live' AND expires_at > $2 AND attempts < max_attempts
-                     RETURNING attempts, max_attempts",
-                    &[&id, &now],
-                )
-                .await?;
-            if let Some(r) = counted {
-                let attempts: i32 = r.try_get(0)?;
-                let max: i32 = r.try_get(1)?;
-                return Ok(CheckOutcome::Rejected {
-                    attempts_left: u32::try_from(max - attempts).unwrap_or(0),
-                });
-            }
-        }
-        // Another request changed the code between our read and our update.
+        // Live in our snapshot, yet not updatable: another check changed it
+        // after the snapshot was taken. Its current state is the answer.
+        let id: Uuid = row.try_get("code_id")?;
         let row = client
             .query_one(
-                "SELECT state, attempts, max_attempts, expires_at FROM otp_codes WHERE id = $1",
+                &client
+                    .prepare_cached(
+                        "SELECT state, attempts, max_attempts, expires_at FROM otp_codes WHERE id = $1",
+                    )
+                    .await?,
                 &[&id],
             )
             .await?;
-        Ok(CheckOutcome::Unusable(facts_from(&row)?))
+        Ok((CheckOutcome::Unusable(facts_from(&row)?), None))
     }
 
     /// Deletes codes that can no longer matter: expired or finished before `cutoff`.
@@ -213,11 +243,70 @@ impl Store {
         let client = self.client().await?;
         Ok(client
             .execute(
-                "DELETE FROM otp_codes WHERE expires_at < $1 OR finished_at < $1",
+                &client
+                    .prepare_cached(
+                        "DELETE FROM otp_codes WHERE expires_at < $1 OR finished_at < $1",
+                    )
+                    .await?,
                 &[&cutoff],
             )
             .await?)
     }
+}
+
+/// The check statement: find the newest code, try it, and (with a change) apply
+/// the change and its audit event when the code was right. Parameters: $1 user,
+/// $2 purpose, $3 flow or NULL, $4 the candidate's keyed hash, $5 now; with a
+/// change also $6 audit kind, $7 IP, $8 user agent, $9 detail.
+fn check_sql(change: Option<AccountChange>) -> String {
+    let (effect, columns) = match change {
+        Some(change) => {
+            let (set, guard) = change.sql();
+            (
+                format!(
+                    ", changed AS (
+                         UPDATE users SET {set}, updated_at = $5
+                         WHERE id = $1{guard} AND EXISTS (SELECT 1 FROM tried WHERE new_state = 'used')
+                         RETURNING {USER_COLUMNS}
+                     ), logged AS (
+                         INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
+                         SELECT id, $6, $7::text::inet, $8, $9, $5 FROM changed
+                     )"
+                ),
+                ", changed.*",
+            )
+        }
+        None => (String::new(), ""),
+    };
+    let join = if change.is_some() {
+        " LEFT JOIN changed ON true"
+    } else {
+        ""
+    };
+    format!(
+        "WITH latest AS (
+             SELECT id, state, attempts, max_attempts, expires_at
+             FROM otp_codes
+             WHERE user_id = $1 AND purpose = $2 AND ($3::uuid IS NULL OR flow_id = $3)
+             ORDER BY created_at DESC, (state = 'live') DESC
+             LIMIT 1
+         ), tried AS (
+             UPDATE otp_codes c
+             SET attempts = c.attempts + CASE WHEN c.code_hash = $4 THEN 0 ELSE 1 END,
+                 state = CASE WHEN c.code_hash = $4 THEN 'used'
+                              WHEN c.attempts + 1 >= c.max_attempts THEN 'dead'
+                              ELSE 'live' END,
+                 finished_at = CASE WHEN c.code_hash = $4 OR c.attempts + 1 >= c.max_attempts
+                                    THEN $5 END
+             FROM latest
+             WHERE c.id = latest.id AND c.state = 'live' AND c.expires_at > $5
+               AND c.attempts < c.max_attempts
+             RETURNING c.state AS new_state, c.attempts AS new_attempts
+         ){effect}
+         SELECT latest.id AS code_id, latest.state, latest.attempts, latest.max_attempts,
+                latest.expires_at, tried.new_state, tried.new_attempts{columns}
+         FROM latest LEFT JOIN tried ON true{join}"
+    )
 }
 
 fn facts_from(row: &tokio_postgres::Row) -> Result<CodeFacts, StoreError> {

@@ -39,14 +39,17 @@ pub async fn enqueue<C: GenericClient>(
     let sealed = keys.seal(msg.body);
     let row = client
         .query_one(
-            "INSERT INTO sms_outbox (recipient, body_sealed, purpose, expires_at, next_attempt_at, created_at, updated_at)
+            &client.prepare_cached("INSERT INTO sms_outbox (recipient, body_sealed, purpose, expires_at, next_attempt_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $5, $5)
-             RETURNING id",
+             RETURNING id").await?,
             &[&msg.to.as_str(), &sealed, &msg.purpose, &msg.expires_at, &now],
         )
         .await?;
     client
-        .execute("SELECT pg_notify($1, '')", &[&OUTBOX_CHANNEL])
+        .execute(
+            &client.prepare_cached("SELECT pg_notify($1, '')").await?,
+            &[&OUTBOX_CHANNEL],
+        )
         .await?;
     Ok(row.try_get(0)?)
 }
@@ -175,7 +178,7 @@ impl super::Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "UPDATE sms_outbox
+                &client.prepare_cached("UPDATE sms_outbox
                  SET state = 'sending', claimed_by = $1, claimed_until = $2,
                      attempts = attempts + 1, updated_at = $3
                  WHERE id IN (
@@ -185,7 +188,7 @@ impl super::Store {
                      ORDER BY next_attempt_at, id
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED)
-                 RETURNING id, recipient, body_sealed, purpose, expires_at, attempts, claimed_until",
+                 RETURNING id, recipient, body_sealed, purpose, expires_at, attempts, claimed_until").await?,
                 &[&claimer, &lease_until, &now, &limit],
             )
             .await?;
@@ -212,13 +215,17 @@ impl super::Store {
         let client = self.client().await?;
         let n = client
             .execute(
-                "UPDATE sms_outbox
+                &client
+                    .prepare_cached(
+                        "UPDATE sms_outbox
                  SET state = 'sent', body_sealed = NULL, provider_sid = $3,
                      delivery_status = COALESCE(delivery_status, $4),
                      delivery_rank = COALESCE(delivery_rank, $5),
                      claimed_by = NULL, claimed_until = NULL, last_error = NULL, error_code = NULL,
                      sent_at = $6, updated_at = $6
                  WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
+                    )
+                    .await?,
                 &[
                     &id,
                     &claimer,
@@ -245,10 +252,14 @@ impl super::Store {
         let client = self.client().await?;
         let n = client
             .execute(
-                "UPDATE sms_outbox
+                &client
+                    .prepare_cached(
+                        "UPDATE sms_outbox
                  SET state = 'pending', next_attempt_at = $3, last_error = $4,
                      error_code = $5, claimed_by = NULL, claimed_until = NULL, updated_at = $6
                  WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
+                    )
+                    .await?,
                 &[
                     &id,
                     &claimer,
@@ -274,10 +285,14 @@ impl super::Store {
         let client = self.client().await?;
         let n = client
             .execute(
-                "UPDATE sms_outbox
+                &client
+                    .prepare_cached(
+                        "UPDATE sms_outbox
                  SET state = 'failed', body_sealed = NULL, error_code = $3, last_error = $4,
                      claimed_by = NULL, claimed_until = NULL, updated_at = $5
                  WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
+                    )
+                    .await?,
                 &[&id, &claimer, &error_code, &last_error, &now],
             )
             .await?;
@@ -294,10 +309,14 @@ impl super::Store {
         let client = self.client().await?;
         let n = client
             .execute(
-                "UPDATE sms_outbox
+                &client
+                    .prepare_cached(
+                        "UPDATE sms_outbox
                  SET state = 'expired', body_sealed = NULL,
                      claimed_by = NULL, claimed_until = NULL, updated_at = $3
                  WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
+                    )
+                    .await?,
                 &[&id, &claimer, &now],
             )
             .await?;
@@ -316,12 +335,16 @@ impl super::Store {
         let client = self.client().await?;
         let n = client
             .execute(
-                "UPDATE sms_outbox
+                &client
+                    .prepare_cached(
+                        "UPDATE sms_outbox
                  SET state = 'pending', attempts = GREATEST(attempts - 1, 0),
                      next_attempt_at = LEAST(next_attempt_at, $3),
                      claimed_by = NULL, claimed_until = NULL, updated_at = $3
                  WHERE state = 'sending' AND claimed_by = $1
                    AND ($2::bigint[] IS NULL OR id = ANY($2))",
+                    )
+                    .await?,
                 &[&claimer, &ids, &now],
             )
             .await?;
@@ -334,9 +357,13 @@ impl super::Store {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT LEAST(
+                &client
+                    .prepare_cached(
+                        "SELECT LEAST(
                      (SELECT min(next_attempt_at) FROM sms_outbox WHERE state = 'pending'),
                      (SELECT min(claimed_until) FROM sms_outbox WHERE state = 'sending'))",
+                    )
+                    .await?,
                 &[],
             )
             .await?;
@@ -348,7 +375,11 @@ impl super::Store {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT count(*) FROM sms_outbox WHERE state IN ('pending', 'sending')",
+                &client
+                    .prepare_cached(
+                        "SELECT count(*) FROM sms_outbox WHERE state IN ('pending', 'sending')",
+                    )
+                    .await?,
                 &[],
             )
             .await?;
@@ -367,11 +398,15 @@ impl super::Store {
         let client = self.client().await?;
         let n = client
             .execute(
-                "UPDATE sms_outbox
+                &client
+                    .prepare_cached(
+                        "UPDATE sms_outbox
                  SET delivery_status = $2, delivery_rank = $3,
                      error_code = COALESCE($4, error_code), updated_at = $5
                  WHERE provider_sid = $1
                    AND (delivery_rank IS NULL OR delivery_rank < $3)",
+                    )
+                    .await?,
                 &[
                     &update.provider_sid,
                     &update.status,

@@ -36,10 +36,14 @@ pub async fn take<C: GenericClient>(
         let end = start + q.window;
         let row = client
             .query_one(
-                "INSERT INTO quota_counters (key, window_start, count, expires_at)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO quota_counters (key, window_start, count, expires_at)
                  VALUES ($1, $2, 1, $3)
                  ON CONFLICT (key, window_start) DO UPDATE SET count = quota_counters.count + 1
                  RETURNING count",
+                    )
+                    .await?,
                 &[&q.key, &start, &end],
             )
             .await?;

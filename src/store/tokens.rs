@@ -36,8 +36,8 @@ impl Store {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, amr, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &client.prepare_cached("INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, amr, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)").await?,
                 &[
                     &Uuid::new_v4(),
                     &t.family_id,
@@ -61,9 +61,9 @@ impl Store {
         let client = self.client().await?;
         let rotated = client
             .query_opt(
-                "UPDATE refresh_tokens SET rotated_at = $2
+                &client.prepare_cached("UPDATE refresh_tokens SET rotated_at = $2
                  WHERE token_hash = $1 AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2
-                 RETURNING family_id, user_id, amr",
+                 RETURNING family_id, user_id, amr").await?,
                 &[&token_hash, &now],
             )
             .await?;
@@ -76,8 +76,8 @@ impl Store {
         }
         let known = client
             .query_opt(
-                "SELECT family_id, user_id, rotated_at IS NOT NULL OR revoked_at IS NOT NULL
-                 FROM refresh_tokens WHERE token_hash = $1",
+                &client.prepare_cached("SELECT family_id, user_id, rotated_at IS NOT NULL OR revoked_at IS NOT NULL
+                 FROM refresh_tokens WHERE token_hash = $1").await?,
                 &[&token_hash],
             )
             .await?;
@@ -102,7 +102,7 @@ impl Store {
         let client = self.client().await?;
         Ok(client
             .execute(
-                "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
+                &client.prepare_cached("UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL").await?,
                 &[&family_id, &now],
             )
             .await?)
@@ -116,7 +116,11 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1",
+                &client
+                    .prepare_cached(
+                        "SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1",
+                    )
+                    .await?,
                 &[&token_hash],
             )
             .await?;
@@ -135,7 +139,7 @@ impl Store {
         let client = self.client().await?;
         Ok(client
             .execute(
-                "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+                &client.prepare_cached("UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL").await?,
                 &[&user_id, &now],
             )
             .await?)
@@ -146,7 +150,9 @@ impl Store {
         let client = self.client().await?;
         Ok(client
             .execute(
-                "DELETE FROM refresh_tokens WHERE expires_at < $1",
+                &client
+                    .prepare_cached("DELETE FROM refresh_tokens WHERE expires_at < $1")
+                    .await?,
                 &[&cutoff],
             )
             .await?)

@@ -7,6 +7,26 @@ use uuid::Uuid;
 use super::{Store, StoreError};
 use crate::domain::user::{NewUser, User};
 
+/// What a confirmed code changes on an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChange {
+    PhoneVerified,
+    TwoFa(bool),
+}
+
+impl AccountChange {
+    /// The SET clause, and the WHERE guard the change needs (2FA on requires a
+    /// verified phone, checked in the same statement so a concurrent phone change
+    /// cannot slip between).
+    pub(super) fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            AccountChange::PhoneVerified => ("phone_verified = true", ""),
+            AccountChange::TwoFa(true) => ("two_fa = true", " AND phone_verified"),
+            AccountChange::TwoFa(false) => ("two_fa = false", ""),
+        }
+    }
+}
+
 /// Which unique field a sign-up collided on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Taken {
@@ -14,10 +34,10 @@ pub enum Taken {
     Phone,
 }
 
-const USER_COLUMNS: &str =
+pub(super) const USER_COLUMNS: &str =
     "id, email, phone, first_name, last_name, two_fa, phone_verified, created_at, updated_at";
 
-fn user_from_row(row: &Row) -> Result<User, tokio_postgres::Error> {
+pub(super) fn user_from_row(row: &Row) -> Result<User, tokio_postgres::Error> {
     Ok(User {
         id: row.try_get("id")?,
         email: row.try_get("email")?,
@@ -47,7 +67,7 @@ impl Store {
         );
         let result = client
             .query_one(
-                &sql,
+                &client.prepare_cached(&sql).await?,
                 &[
                     &Uuid::new_v4(),
                     &user.email.as_str(),
@@ -70,7 +90,9 @@ impl Store {
     pub async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
         let client = self.client().await?;
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        let row = client.query_opt(&sql, &[&id]).await?;
+        let row = client
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+            .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
@@ -78,7 +100,12 @@ impl Store {
     pub async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT password_hash FROM users WHERE id = $1", &[&id])
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT password_hash FROM users WHERE id = $1")
+                    .await?,
+                &[&id],
+            )
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
@@ -111,7 +138,7 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, password_hash, phone, two_fa, locked_until FROM users WHERE lower(email) = lower($1)",
+                &client.prepare_cached("SELECT id, password_hash, phone, two_fa, locked_until FROM users WHERE lower(email) = lower($1)").await?,
                 &[&email],
             )
             .await?;
@@ -143,7 +170,9 @@ impl Store {
         let max_s = max.as_secs_f64();
         let row = client
             .query_one(
-                "UPDATE users SET
+                &client
+                    .prepare_cached(
+                        "UPDATE users SET
                      failed_logins = failed_logins + 1,
                      locked_until = CASE WHEN failed_logins + 1 >= $3
                          THEN $2::timestamptz + make_interval(secs => least($5::float8,
@@ -151,6 +180,8 @@ impl Store {
                          ELSE locked_until END
                  WHERE id = $1
                  RETURNING failed_logins, locked_until",
+                    )
+                    .await?,
                 &[&id, &now, &after, &base_s, &max_s],
             )
             .await?;
@@ -165,8 +196,12 @@ impl Store {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE users SET failed_logins = 0, locked_until = NULL
+                &client
+                    .prepare_cached(
+                        "UPDATE users SET failed_logins = 0, locked_until = NULL
                  WHERE id = $1 AND (failed_logins <> 0 OR locked_until IS NOT NULL)",
+                    )
+                    .await?,
                 &[&id],
             )
             .await?;
@@ -183,52 +218,14 @@ impl Store {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                &client
+                    .prepare_cached(
+                        "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                    )
+                    .await?,
                 &[&id, &old, &new],
             )
             .await?;
         Ok(())
-    }
-
-    pub async fn set_phone_verified(
-        &self,
-        id: Uuid,
-        now: chrono::DateTime<Utc>,
-    ) -> Result<Option<User>, StoreError> {
-        self.update_user(id, "phone_verified = true", now).await
-    }
-
-    /// Turns 2FA on or off. Turning it on requires a verified phone, checked in the
-    /// same statement so a concurrent phone change cannot slip between.
-    pub async fn set_two_fa(
-        &self,
-        id: Uuid,
-        on: bool,
-        now: chrono::DateTime<Utc>,
-    ) -> Result<Option<User>, StoreError> {
-        if on {
-            self.update_user(id, "two_fa = true", now).await
-        } else {
-            self.update_user(id, "two_fa = false", now).await
-        }
-    }
-
-    async fn update_user(
-        &self,
-        id: Uuid,
-        set: &'static str,
-        now: chrono::DateTime<Utc>,
-    ) -> Result<Option<User>, StoreError> {
-        let client = self.client().await?;
-        let guard = if set.starts_with("two_fa = true") {
-            " AND phone_verified"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "UPDATE users SET {set}, updated_at = $2 WHERE id = $1{guard} RETURNING {USER_COLUMNS}"
-        );
-        let row = client.query_opt(&sql, &[&id, &now]).await?;
-        Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 }

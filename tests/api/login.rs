@@ -537,3 +537,77 @@ async fn a_password_hash_with_old_parameters_is_upgraded_on_login() {
     );
     expect_json(login(&app, &a).await, 200).await;
 }
+
+#[tokio::test]
+async fn a_flow_whose_process_is_gone_still_expires_on_time() {
+    // The first instance starts a flow and stops (its actor goes with it); the
+    // second, on the same database, gets no request for the flow, yet its sweep
+    // expires it shortly after the deadline, with one audit row and one count.
+    let (mut first, fake) = spawn_app_with_twilio().await;
+    let second = spawn_on(first.db.clone(), |c| {
+        c.sms.twilio = Some(twilio_config(&fake.base_url()))
+    })
+    .await;
+    let (_a, flow, _code) = start_2fa_login(&first, &fake).await;
+    first.stop().await;
+    assert_eq!(second.state.flows().live(), 0);
+    let flow_id = uuid::Uuid::parse_str(&flow).unwrap();
+    let db = second.db_client().await;
+    let state = || async {
+        let row = db
+            .query_one(
+                "SELECT state->>'state', (state->>'at')::timestamptz, expires_at
+                 FROM login_flows WHERE id = $1",
+                &[&flow_id],
+            )
+            .await
+            .unwrap();
+        let s: String = row.get(0);
+        let at: Option<chrono::DateTime<chrono::Utc>> = row.get(1);
+        let deadline: chrono::DateTime<chrono::Utc> = row.get(2);
+        (s, at, deadline)
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(state().await.0, "otp_pending", "not due yet");
+    second.clock.advance(Duration::from_secs(15 * 60));
+    let mut waited = 0;
+    let (s, at, deadline) = loop {
+        let got = state().await;
+        if got.0 != "otp_pending" || waited >= 100 {
+            break got;
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s, "expired");
+    let late = at.unwrap() - deadline;
+    assert!(late < chrono::Duration::seconds(3), "expired {late} late");
+    let audits: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit_events
+             WHERE detail->>'reason' = 'flow_expired' AND detail->>'flowId' = $1",
+            &[&flow],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audits, 1);
+    let metrics = second
+        .http
+        .get(second.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("authgate_login_flows_total{event=\"expired\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(second.state.flows().live(), 0);
+    let r = second
+        .post_json(VERIFY, &json!({"flowId": flow, "code": "123456"}))
+        .await;
+    expect_error(r, 410, "flow_expired").await;
+}
