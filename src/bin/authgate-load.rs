@@ -29,6 +29,11 @@
 //! - `refresh`: `POST /auth/refresh`, rotating the user's refresh token.
 //! - `code-check`: 2FA on and off again: `2fa/enable`, SMS, `2fa/enable/confirm`,
 //!   `2fa/disable`, SMS, `2fa/disable/confirm`: two code checks per flow, no argon2.
+//! - `check`: the code check alone, what pgbench's single-row UPDATE is compared
+//!   with: `phone/verify/confirm` with the right code, once per user. Its users,
+//!   their live codes and access tokens are seeded straight into the database
+//!   (only with a server this tool started: it needs the database and the
+//!   server's secret), so nothing but checks is measured.
 //!
 //! `--argon2-bound S` measures, with no server, the argon2 bound of password
 //! logins: `domain::password::verify` (the server's own parameters) on as many
@@ -54,7 +59,7 @@ Usage: authgate-load [OPTIONS]
 
 Options:
   --flow LIST           comma-separated: signup, login, phone-verify, 2fa-login,
-                        refresh, code-check, all (default code-check)
+                        refresh, code-check, check, all (default code-check)
   --users V             virtual users, 1 to 1024 (default 16)
   --duration D          seconds per flow, 1 to 600 (default 10)
   --target URL          a running server (loopback only); it must send SMS to
@@ -68,6 +73,8 @@ Options:
   --keep-db             do not drop the fresh database
   --env KEY=VALUE       extra environment for the started server (repeatable)
   --otp-length N        digits per code (default 6)
+  --check-users N       seeded users (one code each) per virtual user for the
+                        `check` flow (default 1500)
   --argon2-bound S      no server: password verifies per second on every core
                         for S seconds (1 to 60), with the server's parameters
   -h, --help            this help";
@@ -87,16 +94,18 @@ enum Flow {
     TwoFaLogin,
     Refresh,
     CodeCheck,
+    Check,
 }
 
 impl Flow {
-    const ALL: [Flow; 6] = [
+    const ALL: [Flow; 7] = [
         Flow::Signup,
         Flow::Login,
         Flow::PhoneVerify,
         Flow::TwoFaLogin,
         Flow::Refresh,
         Flow::CodeCheck,
+        Flow::Check,
     ];
 
     fn name(self) -> &'static str {
@@ -107,6 +116,7 @@ impl Flow {
             Flow::TwoFaLogin => "2fa-login",
             Flow::Refresh => "refresh",
             Flow::CodeCheck => "code-check",
+            Flow::Check => "check",
         }
     }
 
@@ -138,6 +148,7 @@ struct Args {
     keep_db: bool,
     env: Vec<(String, String)>,
     otp_length: usize,
+    check_users: usize,
     argon2_bound: Option<u64>,
 }
 
@@ -154,6 +165,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         keep_db: false,
         env: Vec::new(),
         otp_length: 6,
+        check_users: 1500,
         argon2_bound: None,
     };
     let mut it = std::env::args().skip(1);
@@ -205,6 +217,13 @@ fn parse_args() -> Result<Option<Args>, String> {
                         .filter(|n| (1..=60).contains(n))
                         .ok_or("--argon2-bound must be 1 to 60 seconds")?,
                 )
+            }
+            "--check-users" => {
+                a.check_users = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100_000).contains(n))
+                    .ok_or("--check-users must be 1 to 100000")?
             }
             other => return Err(format!("unknown option `{other}`")),
         }
@@ -318,6 +337,9 @@ struct Server {
     pid: u32,
     database: Option<(String, String)>,
     log: PathBuf,
+    /// The server's `JWT_SECRET` (hex) and its database's URL, for seeding.
+    secret: String,
+    database_url: Option<String>,
 }
 
 impl Server {
@@ -382,6 +404,7 @@ async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, Strin
     let port = free_port()?;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret = hex::encode(secret);
     let mut cmd = tokio::process::Command::new(&args.binary);
     cmd.arg("serve")
         .env_clear()
@@ -389,7 +412,7 @@ async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, Strin
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("RUST_LOG", "warn")
-        .env("JWT_SECRET", hex::encode(secret))
+        .env("JWT_SECRET", &secret)
         .env("OTP_LENGTH", args.otp_length.to_string())
         .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
         .env("TWILIO_AUTH_TOKEN", "load-tool-auth-token-0123456789ab")
@@ -407,6 +430,7 @@ async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, Strin
         .kill_on_drop(true)
         .stdin(Stdio::null());
     let mut database = None;
+    let mut database_url = None;
     if args.embedded {
         cmd.env("AUTHGATE_DATA_DIR", "target/load-data");
         if let Ok(home) = std::env::var("HOME") {
@@ -424,7 +448,8 @@ async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, Strin
             .await
             .map_err(|e| format!("CREATE DATABASE {db}: {e}"))?;
         let url = replace_dbname(&args.database_url, &db)?;
-        cmd.env("DATABASE_URL", url);
+        cmd.env("DATABASE_URL", &url);
+        database_url = Some(url);
         database = Some((args.database_url.clone(), db));
     }
     for (k, v) in &args.env {
@@ -444,6 +469,8 @@ async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, Strin
         pid,
         database,
         log,
+        secret,
+        database_url,
     };
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
@@ -513,6 +540,8 @@ struct Vu {
     phone: String,
     access: String,
     refresh: String,
+    /// `check`: seeded (access token, code) pairs not used yet.
+    seeded: Vec<(String, String)>,
 }
 
 type Step<T> = Result<T, ()>;
@@ -683,7 +712,7 @@ impl Vu {
     /// Untimed preparation before the measured phase.
     async fn setup(&mut self, flow: Flow) -> Step<()> {
         match flow {
-            Flow::Signup | Flow::PhoneVerify => Ok(()),
+            Flow::Signup | Flow::PhoneVerify | Flow::Check => Ok(()),
             Flow::Login | Flow::Refresh => {
                 self.signup().await?;
                 self.login().await
@@ -741,6 +770,22 @@ impl Vu {
                     }
                 }
             }
+            Flow::Check => {
+                let Some((access, code)) = self.seeded.pop() else {
+                    self.error("check: seeded users used up (raise --check-users)".to_owned());
+                    return Err(());
+                };
+                self.access = access;
+                self.req(
+                    "check",
+                    "/account/phone/verify/confirm",
+                    true,
+                    json!({"code": code}),
+                    200,
+                )
+                .await
+                .map(drop)
+            }
             Flow::CodeCheck => {
                 let on = self.toggle_2fa(true).await;
                 // Whatever happened, try to leave 2FA off for the next round.
@@ -775,8 +820,17 @@ async fn run_flow(
     args: &Args,
     base: &str,
     capture: &Arc<Capture>,
+    server: Option<&Server>,
     run: u32,
 ) -> Result<(Recorder, Duration), String> {
+    let mut seeded = if flow == Flow::Check {
+        let server = server
+            .filter(|s| s.database_url.is_some())
+            .ok_or("the `check` flow seeds its users in the database: it needs a server this tool starts on --database-url (not --target or --embedded)")?;
+        seed_checks(server, args, run).await?
+    } else {
+        Vec::new()
+    };
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(args.users)
@@ -797,6 +851,7 @@ async fn run_flow(
             phone,
             access: String::new(),
             refresh: String::new(),
+            seeded: seeded.pop().unwrap_or_default(),
         };
         let barrier = barrier.clone();
         let duration = args.duration;
@@ -810,6 +865,10 @@ async fn run_flow(
                 return v.rec;
             }
             while Instant::now() < deadline {
+                if flow == Flow::Check && v.seeded.is_empty() {
+                    v.error("check: seeded users used up (raise --check-users)".to_owned());
+                    break;
+                }
                 if v.run_once(flow, &mut ids).await.is_ok() {
                     v.rec.completed += 1;
                 } else {
@@ -830,6 +889,82 @@ async fn run_flow(
         }
     }
     Ok((total, started.elapsed()))
+}
+
+/// Seeds `--check-users` users per virtual user, each with an unverified phone,
+/// a live phone-verification code and an access token, as the server itself
+/// would have made them (same keys, same claims). Returns, per virtual user,
+/// the (access token, code) pairs to check.
+async fn seed_checks(
+    server: &Server,
+    args: &Args,
+    run: u32,
+) -> Result<Vec<Vec<(String, String)>>, String> {
+    use authgate::crypto::Keys;
+    use authgate::tokens::TokenIssuer;
+    let url = server.database_url.as_deref().ok_or("no database")?;
+    let db = admin_client(url).await?;
+    let defaults = authgate::config::Config::default();
+    let keys = Keys::derive(&secrecy::SecretString::from(server.secret.clone()));
+    let issuer = TokenIssuer::new(
+        &keys,
+        &defaults.jwt_issuer,
+        &defaults.jwt_audience,
+        Duration::from_secs(3600),
+    );
+    let started = Instant::now();
+    let now = chrono::Utc::now();
+    let expires = now + chrono::Duration::hours(1);
+    let max = 10u32.pow(u32::try_from(args.otp_length).unwrap_or(6));
+    let mut rng = rand::thread_rng();
+    let mut per_vu = Vec::with_capacity(args.users);
+    let mut serial = 0u64;
+    for vu in 0..args.users {
+        let mut pairs = Vec::with_capacity(args.check_users);
+        let (mut ids, mut emails, mut phones, mut hashes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..args.check_users {
+            let id = uuid::Uuid::new_v4();
+            let code = format!("{:0width$}", rng.gen_range(0..max), width = args.otp_length);
+            // +1646 numbers: apart from the +1415 ones the other flows sign up.
+            let k = (u64::from(run) + serial) % 8_000_000;
+            serial += 1;
+            ids.push(id);
+            emails.push(format!("check-{run:08x}-{vu}-{i}@example.com"));
+            phones.push(format!("+1646{:03}{:04}", 200 + k / 10_000, k % 10_000));
+            hashes.push(keys.otp_hash(&id, "phone_verify", &code).to_vec());
+            let token = issuer
+                .issue(id, &["pwd"], now)
+                .map_err(|e| format!("access token: {e}"))?;
+            pairs.push((token, code));
+        }
+        db.execute(
+            "INSERT INTO users (id, email, phone, password_hash, first_name, last_name)
+             SELECT id, email, phone, 'seeded-by-authgate-load', 'Load', 'Check'
+             FROM unnest($1::uuid[], $2::text[], $3::text[]) AS t(id, email, phone)",
+            &[&ids, &emails, &phones],
+        )
+        .await
+        .map_err(|e| format!("seeding users: {e}"))?;
+        db.execute(
+            "INSERT INTO otp_codes (id, user_id, purpose, code_hash, max_attempts, created_at, expires_at)
+             SELECT gen_random_uuid(), user_id, 'phone_verify', code_hash, 5, $3, $4
+             FROM unnest($1::uuid[], $2::bytea[]) AS t(user_id, code_hash)",
+            &[&ids, &hashes, &now, &expires],
+        )
+        .await
+        .map_err(|e| format!("seeding codes: {e}"))?;
+        per_vu.push(pairs);
+    }
+    db.batch_execute("ANALYZE users; ANALYZE otp_codes")
+        .await
+        .map_err(|e| format!("ANALYZE: {e}"))?;
+    println!(
+        "seeded {} users with a live code each in {:.1} s",
+        serial,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(per_vu)
 }
 
 fn percentile(sorted: &[u32], q: f64) -> f64 {
@@ -905,7 +1040,7 @@ async fn run(args: Args) -> Result<(), String> {
     for &flow in &args.flows {
         // Fresh users per flow: e-mail addresses and phones never repeat.
         let run_id = rand::random::<u32>();
-        match run_flow(flow, &args, &base, &capture, run_id).await {
+        match run_flow(flow, &args, &base, &capture, server.as_ref(), run_id).await {
             Ok((mut rec, elapsed)) => report(flow, &args, &mut rec, elapsed, server.as_ref()),
             Err(e) => {
                 result = Err(e);
