@@ -74,6 +74,8 @@ struct Inner {
     per_to: HashMap<String, Fault>,
     latency: Duration,
     violations: Vec<String>,
+    /// Until then every request is answered 503 / 20503 (an outage).
+    outage_until: Option<Instant>,
     in_flight: usize,
     max_in_flight: usize,
 }
@@ -208,6 +210,13 @@ impl FakeTwilio {
             .insert(to.to_owned(), fault);
     }
 
+    /// An outage: every request in the next `length` is answered 503 (Twilio
+    /// error 20503), whatever the script says; then answers resume as before.
+    #[allow(dead_code)] // used by tests/faults
+    pub fn outage_for(&self, length: Duration) {
+        self.inner.lock().unwrap().outage_until = Some(Instant::now() + length);
+    }
+
     /// Delay before every answer, so concurrency becomes observable.
     pub fn set_latency(&self, latency: Duration) {
         self.inner.lock().unwrap().latency = latency;
@@ -334,6 +343,11 @@ async fn handle(
             Fault::Error {
                 status: *status,
                 code: *code,
+            }
+        } else if g.outage_until.is_some_and(|until| Instant::now() < until) {
+            Fault::Error {
+                status: 503,
+                code: 20503,
             }
         } else if let Some(f) = g.per_to.get(&to) {
             f.clone()
