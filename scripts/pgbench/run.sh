@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
-# pgbench of the OTP-check UPDATE at 64 clients on the local PostgreSQL: the
-# database bound that authgate's code checks are compared with (README,
-# "Performance"). Creates and drops its own database.
+# pgbench at 64 clients on the local PostgreSQL: the database bound that
+# authgate's code checks are compared with (README, "Performance"). Creates and
+# drops its own database.
+#   bash scripts/pgbench/run.sh            # otp_check.sql: the single-row UPDATE
+#   bash scripts/pgbench/run.sh confirm    # otp_confirm.sql: authgate's own check
+#                                          # statement (code, user, audit row)
 #   CLIENTS=64 DURATION=10 bash scripts/pgbench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
+PGBIN="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
 HOST="${PGHOST:-127.0.0.1}"
 USER_="${PGUSER:-postgres}"
 DB=authgate_pgbench_$$
 clients="${CLIENTS:-64}"
 seconds="${DURATION:-10}"
+which="${1:-check}"
 psql() { "$PGBIN/psql" -h "$HOST" -U "$USER_" -v ON_ERROR_STOP=1 -q "$@"; }
 psql -d postgres -c "CREATE DATABASE $DB"
 trap 'psql -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"' EXIT
-psql -d "$DB" -f setup.sql
+case "$which" in
+  check)
+    psql -d "$DB" -f setup.sql
+    script=otp_check.sql ;;
+  confirm)
+    # authgate's schema, from its own migrations, in order.
+    for m in $(ls ../../migrations/V*__*.sql | sort -V); do psql -d "$DB" -f "$m"; done
+    psql -d "$DB" -v rows=500000 -f confirm_seed.sql
+    script=otp_confirm.sql ;;
+  *) echo "usage: run.sh [check|confirm]" >&2; exit 2 ;;
+esac
 # -M prepared: authgate's driver prepares its statements too; -j 2: two cores.
 "$PGBIN/pgbench" -h "$HOST" -U "$USER_" -n -M prepared -c "$clients" -j 2 \
-  -T "$seconds" -f otp_check.sql "$DB"
+  -T "$seconds" -f "$script" "$DB"
