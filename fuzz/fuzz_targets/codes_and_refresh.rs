@@ -60,16 +60,12 @@ fn check_code(code: Option<String>, length: u8) {
     ));
     let user = uuid::Uuid::from_u128(7);
     let stored = keys.otp_hash(&user, "login_2fa", &code);
-    assert!(Keys::hashes_equal(
-        &stored,
-        &keys.otp_hash(&user, "login_2fa", &code)
-    ));
-    assert!(!Keys::hashes_equal(
-        &stored,
-        &keys.otp_hash(&user, "phone_verify", &code)
-    ));
-    assert!(!Keys::hashes_equal(
-        &stored,
-        &keys.otp_hash(&uuid::Uuid::from_u128(8), "login_2fa", &code)
-    ));
+    // The check statement compares these hashes for equality: the same code
+    // must give the same hash, and another purpose or user a different one.
+    assert_eq!(stored, keys.otp_hash(&user, "login_2fa", &code));
+    assert_ne!(stored, keys.otp_hash(&user, "phone_verify", &code));
+    assert_ne!(
+        stored,
+        keys.otp_hash(&uuid::Uuid::from_u128(8), "login_2fa", &code)
+    );
 }
