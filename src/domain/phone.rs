@@ -42,6 +42,14 @@ impl PhoneE164 {
         if s.len() > 40 || !s.starts_with('+') {
             return Err(PhoneError::Unparsable);
         }
+        // Digits and the usual separators only: the library would read letters as
+        // a vanity number's keypad digits, which no one types at sign-up.
+        if !s[1..]
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        {
+            return Err(PhoneError::Unparsable);
+        }
         let number: PhoneNumber =
             phonenumber::parse(None, s).map_err(|_| PhoneError::Unparsable)?;
         if !phonenumber::is_valid(&number) {
@@ -52,6 +60,13 @@ impl PhoneE164 {
         // the library's plans accept some longer ones (German `+49` numbers of 16
         // digits, found by fuzzing): those cannot be stored or dialled as E.164.
         if e164.len() > 16 {
+            return Err(PhoneError::Impossible);
+        }
+        // The stored form must mean the same number when read again (the
+        // library's national-prefix handling can turn an odd input into a number
+        // that is itself invalid; found by fuzzing).
+        let again = phonenumber::parse(None, &e164).map_err(|_| PhoneError::Impossible)?;
+        if !phonenumber::is_valid(&again) || again.format().mode(Mode::E164).to_string() != e164 {
             return Err(PhoneError::Impossible);
         }
         Ok(PhoneE164(e164))
@@ -149,12 +164,34 @@ mod tests {
     /// allow 15 digits at most, so sign-up failed in the database.
     #[test]
     fn numbers_longer_than_e164_allows_are_refused() {
-        for raw in ["+4948080914944291", "+4948080914944291\0\0\0"] {
-            assert_eq!(
-                PhoneE164::parse(raw),
-                Err(PhoneError::Impossible),
-                "{raw:?}"
-            );
+        assert_eq!(
+            PhoneE164::parse("+4948080914944291"),
+            Err(PhoneError::Impossible)
+        );
+        // The fuzzer's original input: the NULs are now refused before parsing.
+        assert_eq!(
+            PhoneE164::parse("+4948080914944291\0\0\0"),
+            Err(PhoneError::Unparsable)
+        );
+    }
+
+    /// Regression (fuzz target `normalise`, a 90-second run): letters were read
+    /// as keypad digits and the result normalised to a number that is itself
+    /// invalid, so normalising was not idempotent.
+    #[test]
+    fn letters_are_refused_and_the_stored_form_reads_back_the_same() {
+        assert_eq!(
+            PhoneE164::parse("+78881Bgf880Bf"),
+            Err(PhoneError::Unparsable)
+        );
+        assert_eq!(
+            PhoneE164::parse("+1 415 555 O1OO"),
+            Err(PhoneError::Unparsable)
+        );
+        for raw in ["+1 (415) 555-0100", "+1.415.555.0100", "+7 812 438-80-23"] {
+            if let Ok(p) = PhoneE164::parse(raw) {
+                assert_eq!(PhoneE164::parse(p.as_str()), Ok(p.clone()), "{raw}");
+            }
         }
     }
 
