@@ -127,7 +127,7 @@ pub async fn fresh_database() -> (String, tokio_postgres::Config) {
 }
 
 /// Drops a test database from a plain thread (usable from `Drop`).
-fn drop_database(name: String) {
+pub fn drop_database(name: String) {
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
