@@ -17,6 +17,10 @@ cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-20}"
 sanitizer="${FUZZ_SANITIZER:-none}"
+# FUZZ_BUILD=dev builds without optimisation: CI's short runs need a quick build
+# more than fast executions; longer runs keep the optimised default.
+build_flags=()
+[ "${FUZZ_BUILD:-release}" = dev ] && build_flags+=(--dev)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -32,7 +36,7 @@ fi
 
 echo "== building fuzz targets (sanitizer: $sanitizer)"
 # One build of every target shares the dependency build; the runs below reuse it.
-cargo fuzz build --fuzz-dir fuzz -s "$sanitizer"
+cargo fuzz build --fuzz-dir fuzz -s "$sanitizer" "${build_flags[@]}"
 
 logs=fuzz/target/logs
 mkdir -p "$logs"
@@ -41,7 +45,7 @@ for t in "${targets[@]}"; do
   echo "== fuzzing $t for ${seconds}s"
   mkdir -p "fuzz/corpus/$t"
   # -rss_limit_mb bounds memory; -timeout flags any single input slower than 10 s.
-  if ! cargo fuzz run --fuzz-dir fuzz -s "$sanitizer" "$t" -- \
+  if ! cargo fuzz run --fuzz-dir fuzz -s "$sanitizer" "${build_flags[@]}" "$t" -- \
       -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
       -print_final_stats=1 2>"$logs/$t.log"; then
     tail -n 40 "$logs/$t.log" >&2
