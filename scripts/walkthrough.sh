@@ -47,8 +47,8 @@ cleanup() {
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   # A PostgreSQL left behind (server killed hard) would hold the folder.
-  if [ -f "$DATA/pg/postmaster.pid" ]; then
-    pg_pid=$(head -n 1 "$DATA/pg/postmaster.pid" 2>/dev/null || true)
+  if [ -f "$DATA/pg/data/postmaster.pid" ]; then
+    pg_pid=$(head -n 1 "$DATA/pg/data/postmaster.pid" 2>/dev/null || true)
     if [ -n "$pg_pid" ]; then kill -QUIT "$pg_pid" 2>/dev/null || true; fi
     sleep 1
   fi
@@ -67,7 +67,7 @@ trap 'exit 130' INT TERM
 (
   cd "$DATA"
   exec env -u DATABASE_URL -u JWT_SECRET -u TWILIO_ACCOUNT_SID -u TWILIO_AUTH_TOKEN \
-    -u TWILIO_PHONE_NUMBER -u TWILIO_MESSAGING_SERVICE_SID -u AUTHGATE_RATE_LIMITS \
+    -u TWILIO_PHONE_NUMBER -u TWILIO_MESSAGING_SERVICE_SID -u SMS_SENDER -u AUTHGATE_RATE_LIMITS \
     AUTHGATE_DATA_DIR="$DATA" PORT="$PORT" RUST_LOG=info AUTHGATE_LOG_FORMAT=text \
     "$BIN" serve
 ) >"$LOG" 2>&1 &

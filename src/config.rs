@@ -269,7 +269,8 @@ pub enum TwilioSender {
 /// The SMS outbox and its actor.
 #[derive(Debug, Clone)]
 pub struct SmsConfig {
-    /// None: messages are printed to the console (development).
+    /// None: messages are printed to the console: the embedded development
+    /// default, or `SMS_SENDER=console` (required with a `DATABASE_URL`).
     pub twilio: Option<TwilioConfig>,
     /// `SMS_SENDER_NAME`: the name in the message text (default `authgate`).
     pub sender_name: String,
@@ -597,7 +598,12 @@ impl Config {
             |s: &str| s.parse::<Rate>()
         );
         match twilio_from(&var) {
-            Ok(t) => cfg.sms.twilio = t,
+            Ok(t) => {
+                cfg.sms.twilio = t;
+                if let Err(e) = check_sms_sender(var("SMS_SENDER"), &cfg) {
+                    errors.push(e);
+                }
+            }
             Err(e) => errors.push(e),
         }
 
@@ -687,12 +693,46 @@ impl Config {
                 "AUTHGATE_LIMIT_MAX_KEYS",
                 self.rate_limits.max_keys.to_string(),
             ),
+            (
+                "SMS_SENDER",
+                match &self.sms.twilio {
+                    Some(_) => "twilio".to_owned(),
+                    None => "console (codes printed to standard output)".to_owned(),
+                },
+            ),
         ]
     }
 }
 
 fn is_sid(s: &str, prefix: &str) -> bool {
     s.len() == 34 && s.starts_with(prefix) && s[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// `SMS_SENDER` (`twilio` or `console`): the console prints codes to standard
+/// output, so it is the silent default only of the embedded development mode; a
+/// deployment with a `DATABASE_URL` must name its sender, or a forgotten Twilio
+/// setting would ship every code into its log stream.
+fn check_sms_sender(choice: Option<String>, cfg: &Config) -> Result<(), ConfigError> {
+    let twilio = cfg.sms.twilio.is_some();
+    let problem = match choice.map(|c| c.trim().to_ascii_lowercase()).as_deref() {
+        None if !twilio && matches!(cfg.database, DatabaseSource::Url(_)) => {
+            "DATABASE_URL is set but no SMS sender is: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN \
+             and TWILIO_PHONE_NUMBER (or TWILIO_MESSAGING_SERVICE_SID), or SMS_SENDER=console to \
+             print codes to standard output on purpose"
+                .to_owned()
+        }
+        None => return Ok(()),
+        Some("twilio") if twilio => return Ok(()),
+        Some("twilio") => "`twilio` needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and \
+                           TWILIO_PHONE_NUMBER (or TWILIO_MESSAGING_SERVICE_SID)"
+            .to_owned(),
+        Some("console") if !twilio => return Ok(()),
+        Some("console") => "`console` while TWILIO_* is set: unset the TWILIO_* variables or \
+                            set SMS_SENDER=twilio"
+            .to_owned(),
+        Some(other) => format!("`{other}` is not one of: twilio, console"),
+    };
+    Err(ConfigError::new("SMS_SENDER", problem))
 }
 
 /// Twilio is all or nothing: credentials without a sender (or the reverse) is a
@@ -907,7 +947,11 @@ mod tests {
             vars_of(cfg(&[("DATABASE_URL", "postgres://u@h:notaport/db")])),
             ["DATABASE_URL"]
         );
-        let c = cfg(&[("DATABASE_URL", "postgres://u:pw@localhost:5433/db")]).unwrap();
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://u:pw@localhost:5433/db"),
+            ("SMS_SENDER", "console"),
+        ])
+        .unwrap();
         assert!(matches!(c.database, DatabaseSource::Url(_)));
     }
 
@@ -1045,6 +1089,46 @@ mod tests {
         let t = c.sms.twilio.unwrap();
         assert_eq!(t.sender, TwilioSender::From("+14155550100".into()));
         assert_eq!(t.api_base_url, "http://127.0.0.1:9999");
+    }
+
+    #[test]
+    fn a_database_url_without_a_named_sms_sender_is_refused_naming_sms_sender() {
+        let url = ("DATABASE_URL", "postgres://u@localhost/db");
+        let sid = ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef");
+        let token = ("TWILIO_AUTH_TOKEN", "t");
+        let from = ("TWILIO_PHONE_NUMBER", "+15005550006");
+        let r = cfg(&[url]);
+        let Err(errors) = r else {
+            panic!("a DATABASE_URL with no SMS sender must be refused")
+        };
+        assert_eq!(errors.len(), 1);
+        let line = errors[0].to_string();
+        assert_eq!(errors[0].var, "SMS_SENDER");
+        assert!(line.contains("TWILIO_ACCOUNT_SID") && line.contains("SMS_SENDER=console"));
+        // Named on purpose, or Twilio configured: fine.
+        let c = cfg(&[url, ("SMS_SENDER", "console")]).unwrap();
+        assert!(c.sms.twilio.is_none());
+        assert!(c
+            .describe()
+            .iter()
+            .any(|(k, v)| *k == "SMS_SENDER" && v.starts_with("console")));
+        assert!(cfg(&[url, sid, token, from]).unwrap().sms.twilio.is_some());
+        assert!(cfg(&[url, ("SMS_SENDER", " Twilio "), sid, token, from])
+            .unwrap()
+            .sms
+            .twilio
+            .is_some());
+        // The embedded development mode keeps the console as its default.
+        assert!(cfg(&[]).unwrap().sms.twilio.is_none());
+        // Contradictions and unknown values are named.
+        for bad in [
+            vec![("SMS_SENDER", "pigeon")],
+            vec![("SMS_SENDER", "twilio")],
+            vec![url, ("SMS_SENDER", "twilio")],
+            vec![("SMS_SENDER", "console"), sid, token, from],
+        ] {
+            assert_eq!(vars_of(cfg(&bad)), ["SMS_SENDER"], "{bad:?}");
+        }
     }
 
     #[test]

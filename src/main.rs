@@ -24,7 +24,9 @@ Commands:
 
 Configuration comes from environment variables and an optional .env file;
 see README.md for the full table. With no DATABASE_URL, authgate runs a
-private PostgreSQL under AUTHGATE_DATA_DIR (default ./var).";
+private PostgreSQL under AUTHGATE_DATA_DIR (default ./var) and prints SMS to
+standard output; with a DATABASE_URL, set the TWILIO_* variables (or
+SMS_SENDER=console on purpose).";
 
 fn main() -> ExitCode {
     let command = std::env::args()

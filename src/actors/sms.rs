@@ -148,8 +148,12 @@ pub fn sender_for(config: &SmsConfig) -> Result<Arc<dyn SmsSender>, BoxError> {
             Ok(Arc::new(TwilioSender::new(twilio, config.request_timeout)?))
         }
         None => {
+            // Loud on purpose: in this mode every code is readable by whoever
+            // reads this process's output.
             tracing::warn!(
-                "no Twilio credentials: SMS (and the codes they carry) are printed to the console"
+                "SMS ARE NOT SENT: the console sender prints every SMS, with its one-time code, \
+                 to standard output. For development only: set TWILIO_ACCOUNT_SID, \
+                 TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER before real use"
             );
             Ok(Arc::new(ConsoleSender))
         }

@@ -1,27 +1,51 @@
 //! The embedded default: a private PostgreSQL that authgate runs itself from the
 //! installed binaries when no `DATABASE_URL` is given.
 //!
-//! Layout under the data folder: `pg/data` (the cluster, kept across restarts) and
-//! `pg/run` (the Unix socket; the server listens on no TCP port at all). As root,
-//! the server runs as an unprivileged OS account, because PostgreSQL refuses root.
+//! Layout under the data folder: `pg/data` (the cluster, kept across restarts),
+//! `pg/run` (the Unix socket; the server listens on no TCP port at all) and
+//! `pg/superuser.password`. As root, the server runs as an unprivileged OS account,
+//! because PostgreSQL refuses root.
+//!
+//! Private means private to one OS account: `pg`, `pg/data` and the socket folder
+//! are 0700 and belong to the account the server runs as (a folder owned by anyone
+//! else, or open to group or others, stops start-up), the socket itself is 0700,
+//! and even that account needs the generated password (scram-sha-256, no trust
+//! line in `pg_hba.conf`). A cluster made by an older authgate with trust
+//! authentication is upgraded on start.
 //!
 //! Everything here is blocking (it runs child processes and waits for them); call
 //! it from `spawn_blocking` or before the runtime starts.
 
+use std::ffi::OsString;
 use std::fs;
-use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+
 /// The database authgate uses inside its private cluster.
 pub const DATABASE: &str = "authgate";
-/// The superuser `initdb` creates (trust auth over the private socket only).
+/// The superuser `initdb` creates (password auth over the private socket only).
 pub const SUPERUSER: &str = "authgate";
 /// Only names the socket file (`.s.PGSQL.5432`): nothing listens on TCP.
 const PORT: u16 = 5432;
+/// Beside the cluster in `pg/`, never inside `pg/data`, which PostgreSQL owns.
+const PASSWORD_FILE: &str = "superuser.password";
+/// What replaces a trust `pg_hba.conf` from an older authgate; the same rules
+/// `initdb --auth=scram-sha-256` writes for a new cluster.
+const HBA_SCRAM: &str = "\
+# Written by authgate: the private cluster accepts only the superuser password
+# kept in ../superuser.password (scram-sha-256). Nothing listens on TCP.
+local   all             all                                     scram-sha-256
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+local   replication     all                                     scram-sha-256
+";
 
 /// Why the private PostgreSQL could not be provided; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +69,22 @@ pub enum PrivatePgError {
          AUTHGATE_DATA_DIR to a folder it can reach, or set DATABASE_URL"
     )]
     Unreachable { user: String, dir: PathBuf },
+    #[error("the folder {dir} {problem}; {fix}")]
+    UnsafeFolder {
+        dir: PathBuf,
+        problem: String,
+        fix: String,
+    },
+    #[error(
+        "{path} is missing but the cluster in {data} already requires a password: restore \
+         the file from a backup, or remove {data} to start an empty cluster"
+    )]
+    PasswordLost { path: PathBuf, data: PathBuf },
+    #[error(
+        "{0} does not hold a password authgate wrote (16 to 128 letters or digits): remove it \
+         only if the cluster still uses trust authentication, or restore it from a backup"
+    )]
+    BadPasswordFile(PathBuf),
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("PostgreSQL did not become ready within {0:?}; see {1}")]
@@ -82,7 +122,14 @@ pub struct PrivatePostgres {
     bin: PathBuf,
     data: PathBuf,
     socket_dir: PathBuf,
+    /// The socket folder is a fresh one under the temp folder (the data folder's
+    /// path is too long for a socket): removed when the server stops.
+    temp_socket_dir: bool,
+    password: SecretString,
     run_as: Option<RunAs>,
+    /// Who may own our folders: the server's account, and authgate's own (root,
+    /// which hands them over to the server's account).
+    owners: Vec<u32>,
     child: Option<Child>,
 }
 
@@ -91,60 +138,111 @@ impl PrivatePostgres {
     /// accepts connections and makes sure the `authgate` database exists.
     pub fn start(data_dir: &Path, os_user_when_root: &str) -> Result<Self, PrivatePgError> {
         let bin = find_bin_dir().ok_or(PrivatePgError::NoBinaries)?;
-        let run_as = if running_as_root() {
+        let me = effective_uid();
+        let run_as = if me == 0 {
             Some(lookup_user(os_user_when_root)?)
         } else {
             None
         };
-        fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
+        // As root the server's account must pass through the data folder (0711);
+        // otherwise nobody else needs to enter it at all.
+        let mode = if run_as.is_some() { 0o711 } else { 0o700 };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(data_dir)
+            .map_err(io_err(data_dir))?;
         let base = fs::canonicalize(data_dir)
             .map_err(io_err(data_dir))?
             .join("pg");
+        let owners = match &run_as {
+            Some(u) => vec![u.uid, me],
+            None => vec![me],
+        };
+        ensure_private_dir(&base, &owners, run_as.as_ref())?;
         let data = base.join("data");
-        let socket_dir = socket_dir_for(&base);
-        for dir in [&base, &socket_dir] {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if data.exists() {
+            check_private_dir(&data, &owners)?;
         }
         // One starter at a time per data folder (several processes, or tests).
         let lock_path = base.join(".start.lock");
         let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
         lock.lock().map_err(io_err(&lock_path))?;
+        let initialised = data.join("PG_VERSION").exists();
+        let password_path = base.join(PASSWORD_FILE);
+        let password = match read_password(&password_path, &owners)? {
+            Some(p) => p,
+            // A cluster of an older authgate (trust) gets its password on start.
+            None if !initialised || hba_has_trust(&data)? => {
+                write_new_password(&password_path, run_as.as_ref())?
+            }
+            None => {
+                return Err(PrivatePgError::PasswordLost {
+                    path: password_path,
+                    data,
+                })
+            }
+        };
         let mut pg = PrivatePostgres {
             owned: true,
             bin,
             data,
-            socket_dir,
+            socket_dir: base.join("run"),
+            temp_socket_dir: false,
+            password,
             run_as,
+            owners,
             child: None,
         };
-        pg.prepare_dirs()?;
-        if !pg.data.join("PG_VERSION").exists() {
-            pg.initdb()?;
+        pg.check_reachable()?;
+        if !initialised {
+            pg.initdb(&password_path)?;
         }
         if pg.data.join("postmaster.pid").exists() {
-            if owner_alive(&base) && pg.is_ready() {
-                tracing::info!("using the private PostgreSQL another authgate process started");
-                pg.owned = false;
-                return Ok(pg);
+            let recorded = recorded_socket_dir(&pg.data);
+            if let Some(dir) = recorded.as_ref().filter(|_| owner_alive(&base)) {
+                // Never talk to a server whose socket another account could replace.
+                check_private_dir(dir, &pg.owners)?;
+                pg.socket_dir = dir.clone();
+                if pg.is_ready() {
+                    tracing::info!("using the private PostgreSQL another authgate process started");
+                    pg.owned = false;
+                    return Ok(pg);
+                }
             }
             // Left running by an authgate that died: take the cluster over.
             tracing::warn!("stopping a private PostgreSQL left running by an earlier authgate");
             let _ = pg.pg_ctl_stop();
+            if let Some(dir) = recorded.filter(|d| is_temp_socket_dir(d)) {
+                // Empty once its server stopped; a folder with anything in it stays.
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        let preferred = base.join("run");
+        if fits_socket(&preferred) {
+            ensure_private_dir(&preferred, &pg.owners, pg.run_as.as_ref())?;
+            pg.socket_dir = preferred;
+        } else {
+            pg.socket_dir = fresh_socket_dir(pg.run_as.as_ref())?;
+            pg.temp_socket_dir = true;
         }
         pg.spawn()?;
         pg.wait_ready(Duration::from_secs(60))?;
+        pg.upgrade_trust_auth()?;
         pg.ensure_database()?;
         let owner = base.join("owner.pid");
         fs::write(&owner, std::process::id().to_string()).map_err(io_err(&owner))?;
         Ok(pg)
     }
 
-    /// Connection settings for the private server (Unix socket, trust auth).
+    /// Connection settings for the private server (Unix socket, the superuser's
+    /// password).
     pub fn pg_config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         c.host_path(&self.socket_dir)
             .port(PORT)
             .user(SUPERUSER)
+            .password(self.password.expose_secret())
             .dbname(DATABASE)
             .application_name("authgate");
         c
@@ -168,6 +266,9 @@ impl PrivatePostgres {
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
         }
+        if self.temp_socket_dir {
+            let _ = fs::remove_dir(&self.socket_dir);
+        }
         result
     }
 
@@ -182,6 +283,9 @@ impl PrivatePostgres {
             "PGUSER",
             "PGDATABASE",
             "PGPASSWORD",
+            "PGPASSFILE",
+            "PGSERVICE",
+            "PGSERVICEFILE",
         ] {
             cmd.env_remove(var);
         }
@@ -191,15 +295,28 @@ impl PrivatePostgres {
         cmd
     }
 
-    fn prepare_dirs(&self) -> Result<(), PrivatePgError> {
+    /// psql as the superuser with the password, never prompting (a terminal
+    /// prompt would hang start-up).
+    fn psql(&self, sql_on_stdin: bool) -> Command {
+        let mut cmd = self.command("psql");
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &PORT.to_string(), "-U", SUPERUSER, "-d", "postgres"])
+            .args(["-w", "-X", "-v", "ON_ERROR_STOP=1"])
+            // The environment of a child is readable only by its own account and
+            // root; the command line is readable by everyone.
+            .env("PGPASSWORD", self.password.expose_secret());
+        if sql_on_stdin {
+            cmd.args(["-q", "-f", "-"]).stdin(Stdio::piped());
+        }
+        cmd
+    }
+
+    /// The server's account must be able to walk down to the data folder.
+    fn check_reachable(&self) -> Result<(), PrivatePgError> {
         let Some(u) = &self.run_as else {
             return Ok(());
         };
-        for dir in [self.data.parent().unwrap_or(&self.data), &self.socket_dir] {
-            std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(io_err(dir))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        }
-        // The server's account must be able to walk down to the data folder.
         let probe = self
             .command("pg_ctl")
             .arg("--version")
@@ -214,16 +331,86 @@ impl PrivatePostgres {
         }
     }
 
-    fn initdb(&self) -> Result<(), PrivatePgError> {
+    fn initdb(&self, password_file: &Path) -> Result<(), PrivatePgError> {
         tracing::info!(data = %self.data.display(), "initialising private PostgreSQL cluster");
+        let mut pwfile = OsString::from("--pwfile=");
+        pwfile.push(password_file);
         let out = self
             .command("initdb")
             .arg("-D")
             .arg(&self.data)
-            .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale"])
+            .args(["-U", SUPERUSER, "--auth=scram-sha-256"])
+            .arg(pwfile)
+            .args(["-E", "UTF8", "--no-locale"])
             .output()
             .map_err(io_err(&self.bin))?;
         check(out, "initdb")
+    }
+
+    /// A cluster initialised by an older authgate trusts every local connection:
+    /// give the superuser the password, then replace `pg_hba.conf` and reload.
+    /// Safe while it runs, because the socket folder is already private.
+    fn upgrade_trust_auth(&self) -> Result<(), PrivatePgError> {
+        if !hba_has_trust(&self.data)? {
+            return Ok(());
+        }
+        tracing::warn!(
+            data = %self.data.display(),
+            "the private PostgreSQL used trust authentication: switching it to a password"
+        );
+        let password = self.password.expose_secret();
+        // Checked to be letters and digits only, so the literal needs no quoting;
+        // logging of this statement is off even if it fails.
+        let sql = format!(
+            "SET log_statement = 'none';\n\
+             SET log_min_error_statement = 'panic';\n\
+             SET password_encryption = 'scram-sha-256';\n\
+             ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"
+        );
+        let mut child = self
+            .psql(true)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err(&self.bin))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(sql.as_bytes()).map_err(io_err(&self.bin))?;
+        }
+        let out = child.wait_with_output().map_err(io_err(&self.bin))?;
+        if !out.status.success() {
+            return Err(PrivatePgError::Command {
+                what: "setting the superuser password".to_owned(),
+                detail: String::from_utf8_lossy(&out.stderr)
+                    .replace(password, "***")
+                    .trim()
+                    .to_owned(),
+            });
+        }
+        let hba = self.data.join("pg_hba.conf");
+        let tmp = self.data.join("pg_hba.conf.authgate");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        file.write_all(HBA_SCRAM.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&tmp))?;
+        if let Some(u) = &self.run_as {
+            std::os::unix::fs::chown(&tmp, Some(u.uid), Some(u.gid)).map_err(io_err(&tmp))?;
+        }
+        // Atomic: a crash leaves either the old rules or the new, never half a file.
+        fs::rename(&tmp, &hba).map_err(io_err(&hba))?;
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["reload", "-s"])
+            .output()
+            .map_err(io_err(&self.bin))?;
+        check(out, "pg_ctl reload")
     }
 
     /// Beside the cluster, not in it: PostgreSQL owns everything under `data`.
@@ -238,6 +425,7 @@ impl PrivatePostgres {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(self.log_file())
             .map_err(io_err(&self.log_file()))?;
         if let Some(u) = &self.run_as {
@@ -252,8 +440,10 @@ impl PrivatePostgres {
             .arg("-k")
             .arg(&self.socket_dir)
             .args(["-p", &PORT.to_string()])
-            // Unix socket only: nothing on the network can reach this server.
+            // Unix socket only: nothing on the network can reach this server,
+            // and on this machine only the server's own account (and root).
             .args(["-c", "listen_addresses="])
+            .args(["-c", "unix_socket_permissions=0700"])
             .args(["-c", "max_connections=200"])
             .stdout(log)
             .stderr(err_log)
@@ -302,11 +492,8 @@ impl PrivatePostgres {
 
     fn ensure_database(&self) -> Result<(), PrivatePgError> {
         let psql = |sql: &str| {
-            self.command("psql")
-                .arg("-h")
-                .arg(&self.socket_dir)
-                .args(["-p", &PORT.to_string(), "-U", SUPERUSER, "-d", "postgres"])
-                .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
+            self.psql(false)
+                .args(["-tAc", sql])
                 .output()
                 .map_err(io_err(&self.bin))
         };
@@ -389,11 +576,197 @@ fn owner_alive(base: &Path) -> bool {
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
-fn running_as_root() -> bool {
-    // The owner of /proc/self is the effective uid; no unsafe libc call needed.
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+/// The effective uid: the owner of /proc/self (no unsafe libc call needed).
+fn effective_uid() -> u32 {
+    // Unknown counts as root: the checks that follow are then the strictest.
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+}
+
+/// `name (uid N)` for messages, from /etc/passwd when the uid is listed there.
+fn account_name(uid: u32) -> String {
+    let name = fs::read_to_string("/etc/passwd").ok().and_then(|text| {
+        text.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let id = fields.nth(1)?.parse::<u32>().ok()?;
+            (id == uid).then(|| name.to_owned())
+        })
+    });
+    match name {
+        Some(n) => format!("`{n}` (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// Refuses a folder another account could read, enter or replace things in.
+fn check_private_dir(dir: &Path, owners: &[u32]) -> Result<(), PrivatePgError> {
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    let unsafe_folder = |problem: String, fix: String| PrivatePgError::UnsafeFolder {
+        dir: dir.to_owned(),
+        problem,
+        fix,
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_folder(
+            "is not a folder".to_owned(),
+            "remove it or set AUTHGATE_DATA_DIR to another folder".to_owned(),
+        ));
+    }
+    let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
+    let expected = owners
+        .first()
+        .copied()
+        .map(account_name)
+        .unwrap_or_default();
+    if !owners.contains(&uid) {
+        return Err(unsafe_folder(
+            format!(
+                "belongs to {} (mode {mode:04o}), not to {expected} that runs the private \
+                 PostgreSQL",
+                account_name(uid)
+            ),
+            "that account could read or replace the database: remove the folder after \
+             checking what it holds, or set AUTHGATE_DATA_DIR to a folder of your own"
+                .to_owned(),
+        ));
+    }
+    if mode & 0o077 != 0 {
+        return Err(unsafe_folder(
+            format!(
+                "is open to other accounts (owner {}, mode {mode:04o}); the private PostgreSQL \
+                 needs it 0700",
+                account_name(uid)
+            ),
+            format!(
+                "if no one else could have written to it, run `chmod -R go-rwx {}` and start \
+                 again; otherwise remove it or set AUTHGATE_DATA_DIR to another folder",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `dir` 0700 for the server's account, or checks the one already there.
+fn ensure_private_dir(
+    dir: &Path,
+    owners: &[u32],
+    run_as: Option<&RunAs>,
+) -> Result<(), PrivatePgError> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            // The umask may only have removed bits; say it exactly.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_private_dir(dir, owners)?,
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    if let Some(u) = run_as {
+        // Root made it (now or in an earlier run): hand it to the server's account.
+        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// The superuser's password, when a file of ours holds one.
+fn read_password(path: &Path, owners: &[u32]) -> Result<Option<SecretString>, PrivatePgError> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    if !meta.is_file() || !owners.contains(&meta.uid()) {
+        return Err(PrivatePgError::BadPasswordFile(path.to_owned()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // Inside a folder only we can enter, so tightening is enough.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
+    }
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let password = text.trim();
+    if !(16..=128).contains(&password.len()) || !password.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(PrivatePgError::BadPasswordFile(path.to_owned()));
+    }
+    Ok(Some(SecretString::from(password.to_owned())))
+}
+
+/// 256 random bits, hex, in a new 0600 file the server's account owns (initdb
+/// reads it as that account; authgate reads it as that account or as root).
+fn write_new_password(path: &Path, run_as: Option<&RunAs>) -> Result<SecretString, PrivatePgError> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let password = hex::encode(bytes);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(password.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(path))?;
+    if let Some(u) = run_as {
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).map_err(io_err(path))?;
+    }
+    Ok(SecretString::from(password))
+}
+
+/// Whether any rule of the cluster's `pg_hba.conf` lets a connection in without
+/// a password (what older authgate versions wrote).
+fn hba_has_trust(data: &Path) -> Result<bool, PrivatePgError> {
+    let path = data.join("pg_hba.conf");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    Ok(text.lines().any(|line| {
+        let rule = line.split('#').next().unwrap_or("");
+        rule.split_whitespace().any(|word| word == "trust")
+    }))
+}
+
+/// The socket folder a running server was started with: line 5 of
+/// `postmaster.pid`.
+fn recorded_socket_dir(data: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let line = text.lines().nth(4)?.trim();
+    (!line.is_empty()).then(|| PathBuf::from(line))
+}
+
+const TEMP_SOCKET_PREFIX: &str = "authgate-pg-";
+
+fn is_temp_socket_dir(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(TEMP_SOCKET_PREFIX))
+}
+
+/// Unix socket paths are limited to about 107 bytes.
+fn fits_socket(dir: &Path) -> bool {
+    dir.as_os_str().len() + "/.s.PGSQL.5432".len() < 100
+}
+
+/// A deep data folder's socket goes to a new folder under the temp folder: a
+/// random name, created 0700 by mkdtemp semantics (an existing path is never
+/// taken, so no one can prepare it in advance), handed to the server's account.
+fn fresh_socket_dir(run_as: Option<&RunAs>) -> Result<PathBuf, PrivatePgError> {
+    let mut tmp = std::env::temp_dir();
+    if !fits_socket(&tmp.join(format!("{TEMP_SOCKET_PREFIX}0123456789abcdef"))) {
+        tmp = PathBuf::from("/tmp");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(TEMP_SOCKET_PREFIX)
+        .rand_bytes(16)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(&tmp)
+        .map_err(io_err(&tmp))?
+        .keep();
+    if let Some(u) = run_as {
+        std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).map_err(io_err(&dir))?;
+    }
+    Ok(dir)
 }
 
 fn lookup_user(name: &str) -> Result<RunAs, PrivatePgError> {
@@ -412,16 +785,4 @@ fn lookup_user(name: &str) -> Result<RunAs, PrivatePgError> {
         }),
         _ => Err(PrivatePgError::NoUnprivilegedUser(name.to_owned())),
     }
-}
-
-/// Unix socket paths are limited to about 107 bytes; a deep data folder falls back
-/// to a short private folder under /tmp, named after the data folder.
-fn socket_dir_for(base: &Path) -> PathBuf {
-    let preferred = base.join("run");
-    if preferred.as_os_str().len() + "/.s.PGSQL.5432".len() < 100 {
-        return preferred;
-    }
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(base.as_os_str().as_encoded_bytes());
-    PathBuf::from(format!("/tmp/authgate-pg-{}", hex::encode(&digest[..8])))
 }

@@ -103,6 +103,7 @@ fn check_config_masks_secrets() {
     let out = authgate(&dir)
         .arg("check-config")
         .env("JWT_SECRET", secret)
+        .env("SMS_SENDER", "console")
         .env(
             "DATABASE_URL",
             "postgres://app:hunter22@db.internal:5433/auth",
@@ -135,6 +136,7 @@ async fn migrate_subcommand_applies_the_schema() {
     let out = authgate(&dir)
         .arg("migrate")
         .env("DATABASE_URL", &url)
+        .env("SMS_SENDER", "console")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -152,6 +154,7 @@ async fn migrate_subcommand_applies_the_schema() {
     let out = authgate(&dir)
         .arg("migrate")
         .env("DATABASE_URL", &url)
+        .env("SMS_SENDER", "console")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -164,19 +167,9 @@ async fn migrate_subcommand_applies_the_schema() {
 
 /// A URL for a database on the test server (socket or TCP).
 fn database_url(name: &str) -> String {
-    let cfg = admin_config();
-    let user = cfg.get_user().unwrap_or("postgres");
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => {
-            format!("postgres://{user}@{h}:{port}/{name}")
-        }
-        Some(tokio_postgres::config::Host::Unix(p)) => format!(
-            "postgres://{user}@{}:{port}/{name}",
-            p.display().to_string().replace('/', "%2F")
-        ),
-        None => panic!("no host"),
-    }
+    let mut cfg = admin_config();
+    cfg.dbname(name);
+    database_url_for(&cfg)
 }
 
 fn free_port() -> u16 {
@@ -190,18 +183,32 @@ fn free_port() -> u16 {
 struct Server {
     child: Child,
     port: u16,
+    /// Its standard output and error.
+    log: PathBuf,
 }
 
 impl Server {
+    /// The embedded default: no DATABASE_URL, no Twilio.
     fn start(dir: &Path, data: &Path, port: u16) -> Server {
-        let child = authgate(dir)
+        let mut cmd = authgate(dir);
+        cmd.env("AUTHGATE_DATA_DIR", data);
+        Server::spawn(cmd, dir, port)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path, port: u16) -> Server {
+        let log = dir.join(format!("authgate-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
             .env("PORT", port.to_string())
-            .env("AUTHGATE_DATA_DIR", data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .unwrap();
-        Server { child, port }
+        Server { child, port, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     async fn wait_ready(&mut self) {
@@ -219,7 +226,8 @@ impl Server {
             }
             assert!(
                 self.child.try_wait().unwrap().is_none(),
-                "server exited early"
+                "server exited early: {}",
+                self.output()
             );
             assert!(Instant::now() < deadline, "server not ready in 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -279,5 +287,83 @@ async fn embedded_default_keeps_users_across_restarts_and_stops_its_postgres() {
     assert_eq!((status, json["code"].as_str()), (409, Some("email_taken")));
     server.terminate();
     assert!(!data.join("pg/data/postmaster.pid").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The warning the console sender logs at start-up.
+const CONSOLE_WARNING: &str = "SMS ARE NOT SENT";
+
+/// Waits for the command to exit, killing it after `limit` (code `None` then).
+fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_database_url_without_twilio_or_sms_sender_exits_2_naming_sms_sender() {
+    let dir = temp_dir();
+    for command in ["serve", "migrate", "check-config"] {
+        let out = output_within(
+            authgate(&dir)
+                .arg(command)
+                // Nothing listens there: start-up must stop before connecting.
+                .env("DATABASE_URL", "postgres://authgate@127.0.0.1:1/authgate"),
+            Duration::from_secs(30),
+        );
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        assert_eq!(err.lines().count(), 1, "{command}: {err}");
+        assert!(
+            err.contains("SMS_SENDER")
+                && err.contains("TWILIO_ACCOUNT_SID")
+                && err.contains("SMS_SENDER=console"),
+            "{command}: {err}"
+        );
+    }
+    // An unknown sender is named too.
+    let out = authgate(&dir)
+        .arg("check-config")
+        .env("SMS_SENDER", "carrier-pigeon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("SMS_SENDER: `carrier-pigeon` is not one of: twilio, console"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_database_url_with_sms_sender_console_starts_and_warns_codes_go_to_stdout() {
+    let (name, cfg) = fresh_database().await;
+    let dir = temp_dir();
+    let mut cmd = authgate(&dir);
+    cmd.env("DATABASE_URL", database_url_for(&cfg))
+        .env("SMS_SENDER", "console")
+        .env("AUTHGATE_DATA_DIR", dir.join("var"));
+    let mut server = Server::spawn(cmd, &dir, free_port());
+    server.wait_ready().await;
+    let log = server.output();
+    server.terminate();
+    assert!(log.contains(CONSOLE_WARNING), "{log}");
+    drop_database(name);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn embedded_mode_without_sms_settings_starts_with_the_console_sender_and_warns() {
+    let dir = temp_dir();
+    let mut server = Server::start(&dir, &dir.join("var"), free_port());
+    server.wait_ready().await;
+    let log = server.output();
+    server.terminate();
+    assert!(log.contains(CONSOLE_WARNING), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -58,6 +58,37 @@ fn resolve_admin() -> Result<tokio_postgres::Config, String> {
     Ok(cfg)
 }
 
+/// A `DATABASE_URL` for connection settings (TCP or Unix socket), with the
+/// password when there is one (the private server always has one).
+pub fn database_url_for(cfg: &tokio_postgres::Config) -> String {
+    let user = cfg.get_user().unwrap_or("postgres");
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let db = cfg.get_dbname().unwrap_or("postgres");
+    let userinfo = match cfg.get_password() {
+        Some(pw) => {
+            let pw: String = pw
+                .iter()
+                .map(|&b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{user}:{pw}")
+        }
+        None => user.to_owned(),
+    };
+    match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => {
+            format!("postgres://{userinfo}@{h}:{port}/{db}")
+        }
+        Some(tokio_postgres::config::Host::Unix(p)) => format!(
+            "postgres://{userinfo}@{}:{port}/{db}",
+            p.display().to_string().replace('/', "%2F")
+        ),
+        None => panic!("no host in the database settings"),
+    }
+}
+
 /// Opens one plain connection (no pool) and drives it on the current runtime.
 pub async fn connect(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {
     let (client, conn) = cfg

@@ -72,17 +72,7 @@ impl Drop for TestDb {
 
 /// A `DATABASE_URL` for connection settings (TCP or Unix socket).
 pub fn url_for(cfg: &tokio_postgres::Config) -> String {
-    let user = cfg.get_user().unwrap_or("postgres");
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let db = cfg.get_dbname().unwrap_or("postgres");
-    match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => format!("postgres://{user}@{h}:{port}/{db}"),
-        Some(tokio_postgres::config::Host::Unix(p)) => format!(
-            "postgres://{user}@{}:{port}/{db}",
-            p.display().to_string().replace('/', "%2F")
-        ),
-        None => panic!("no host in the database settings"),
-    }
+    helpers::database_url_for(cfg)
 }
 
 /// One value from a one-row, one-column query.
