@@ -15,6 +15,7 @@ mod metrics;
 mod openapi;
 mod otp;
 mod rate_limits;
+mod sessions;
 mod signup;
 mod sms;
 mod webhooks;
