@@ -95,8 +95,17 @@ pub struct Config {
     /// `JWT_ISSUER` and `JWT_AUDIENCE`: the `iss` and `aud` of access tokens.
     pub jwt_issuer: String,
     pub jwt_audience: String,
-    /// `REFRESH_TOKEN_TTL`: refresh token lifetime (default 30 days).
+    /// `AUTHGATE_SESSION_MAX_LIFETIME` (older name `REFRESH_TOKEN_TTL`): a
+    /// session's absolute lifetime from its login; refreshing never extends it
+    /// (default 30 days).
     pub refresh_ttl: Duration,
+    /// `AUTHGATE_SESSION_IDLE_TIMEOUT`: a session not refreshed for this long
+    /// ends (default 7 days).
+    pub session_idle_timeout: Duration,
+    /// `AUTHGATE_REFRESH_GRACE`: how long a just-rotated refresh token may be
+    /// presented again (a client retrying a lost answer) and get the same new
+    /// token, instead of counting as reuse (default 10 s; 0 turns it off).
+    pub refresh_grace: Duration,
     /// SMS delivery: Twilio (when configured) or the console, and the outbox tuning.
     pub sms: SmsConfig,
     /// Local per-IP rate limits (governor), per process.
@@ -340,6 +349,8 @@ impl Default for Config {
             jwt_issuer: "authgate".to_owned(),
             jwt_audience: "authgate".to_owned(),
             refresh_ttl: Duration::from_secs(30 * 86_400),
+            session_idle_timeout: Duration::from_secs(7 * 86_400),
+            refresh_grace: Duration::from_secs(10),
             sms: SmsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             quotas: QuotaConfig::default(),
@@ -465,6 +476,29 @@ impl Config {
             s.to_owned()
         ));
         set!(cfg.refresh_ttl, "REFRESH_TOKEN_TTL", parse_duration);
+        // The newer name wins when both are set.
+        set!(
+            cfg.refresh_ttl,
+            "AUTHGATE_SESSION_MAX_LIFETIME",
+            parse_duration
+        );
+        set!(
+            cfg.session_idle_timeout,
+            "AUTHGATE_SESSION_IDLE_TIMEOUT",
+            parse_duration
+        );
+        set!(cfg.refresh_grace, "AUTHGATE_REFRESH_GRACE", |s| {
+            parse_duration(s).and_then(|d| {
+                if d <= Duration::from_secs(60) {
+                    Ok(d)
+                } else {
+                    Err(
+                        "must be at most 60s: a longer window lets a stolen token ride along"
+                            .into(),
+                    )
+                }
+            })
+        });
         set!(cfg.sms.sender_name, "SMS_SENDER_NAME", |s: &str| {
             if s.chars().count() <= 30 && !s.chars().any(char::is_control) {
                 Ok(s.to_owned())
@@ -610,6 +644,18 @@ impl Config {
         if cfg.jwt_expiration.is_zero() {
             errors.push(ConfigError::new("JWT_EXPIRATION_TIME", "must be positive"));
         }
+        if cfg.refresh_ttl.is_zero() {
+            errors.push(ConfigError::new(
+                "AUTHGATE_SESSION_MAX_LIFETIME",
+                "must be positive",
+            ));
+        }
+        if cfg.session_idle_timeout.is_zero() {
+            errors.push(ConfigError::new(
+                "AUTHGATE_SESSION_IDLE_TIMEOUT",
+                "must be positive",
+            ));
+        }
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -649,6 +695,18 @@ impl Config {
                 },
             ),
             ("JWT_EXPIRATION_TIME", format!("{:?}", self.jwt_expiration)),
+            (
+                "AUTHGATE_SESSION_MAX_LIFETIME",
+                format!("{:?}", self.refresh_ttl),
+            ),
+            (
+                "AUTHGATE_SESSION_IDLE_TIMEOUT",
+                format!("{:?}", self.session_idle_timeout),
+            ),
+            (
+                "AUTHGATE_REFRESH_GRACE",
+                format!("{:?}", self.refresh_grace),
+            ),
             (
                 "OTP_EXPIRATION_MINUTES",
                 (self.otp_expiration.as_secs() / 60).to_string(),
@@ -918,6 +976,41 @@ mod tests {
         assert_eq!(c.jwt_expiration, Duration::from_secs(900));
         assert_eq!(c.otp_expiration, Duration::from_secs(600));
         assert_eq!(c.otp_length, 6);
+    }
+
+    #[test]
+    fn session_lifetimes_parse_and_name_bad_values() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.refresh_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.refresh_grace, Duration::from_secs(10));
+        let c = cfg(&[
+            ("REFRESH_TOKEN_TTL", "20d"),
+            ("AUTHGATE_SESSION_IDLE_TIMEOUT", "1d"),
+            ("AUTHGATE_REFRESH_GRACE", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.refresh_ttl, Duration::from_secs(20 * 86_400));
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(86_400));
+        assert!(c.refresh_grace.is_zero());
+        let c = cfg(&[
+            ("REFRESH_TOKEN_TTL", "20d"),
+            ("AUTHGATE_SESSION_MAX_LIFETIME", "2d"),
+        ])
+        .unwrap();
+        assert_eq!(c.refresh_ttl, Duration::from_secs(2 * 86_400));
+        assert_eq!(
+            vars_of(cfg(&[
+                ("AUTHGATE_SESSION_MAX_LIFETIME", "0"),
+                ("AUTHGATE_SESSION_IDLE_TIMEOUT", "0"),
+                ("AUTHGATE_REFRESH_GRACE", "1h"),
+            ])),
+            [
+                "AUTHGATE_REFRESH_GRACE",
+                "AUTHGATE_SESSION_MAX_LIFETIME",
+                "AUTHGATE_SESSION_IDLE_TIMEOUT"
+            ]
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! - `otp`: HMAC-SHA256 key for one-time codes (codes are stored only as keyed hashes);
 //! - `outbox`: ChaCha20-Poly1305 key sealing SMS bodies at rest (they carry codes);
-//! - `jwt`: the HS256 key of access tokens.
+//! - `jwt`: the HS256 key of access tokens;
+//! - `refresh`: HMAC-SHA256 key deriving a refresh token's successor from it.
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -19,6 +20,7 @@ pub struct Keys {
     otp: [u8; 32],
     outbox: [u8; 32],
     jwt: Vec<u8>,
+    refresh: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -48,6 +50,7 @@ impl Keys {
             otp: hmac(s, &[b"authgate/otp/v1"]),
             outbox: hmac(s, &[b"authgate/outbox/v1"]),
             jwt: s.to_vec(),
+            refresh: hmac(s, &[b"authgate/refresh-successor/v1"]),
         }
     }
 
@@ -82,6 +85,13 @@ impl Keys {
         let (nonce, ct) = sealed.split_at(12);
         let pt = cipher.decrypt(Nonce::from_slice(nonce), ct).ok()?;
         String::from_utf8(pt).ok()
+    }
+
+    /// The successor of a refresh token: the same for every process sharing the
+    /// secret, so a retried refresh gets the same answer without the database
+    /// ever holding a usable token; unpredictable without the key.
+    pub fn refresh_successor(&self, token: &str) -> [u8; 32] {
+        hmac(&self.refresh, &[token.as_bytes()])
     }
 
     pub fn jwt_secret(&self) -> &[u8] {

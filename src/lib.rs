@@ -26,6 +26,7 @@ pub mod domain;
 pub mod error;
 pub mod hasher;
 pub mod metrics;
+pub mod revocation;
 pub mod routes;
 pub mod sms;
 pub mod startup;

@@ -30,6 +30,9 @@ use crate::state::{AppParts, AppState};
 use crate::store::Store;
 use crate::tokens::TokenIssuer;
 
+/// Users whose revocation facts each process caches (a few hundred bytes each).
+const REVOCATION_CACHE_USERS: usize = 100_000;
+
 pub struct Application {
     addr: SocketAddr,
     state: AppState,
@@ -72,6 +75,12 @@ impl Application {
         let supervisor = Supervisor::start()
             .await
             .map_err(|e| format!("could not start the actor tree: {e}"))?;
+        let revocations = crate::revocation::Revocations::new(
+            store.clone(),
+            REVOCATION_CACHE_USERS,
+            config.jwt_expiration,
+        );
+        revocations.listen(db.clone());
         let sms = SmsHandle::new(&config.sms, store.clone());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         sms::start(
@@ -135,6 +144,7 @@ impl Application {
             sms,
             flows: FlowRegistry::default(),
             metrics,
+            revocations,
         });
         // Expires due login flows (any process's) and stops idle flow actors.
         crate::actors::flow::start_sweeper(&state).await?;

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::crypto::Keys;
 use crate::hasher::Hasher;
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 use crate::routes::limits::LocalLimits;
 use crate::store::Store;
 use crate::tokens::TokenIssuer;
@@ -40,6 +41,8 @@ pub struct AppParts {
     pub limits: LocalLimits,
     /// The Prometheus counters (`GET /metrics`); shared with the OTP actors.
     pub metrics: Arc<Metrics>,
+    /// Which access tokens were revoked (cached per process, kept fresh by NOTIFY).
+    pub revocations: Revocations,
 }
 
 struct Inner {
@@ -80,6 +83,11 @@ impl AppState {
     /// The Prometheus counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.parts.metrics
+    }
+
+    /// Which access tokens were revoked.
+    pub fn revocations(&self) -> &Revocations {
+        &self.inner.parts.revocations
     }
 
     pub fn config(&self) -> &Config {

@@ -2,7 +2,8 @@
 //!
 //! Verification pins HS256, so `alg: none` and every other algorithm are refused,
 //! and checks issuer, audience and expiry against the app clock (not the system
-//! clock), with no leeway.
+//! clock), with no leeway. Whether a valid token has since been revoked is the
+//! bearer guard's question (`crate::revocation`), answered from `sid` and `iat_us`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -26,6 +27,26 @@ pub struct Claims {
     pub amr: Vec<String>,
     pub iss: String,
     pub aud: String,
+    /// The session (refresh-token family) this token belongs to; logging that
+    /// session out refuses the token at once. Absent in tokens issued before
+    /// sessions existed (and in the load tool's), which only a user-wide
+    /// revocation reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+    /// The issue time in microseconds: `iat` has whole seconds, too coarse to
+    /// tell a token issued just before a revocation from one issued just after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat_us: Option<i64>,
+}
+
+impl Claims {
+    /// When the token was issued, as precisely as it says.
+    pub fn issued_at(&self) -> Option<DateTime<Utc>> {
+        match self.iat_us {
+            Some(us) => DateTime::from_timestamp_micros(us),
+            None => DateTime::from_timestamp(self.iat, 0),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -70,11 +91,32 @@ impl TokenIssuer {
         self.access_ttl.num_seconds()
     }
 
-    /// Signs an access token for `user`.
+    /// Signs an access token for `user` outside any session (tools and tests).
     pub fn issue(
         &self,
         user: Uuid,
         amr: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(user, amr, None, now)
+    }
+
+    /// Signs an access token for `user` in `session`.
+    pub fn issue_for_session(
+        &self,
+        user: Uuid,
+        amr: &[&str],
+        session: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(user, amr, Some(session), now)
+    }
+
+    fn sign(
+        &self,
+        user: Uuid,
+        amr: &[&str],
+        sid: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
@@ -85,6 +127,8 @@ impl TokenIssuer {
             amr: amr.iter().map(|s| (*s).to_owned()).collect(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            sid,
+            iat_us: Some(now.timestamp_micros()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
@@ -112,6 +156,12 @@ pub fn new_refresh_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The successor `/auth/refresh` hands out for `token`: derived, not random, so
+/// a retry within the grace window gets the very same token back.
+pub fn successor_refresh_token(keys: &Keys, token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(keys.refresh_successor(token))
 }
 
 /// The stored form of a refresh token. The token has 256 bits of entropy, so an
@@ -203,6 +253,42 @@ mod tests {
         for junk in ["", "a.b.c", "not a token", &"x".repeat(5000)] {
             assert_eq!(t.verify(junk, now), Err(TokenError::Invalid));
         }
+    }
+
+    #[test]
+    fn session_tokens_carry_sid_and_a_precise_issue_time() {
+        let t = issuer(SECRET, "authgate", "api");
+        let now = Utc::now();
+        let sid = Uuid::new_v4();
+        let jwt = t
+            .issue_for_session(Uuid::new_v4(), &["pwd"], sid, now)
+            .unwrap();
+        let c = t.verify(&jwt, now).unwrap();
+        assert_eq!(c.sid, Some(sid));
+        assert_eq!(
+            c.issued_at().unwrap().timestamp_micros(),
+            now.timestamp_micros()
+        );
+        // Without the precise claim, the whole second is all we know.
+        let legacy = Claims {
+            iat_us: None,
+            sid: None,
+            ..c
+        };
+        assert_eq!(legacy.issued_at().unwrap().timestamp(), now.timestamp());
+    }
+
+    #[test]
+    fn successors_are_deterministic_recognisable_and_keyed() {
+        let keys = Keys::derive(&SecretString::from(SECRET.to_owned()));
+        let other = Keys::derive(&SecretString::from("x".repeat(40)));
+        let a = new_refresh_token();
+        let next = successor_refresh_token(&keys, &a);
+        assert_eq!(next, successor_refresh_token(&keys, &a));
+        assert!(looks_like_refresh_token(&next));
+        assert_ne!(next, a);
+        assert_ne!(next, successor_refresh_token(&other, &a));
+        assert_ne!(next, successor_refresh_token(&keys, &new_refresh_token()));
     }
 
     #[test]

@@ -265,6 +265,7 @@ async fn confirm_code(
     body: Map<String, Value>,
 ) -> Outcome {
     let code = parse_code_body(body, state.config().otp_length)?;
+    let keep_session = user.claims.sid;
     let (change, kind) = match purpose {
         Purpose::PhoneVerify => (AccountChange::PhoneVerified, AuditKind::PhoneVerified),
         Purpose::Enable2fa => (AccountChange::TwoFa(true), AuditKind::TwoFaEnabled),
@@ -300,6 +301,10 @@ async fn confirm_code(
         }
         (None, _) => return Err(AppError::InvalidToken),
     };
+    if let AccountChange::TwoFa(_) = change {
+        // A session opened under the old rule must not outlive the change.
+        super::auth::end_other_sessions(&state, user.id, keep_session).await?;
+    }
     tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "code confirmed");
     Ok(json(StatusCode::OK, &user))
 }

@@ -1,6 +1,8 @@
 //! Authentication plumbing at the edge: the bearer-token guard every account
-//! endpoint uses, and `/auth/refresh` and `/auth/logout`.
+//! endpoint uses (signature, then revocation), starting and ending sessions, and
+//! `/auth/refresh` and `/auth/logout`.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -12,8 +14,11 @@ use super::{json, with_state, Outcome};
 use crate::audit::{AuditKind, ClientInfo};
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::store::tokens::{NewRefresh, RotateOutcome};
-use crate::tokens::{looks_like_refresh_token, new_refresh_token, refresh_token_hash, Claims};
+use crate::store::tokens::{NewSession, Presented, RotateOutcome};
+use crate::tokens::{
+    looks_like_refresh_token, new_refresh_token, refresh_token_hash, successor_refresh_token,
+    Claims,
+};
 
 /// The caller, as proven by a valid access token.
 #[derive(Debug, Clone)]
@@ -29,24 +34,67 @@ pub fn bearer(state: AppState) -> impl Filter<Extract = (AuthUser,), Error = Rej
         .and(with_state(state))
         .and_then(
             |headers: warp::http::HeaderMap, state: AppState| async move {
-                let token = headers
-                    .get(warp::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| {
-                        let (scheme, token) = v.trim().split_once(' ')?;
-                        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-                    })
-                    .ok_or_else(|| warp::reject::custom(AppError::InvalidToken))?;
-                let claims = state
-                    .tokens()
-                    .verify(token, state.clock().now())
-                    .map_err(|_| warp::reject::custom(AppError::InvalidToken))?;
-                Ok::<_, Rejection>(AuthUser {
-                    id: claims.sub,
-                    claims,
-                })
+                authenticate(&state, &headers)
+                    .await
+                    .map_err(warp::reject::custom)
             },
         )
+}
+
+/// Checks the bearer token: signature, claims, expiry, then revocation (a
+/// logged-out session, or every token of the user up to a logout-all).
+async fn authenticate(
+    state: &AppState,
+    headers: &warp::http::HeaderMap,
+) -> Result<AuthUser, AppError> {
+    let token = headers
+        .get(warp::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or(AppError::InvalidToken)?;
+    let now = state.clock().now();
+    let claims = state
+        .tokens()
+        .verify(token, now)
+        .map_err(|_| AppError::InvalidToken)?;
+    let issued = claims.issued_at().ok_or(AppError::InvalidToken)?;
+    if state
+        .revocations()
+        .is_revoked(claims.sub, claims.sid, issued, now)
+        .await?
+    {
+        return Err(AppError::InvalidToken);
+    }
+    Ok(AuthUser {
+        id: claims.sub,
+        claims,
+    })
+}
+
+/// Ends every session of `user` but `keep` (the caller's, if its token names
+/// one): on 2FA on or off, and on any change of credentials. Their refresh and
+/// access tokens stop working at once, in every process.
+pub async fn end_other_sessions(
+    state: &AppState,
+    user: Uuid,
+    keep: Option<Uuid>,
+) -> Result<(), AppError> {
+    let now = state.clock().now();
+    let ended = state.store().revoke_other_sessions(user, keep, now).await?;
+    state.revocations().forget(user);
+    tracing::info!(%user, ended, "other sessions ended");
+    Ok(())
+}
+
+/// `now + d`, saturating instead of overflowing on an absurd configuration.
+fn later(now: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The tokens answer of the REST contract.
@@ -56,9 +104,10 @@ pub fn bearer(state: AppState) -> impl Filter<Extract = (AuthUser,), Error = Rej
 pub struct TokensBody {
     #[schema(pattern = "^authenticated$")]
     pub status: &'static str,
-    /// An HS256 JWT with `sub`, `iat`, `exp`, `jti`, `iss`, `aud` and `amr`.
+    /// An HS256 JWT with `sub`, `iat`, `exp`, `jti`, `iss`, `aud`, `amr`, `sid`
+    /// (the session) and `iat_us` (issue time in microseconds).
     pub access_token: String,
-    /// 43 URL-safe base64 characters (256 random bits); send it to `/auth/refresh`.
+    /// 43 URL-safe base64 characters (256 bits); send it to `/auth/refresh`.
     pub refresh_token: String,
     #[schema(pattern = "^Bearer$")]
     pub token_type: &'static str,
@@ -66,32 +115,53 @@ pub struct TokensBody {
     pub expires_in: i64,
 }
 
-/// Issues an access token and a refresh token in `family` (a new family per login).
+/// Starts a session (`session_id`, new per login) and issues its first tokens.
+/// The session is stored first, by a statement that re-reads the account's 2FA
+/// state: if 2FA was turned on while a password-only login was being checked,
+/// nothing is stored or issued and the login answers 401 `invalid_credentials`,
+/// like any login that did not complete (the client logs in again and meets
+/// the 2FA step).
 pub async fn issue_tokens(
     state: &AppState,
     user_id: Uuid,
     amr: &[&str],
-    family_id: Uuid,
+    session_id: Uuid,
 ) -> Result<TokensBody, AppError> {
     let now = state.clock().now();
-    let access = state
-        .tokens()
-        .issue(user_id, amr, now)
-        .map_err(AppError::internal)?;
     let refresh = new_refresh_token();
-    let ttl = chrono::Duration::from_std(state.config().refresh_ttl)
-        .unwrap_or(chrono::Duration::days(30));
-    state
+    let config = state.config();
+    let expires_at = later(now, config.refresh_ttl);
+    let created = state
         .store()
-        .insert_refresh(NewRefresh {
-            family_id,
+        .create_session(NewSession {
+            session_id,
             user_id,
             token_hash: &refresh_token_hash(&refresh),
             amr,
             now,
-            expires_at: now + ttl,
+            expires_at,
+            token_expires_at: later(now, config.session_idle_timeout).min(expires_at),
         })
         .await?;
+    if !created {
+        tracing::warn!(%user_id, "login refused: 2FA turned on while the password was checked");
+        return Err(AppError::InvalidCredentials);
+    }
+    tokens_body(state, user_id, amr, session_id, refresh, now)
+}
+
+fn tokens_body(
+    state: &AppState,
+    user_id: Uuid,
+    amr: &[&str],
+    session_id: Uuid,
+    refresh: String,
+    now: DateTime<Utc>,
+) -> Result<TokensBody, AppError> {
+    let access = state
+        .tokens()
+        .issue_for_session(user_id, amr, session_id, now)
+        .map_err(AppError::internal)?;
     Ok(TokensBody {
         status: "authenticated",
         access_token: access,
@@ -135,22 +205,42 @@ async fn refresh(state: AppState, client: ClientInfo, body: Map<String, Value>) 
         return Err(AppError::InvalidRefreshToken);
     }
     let now = state.clock().now();
-    match state
+    let config = state.config();
+    let successor = successor_refresh_token(state.keys(), &token);
+    let grace =
+        chrono::Duration::from_std(config.refresh_grace).unwrap_or(chrono::Duration::zero());
+    let outcome = state
         .store()
-        .rotate_refresh(&refresh_token_hash(&token), now)
-        .await?
-    {
+        .rotate_refresh(Presented {
+            token_hash: &refresh_token_hash(&token),
+            successor_hash: &refresh_token_hash(&successor),
+            now,
+            idle_until: later(now, config.session_idle_timeout),
+            grace_since: now - grace,
+        })
+        .await?;
+    let retried = matches!(outcome, RotateOutcome::Retried { .. });
+    match outcome {
         RotateOutcome::Rotated {
-            family_id,
+            session_id,
+            user_id,
+            amr,
+        }
+        | RotateOutcome::Retried {
+            session_id,
             user_id,
             amr,
         } => {
+            if retried {
+                tracing::info!(%user_id, "refresh retried within the grace window");
+            }
             let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
-            let tokens = issue_tokens(&state, user_id, &amr, family_id).await?;
+            let tokens = tokens_body(&state, user_id, &amr, session_id, successor, now)?;
             Ok(json(StatusCode::OK, &tokens))
         }
         RotateOutcome::Reused { user_id } => {
-            tracing::warn!(%user_id, "refresh token reuse detected; token family revoked");
+            state.revocations().forget(user_id);
+            tracing::warn!(%user_id, "refresh token reuse detected; session revoked");
             crate::audit::record(
                 &state,
                 Some(user_id),
@@ -165,8 +255,9 @@ async fn refresh(state: AppState, client: ClientInfo, body: Map<String, Value>) 
     }
 }
 
-/// Logout with a refresh token in the body revokes that login's family; with only
-/// a bearer access token it revokes every refresh token of the user.
+/// Logout with a refresh token in the body ends that session (its access tokens
+/// too); with only a bearer access token it ends every session of the user and
+/// refuses every access token issued so far.
 async fn logout(state: AppState, headers: warp::http::HeaderMap, body: bytes::Bytes) -> Outcome {
     let now = state.clock().now();
     let has_body = !body.iter().all(u8::is_ascii_whitespace);
@@ -175,30 +266,20 @@ async fn logout(state: AppState, headers: warp::http::HeaderMap, body: bytes::By
         if !looks_like_refresh_token(&token) {
             return Err(AppError::InvalidRefreshToken);
         }
-        return match state
+        let Some((session, _)) = state
             .store()
             .refresh_family(&refresh_token_hash(&token))
             .await?
-        {
-            Some((family, _user)) => {
-                state.store().revoke_family(family, now).await?;
-                Ok(no_content())
-            }
-            None => Err(AppError::InvalidRefreshToken),
+        else {
+            return Err(AppError::InvalidRefreshToken);
         };
+        if let Some(user) = state.store().revoke_session(session, now).await? {
+            state.revocations().forget(user);
+        }
+        return Ok(no_content());
     }
-    let token = headers
-        .get(warp::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
-        .ok_or(AppError::InvalidToken)?;
-    let claims = state
-        .tokens()
-        .verify(&token, now)
-        .map_err(|_| AppError::InvalidToken)?;
-    state.store().revoke_user_tokens(claims.sub, now).await?;
+    let user = authenticate(&state, &headers).await?;
+    end_other_sessions(&state, user.id, None).await?;
     Ok(no_content())
 }
 

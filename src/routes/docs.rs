@@ -419,7 +419,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
         ),
         ("POST", "/api/v1/account/2fa/enable/confirm") => confirm(
             "twoFaEnableConfirm",
-            "Turn 2FA on with the code",
+            "Turn 2FA on with the code (ends every other login)",
             vec![E::State(StateConflict::PhoneNotVerified)],
         ),
         ("POST", "/api/v1/account/2fa/disable") => send(
@@ -428,16 +428,23 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             "Sends a code to the account's phone.",
             vec![E::State(StateConflict::TwoFaNotEnabled)],
         ),
-        ("POST", "/api/v1/account/2fa/disable/confirm") => {
-            confirm("twoFaDisableConfirm", "Turn 2FA off with the code", vec![])
-        }
+        ("POST", "/api/v1/account/2fa/disable/confirm") => confirm(
+            "twoFaDisableConfirm",
+            "Turn 2FA off with the code (ends every other login)",
+            vec![],
+        ),
         ("POST", "/api/v1/auth/refresh") => Spec {
             id: "refresh",
             tag: "auth",
             summary: "Rotate a refresh token",
             description: Some(
-                "The old refresh token stops working; presenting it again revokes every \
-                 token of that login (`refresh_token_reused`).",
+                "The old refresh token stops working. Presenting it again within the grace \
+                 window (`AUTHGATE_REFRESH_GRACE`, 10 s), while its successor is unused, \
+                 answers with the same new refresh token and a fresh access token (a retry \
+                 after a lost answer); later, it ends that login, its access tokens \
+                 included (`refresh_token_reused`). A login lives at most \
+                 `AUTHGATE_SESSION_MAX_LIFETIME` (30 days) and ends after \
+                 `AUTHGATE_SESSION_IDLE_TIMEOUT` (7 days) without a refresh.",
             ),
             auth: Auth::None,
             body: Body::Json("RefreshRequest"),
@@ -453,8 +460,9 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             tag: "auth",
             summary: "Log out",
             description: Some(
-                "With a refresh token in the body, revokes that login; with no body and a \
-                 bearer token, revokes every refresh token of the user.",
+                "With a refresh token in the body, ends that login: its refresh tokens and \
+                 its access tokens stop working at once. With no body and a bearer token, \
+                 ends every login of the user and refuses every access token issued so far.",
             ),
             auth: Auth::BearerOptional,
             body: Body::OptionalJson("RefreshRequest"),

@@ -1,114 +1,287 @@
-//! The `refresh_tokens` table. Rotation is one conditional UPDATE: of several
-//! concurrent uses of one token, exactly one rotates it; the others see a
-//! rotated token, which is reuse, and revoke the whole family.
+//! Sessions and their refresh tokens (`sessions`, `refresh_tokens`), and the
+//! revocation facts the bearer guard needs.
+//!
+//! A session is one login; its refresh tokens form a family. Creating a session
+//! is one statement that re-reads the account's 2FA state under a row lock, so a
+//! password-only login cannot finish once 2FA is on. Rotation is one
+//! conditional UPDATE plus the successor's INSERT: of several concurrent uses of
+//! one token exactly one rotates it. A rotated token presented again within the
+//! grace window gets the same successor back (a client retrying a lost answer);
+//! later, or once the successor moved on, it is reuse and ends the session.
+//!
+//! Every revocation notifies `authgate_revocation` (payload: the user id) in
+//! its own transaction, so every process drops its cached view of that user.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
 
-/// A refresh token to store (its hash; the token itself goes to the client).
-pub struct NewRefresh<'a> {
-    pub family_id: Uuid,
+/// The channel revocations are announced on, to this and every other process.
+pub const REVOCATION_CHANNEL: &str = "authgate_revocation";
+
+/// A new session (login) and its first refresh token (its hash; the token
+/// itself goes to the client).
+pub struct NewSession<'a> {
+    pub session_id: Uuid,
     pub user_id: Uuid,
     pub token_hash: &'a [u8],
     pub amr: &'a [&'a str],
     pub now: DateTime<Utc>,
+    /// The session's absolute end; rotation never moves it.
     pub expires_at: DateTime<Utc>,
+    /// When this token ends if unused: the idle limit, capped by `expires_at`.
+    pub token_expires_at: DateTime<Utc>,
+}
+
+/// A refresh token presented to `/auth/refresh`.
+pub struct Presented<'a> {
+    pub token_hash: &'a [u8],
+    /// The hash of the token's deterministic successor.
+    pub successor_hash: &'a [u8],
+    pub now: DateTime<Utc>,
+    /// `now` plus the idle limit (capped by the session's end in SQL).
+    pub idle_until: DateTime<Utc>,
+    /// A token rotated after this instant may be presented again (grace).
+    pub grace_since: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotateOutcome {
-    /// The presented token is now rotated; issue its successor in this family.
+    /// The presented token is now rotated; its successor is stored.
     Rotated {
-        family_id: Uuid,
+        session_id: Uuid,
         user_id: Uuid,
         amr: Vec<String>,
     },
-    /// The token was already rotated or revoked: reuse. The family is now revoked.
+    /// The token was rotated moments ago and its successor is still current:
+    /// a retry; answer with the same successor.
+    Retried {
+        session_id: Uuid,
+        user_id: Uuid,
+        amr: Vec<String>,
+    },
+    /// The token was already rotated or revoked: reuse. The session is now revoked.
     Reused { user_id: Uuid },
-    /// Unknown or expired.
+    /// Unknown or expired (idle or absolute).
     Invalid,
 }
 
+/// What the bearer guard compares an access token with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationFacts {
+    /// Access tokens issued at or before this instant are refused.
+    pub tokens_valid_after: Option<DateTime<Utc>>,
+    /// Sessions revoked recently enough that access tokens may still carry them.
+    pub revoked_sessions: Vec<Uuid>,
+}
+
 impl Store {
-    pub async fn insert_refresh(&self, t: NewRefresh<'_>) -> Result<(), StoreError> {
+    /// Creates a session and its first refresh token, unless the account now has
+    /// 2FA on and `amr` lacks `sms` (or the account is gone): then nothing is
+    /// stored and the answer is false. `FOR SHARE` makes the check wait for a
+    /// concurrent change of `two_fa` and re-read it, and makes that change wait
+    /// for this insert, so the revocation that follows it sees this session.
+    pub async fn create_session(&self, s: NewSession<'_>) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
-                &client.prepare_cached("INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, amr, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)").await?,
+        let created = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "WITH u AS (
+                             SELECT id FROM users
+                             WHERE id = $2 AND NOT (two_fa AND NOT ('sms' = ANY($5::text[])))
+                             FOR SHARE
+                         ), s AS (
+                             INSERT INTO sessions (id, user_id, amr, created_at, expires_at, last_used_at)
+                             SELECT $1, u.id, $5, $6, $7, $6 FROM u
+                             RETURNING id
+                         )
+                         INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, amr, created_at, expires_at)
+                         SELECT $3, s.id, $2, $4, $5, $6, least($8, $7) FROM s
+                         RETURNING family_id",
+                    )
+                    .await?,
                 &[
+                    &s.session_id,
+                    &s.user_id,
                     &Uuid::new_v4(),
-                    &t.family_id,
-                    &t.user_id,
-                    &t.token_hash,
-                    &t.amr,
-                    &t.now,
-                    &t.expires_at,
+                    &s.token_hash,
+                    &s.amr,
+                    &s.now,
+                    &s.expires_at,
+                    &s.token_expires_at,
                 ],
             )
             .await?;
-        Ok(())
+        Ok(created.is_some())
     }
 
-    /// Marks a token rotated if it is current; detects reuse otherwise.
-    pub async fn rotate_refresh(
-        &self,
-        token_hash: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<RotateOutcome, StoreError> {
+    /// Rotates a current token (storing its successor), recognises a retry
+    /// within the grace window, and detects reuse.
+    pub async fn rotate_refresh(&self, p: Presented<'_>) -> Result<RotateOutcome, StoreError> {
         let client = self.client().await?;
         let rotated = client
             .query_opt(
-                &client.prepare_cached("UPDATE refresh_tokens SET rotated_at = $2
-                 WHERE token_hash = $1 AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $2
-                 RETURNING family_id, user_id, amr").await?,
-                &[&token_hash, &now],
+                &client
+                    .prepare_cached(
+                        "WITH cur AS (
+                             UPDATE refresh_tokens t SET rotated_at = $3
+                             FROM sessions s
+                             WHERE t.token_hash = $1 AND t.rotated_at IS NULL
+                               AND t.revoked_at IS NULL AND t.expires_at > $3
+                               AND s.id = t.family_id AND s.revoked_at IS NULL AND s.expires_at > $3
+                             RETURNING t.family_id, t.user_id, s.amr, s.expires_at AS ends
+                         ), touched AS (
+                             UPDATE sessions SET last_used_at = $3
+                             WHERE id IN (SELECT family_id FROM cur)
+                         ), next AS (
+                             INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, amr, created_at, expires_at)
+                             SELECT $5, family_id, user_id, $2, amr, $3, least($4, ends) FROM cur
+                         )
+                         SELECT family_id, user_id, amr FROM cur",
+                    )
+                    .await?,
+                &[
+                    &p.token_hash,
+                    &p.successor_hash,
+                    &p.now,
+                    &p.idle_until,
+                    &Uuid::new_v4(),
+                ],
             )
             .await?;
         if let Some(r) = rotated {
             return Ok(RotateOutcome::Rotated {
-                family_id: r.try_get(0)?,
+                session_id: r.try_get(0)?,
                 user_id: r.try_get(1)?,
                 amr: r.try_get(2)?,
             });
         }
         let known = client
             .query_opt(
-                &client.prepare_cached("SELECT family_id, user_id, rotated_at IS NOT NULL OR revoked_at IS NOT NULL
-                 FROM refresh_tokens WHERE token_hash = $1").await?,
-                &[&token_hash],
+                &client
+                    .prepare_cached(
+                        "SELECT t.family_id, t.user_id, s.amr,
+                                t.rotated_at IS NOT NULL OR t.revoked_at IS NOT NULL
+                                    OR s.revoked_at IS NOT NULL AS spent,
+                                t.revoked_at IS NULL AND s.revoked_at IS NULL AND s.expires_at > $3
+                                    AND t.rotated_at > $4
+                                    AND n.rotated_at IS NULL AND n.revoked_at IS NULL
+                                    AND n.expires_at > $3 AS retry
+                         FROM refresh_tokens t
+                         JOIN sessions s ON s.id = t.family_id
+                         LEFT JOIN refresh_tokens n ON n.token_hash = $2 AND n.family_id = t.family_id
+                         WHERE t.token_hash = $1",
+                    )
+                    .await?,
+                &[&p.token_hash, &p.successor_hash, &p.now, &p.grace_since],
             )
             .await?;
-        match known {
-            Some(r) if r.try_get::<_, bool>(2)? => {
-                let family: Uuid = r.try_get(0)?;
-                self.revoke_family(family, now).await?;
-                Ok(RotateOutcome::Reused {
-                    user_id: r.try_get(1)?,
-                })
-            }
-            _ => Ok(RotateOutcome::Invalid),
+        let Some(r) = known else {
+            return Ok(RotateOutcome::Invalid);
+        };
+        let session_id: Uuid = r.try_get(0)?;
+        let user_id: Uuid = r.try_get(1)?;
+        if r.try_get::<_, Option<bool>>(4)?.unwrap_or(false) {
+            return Ok(RotateOutcome::Retried {
+                session_id,
+                user_id,
+                amr: r.try_get(2)?,
+            });
         }
+        if r.try_get::<_, bool>(3)? {
+            drop(client);
+            self.revoke_session(session_id, p.now).await?;
+            return Ok(RotateOutcome::Reused { user_id });
+        }
+        Ok(RotateOutcome::Invalid)
     }
 
-    /// Revokes every token of a family (logout, or reuse detected).
-    pub async fn revoke_family(
+    /// Ends one session: its refresh tokens are refused and its access tokens
+    /// fail the bearer guard. Returns the session's user, if it exists.
+    pub async fn revoke_session(
         &self,
-        family_id: Uuid,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &tx.prepare_cached(
+                    "UPDATE sessions SET revoked_at = coalesce(revoked_at, $2)
+                     WHERE id = $1 RETURNING user_id",
+                )
+                .await?,
+                &[&session_id, &now],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let user_id: Uuid = row.try_get(0)?;
+        tx.execute(
+            &tx.prepare_cached(
+                "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
+            )
+            .await?,
+            &[&session_id, &now],
+        )
+        .await?;
+        notify(&tx, user_id).await?;
+        tx.commit().await?;
+        Ok(Some(user_id))
+    }
+
+    /// Ends every session of `user` but `keep` (the caller's own, from its
+    /// access token's `sid`). With no session to keep, access tokens issued up
+    /// to `now` are refused too, which also covers tokens that carry no `sid`.
+    /// Called when 2FA is turned on or off, and for any change of credentials.
+    pub async fn revoke_other_sessions(
+        &self,
+        user: Uuid,
+        keep_session: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        Ok(client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let ended = tx
             .execute(
-                &client.prepare_cached("UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL").await?,
-                &[&family_id, &now],
+                &tx.prepare_cached(
+                    "UPDATE sessions SET revoked_at = $3
+                     WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2",
+                )
+                .await?,
+                &[&user, &keep_session, &now],
             )
-            .await?)
+            .await?;
+        tx.execute(
+            &tx.prepare_cached(
+                "UPDATE refresh_tokens SET revoked_at = $3
+                 WHERE user_id = $1 AND revoked_at IS NULL AND family_id IS DISTINCT FROM $2",
+            )
+            .await?,
+            &[&user, &keep_session, &now],
+        )
+        .await?;
+        if keep_session.is_none() {
+            tx.execute(
+                &tx.prepare_cached(
+                    "UPDATE users SET tokens_valid_after = greatest(tokens_valid_after, $2)
+                     WHERE id = $1",
+                )
+                .await?,
+                &[&user, &now],
+            )
+            .await?;
+        }
+        notify(&tx, user).await?;
+        tx.commit().await?;
+        Ok(ended)
     }
 
-    /// The family of a token (for logout), if the token is known.
+    /// The session a refresh token belongs to, and its user, if the token is known.
     pub async fn refresh_family(
         &self,
         token_hash: &[u8],
@@ -130,31 +303,151 @@ impl Store {
         })
     }
 
-    /// Revokes every refresh token of a user (logout with an access token only).
-    pub async fn revoke_user_tokens(
+    /// What the bearer guard needs about `user`: None if the account is gone.
+    /// Only sessions revoked after `since` are listed (older ones can no longer
+    /// have unexpired access tokens).
+    pub async fn revocation_facts(
         &self,
-        user_id: Uuid,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
+        user: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<Option<RevocationFacts>, StoreError> {
         let client = self.client().await?;
-        Ok(client
-            .execute(
-                &client.prepare_cached("UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL").await?,
-                &[&user_id, &now],
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT u.tokens_valid_after,
+                                ARRAY(SELECT s.id FROM sessions s
+                                      WHERE s.user_id = u.id AND s.revoked_at > $2)
+                         FROM users u WHERE u.id = $1",
+                    )
+                    .await?,
+                &[&user, &since],
             )
-            .await?)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(RevocationFacts {
+                tokens_valid_after: r.try_get(0)?,
+                revoked_sessions: r.try_get(1)?,
+            }),
+            None => None,
+        })
     }
 
-    /// Deletes tokens expired before `cutoff`.
+    /// Deletes refresh tokens and sessions that ended before `cutoff`.
     pub async fn purge_refresh(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        Ok(client
+        let tokens = client
             .execute(
                 &client
                     .prepare_cached("DELETE FROM refresh_tokens WHERE expires_at < $1")
                     .await?,
                 &[&cutoff],
             )
-            .await?)
+            .await?;
+        // Cascades to any token still attached.
+        let sessions = client
+            .execute(
+                &client
+                    .prepare_cached("DELETE FROM sessions WHERE expires_at < $1")
+                    .await?,
+                &[&cutoff],
+            )
+            .await?;
+        Ok(tokens + sessions)
+    }
+}
+
+/// Announces, at commit, that `user`'s revocation facts changed.
+async fn notify(tx: &deadpool_postgres::Transaction<'_>, user: Uuid) -> Result<(), StoreError> {
+    tx.execute(
+        &tx.prepare_cached("SELECT pg_notify($1, $2)").await?,
+        &[&REVOCATION_CHANNEL, &user.to_string()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the revocation LISTEN connection reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// This user's facts changed.
+    User(Uuid),
+    /// A listener's heartbeat (`ping:<nonce>`), proving notifications arrive.
+    Ping(String),
+    /// A notification whose payload is neither: forget everything.
+    Unknown,
+}
+
+impl Revoked {
+    fn parse(payload: &str) -> Revoked {
+        if let Some(nonce) = payload.strip_prefix("ping:") {
+            return Revoked::Ping(nonce.to_owned());
+        }
+        Uuid::parse_str(payload).map_or(Revoked::Unknown, Revoked::User)
+    }
+}
+
+impl Store {
+    /// Sends a listener heartbeat on the revocation channel.
+    pub async fn ping_revocation_listeners(&self, nonce: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &client.prepare_cached("SELECT pg_notify($1, $2)").await?,
+                &[&REVOCATION_CHANNEL, &format!("ping:{nonce}")],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Listens for `NOTIFY authgate_revocation` on a dedicated connection (a pooled
+/// one would be recycled, silently dropping the LISTEN).
+pub struct RevocationListener {
+    /// Kept so the connection stays open; dropping it ends the session.
+    _client: tokio_postgres::Client,
+    notifications: tokio::sync::mpsc::UnboundedReceiver<Revoked>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl RevocationListener {
+    /// Connects and subscribes; once this returns, no notification is missed
+    /// until `next` answers None.
+    pub async fn connect(pg: &tokio_postgres::Config) -> Result<RevocationListener, StoreError> {
+        use futures::StreamExt;
+        let (client, mut connection) = pg.connect(tokio_postgres::NoTls).await?;
+        let (tx, notifications) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    let what = Revoked::parse(n.payload());
+                    if tx.send(what).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        // The channel name is a constant identifier; LISTEN takes no parameters.
+        client
+            .batch_execute(&format!("LISTEN {REVOCATION_CHANNEL}"))
+            .await?;
+        Ok(RevocationListener {
+            _client: client,
+            notifications,
+            driver,
+        })
+    }
+
+    /// The next notification; None once the connection is gone.
+    pub async fn next(&mut self) -> Option<Revoked> {
+        self.notifications.recv().await
+    }
+}
+
+impl Drop for RevocationListener {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }

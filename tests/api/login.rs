@@ -392,7 +392,9 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     )
     .await;
     let r2 = t2["refreshToken"].as_str().unwrap().to_owned();
-    // Reusing r1 (already rotated) revokes the family, r2 included.
+    // Reusing r1 (already rotated) after the retry grace window revokes the
+    // family, r2 included.
+    app.clock.advance(Duration::from_secs(11));
     let r = app
         .post_json("/api/v1/auth/refresh", &json!({"refreshToken": r1}))
         .await;

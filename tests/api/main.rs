@@ -16,6 +16,7 @@ mod openapi;
 mod otp;
 mod private_pg;
 mod rate_limits;
+mod sessions;
 mod signup;
 mod sms;
 mod webhooks;
