@@ -437,17 +437,15 @@ impl Config {
         set!(cfg.hash_queue, "AUTHGATE_HASH_QUEUE", |s| parse_range(
             s, 1, 100_000
         ));
-        set!(
-            cfg.hash_queue_timeout,
-            "AUTHGATE_HASH_QUEUE_TIMEOUT",
-            |s| parse_duration(s).and_then(|d| {
+        set!(cfg.hash_queue_timeout, "AUTHGATE_HASH_QUEUE_TIMEOUT", |s| {
+            parse_duration(s).and_then(|d| {
                 if d.is_zero() || d > Duration::from_secs(30) {
                     Err(format!("`{s}` must be more than 0 and at most 30s"))
                 } else {
                     Ok(d)
                 }
             })
-        );
+        });
         set!(cfg.pg_os_user, "AUTHGATE_PG_OS_USER", |s: &str| {
             if s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))

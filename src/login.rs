@@ -77,7 +77,11 @@ struct Reservation {
 }
 
 impl Reservation {
-    async fn settle(mut self, outcome: Settlement, now: DateTime<Utc>) -> Result<Settled, AppError> {
+    async fn settle(
+        mut self,
+        outcome: Settlement,
+        now: DateTime<Utc>,
+    ) -> Result<Settled, AppError> {
         self.pending = false;
         Ok(self
             .store
@@ -144,7 +148,9 @@ pub async fn check_password(
     let admitted = admission.as_ref().filter(|a| a.admitted);
     let reservation = Reservation {
         store: state.store().clone(),
-        user: admitted.filter(|a| a.device_id.is_none()).map(|a| a.user_id),
+        user: admitted
+            .filter(|a| a.device_id.is_none())
+            .map(|a| a.user_id),
         device: admitted.and_then(|a| a.device_id),
         id,
         rules,
@@ -152,11 +158,7 @@ pub async fn check_password(
         pending: true,
     };
     let stored_hash = admitted.map(|a| a.password_hash.clone());
-    let password_ok = match state
-        .hasher()
-        .verify(attempt.password, stored_hash)
-        .await
-    {
+    let password_ok = match state.hasher().verify(attempt.password, stored_hash).await {
         Ok(ok) => ok,
         Err(e) => {
             // Shed or failed before any verdict: the slot goes back unused.

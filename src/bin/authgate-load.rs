@@ -1171,7 +1171,9 @@ async fn login_timing(args: &Args, base: &str, run: u32) -> Result<(), String> {
     let body_of = |case: usize, i: usize| match case {
         0 => json!({"email": wrong_accounts.get((i / per_account) % wrong_accounts.len().max(1)),
                     "password": "wr0ng-password"}),
-        1 => json!({"email": format!("nobody-{run:08x}-{i}@example.com"), "password": "wr0ng-password"}),
+        1 => {
+            json!({"email": format!("nobody-{run:08x}-{i}@example.com"), "password": "wr0ng-password"})
+        }
         2 => json!({"email": locked, "password": PASSWORD}),
         _ => json!({"email": format!("not an e-mail {i}"), "password": "wr0ng-password"}),
     };

@@ -400,7 +400,10 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
         if s.len() <= 256 {
             Ok(s.to_owned())
         } else {
-            Err(("too_long", "deviceToken must be at most 256 characters".to_owned()))
+            Err((
+                "too_long",
+                "deviceToken must be at most 256 characters".to_owned(),
+            ))
         }
     });
     f.finish()?;

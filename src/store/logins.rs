@@ -128,7 +128,8 @@ fn admit_sql() -> String {
 /// that passed starts from zero.
 fn settle_set(t: &str, o: &str) -> String {
     let failing = format!("($4 = 'failure' AND NOT coalesce({o}.locked_until > $5, false))");
-    let recent = format!("ARRAY(SELECT f.at FROM unnest({t}.login_failures) AS f(at) WHERE f.at > $6)");
+    let recent =
+        format!("ARRAY(SELECT f.at FROM unnest({t}.login_failures) AS f(at) WHERE f.at > $6)");
     let locks = format!("({failing} AND cardinality({recent}) + 1 >= $7)");
     format!(
         "login_inflight = {t}.login_inflight - $3::text,

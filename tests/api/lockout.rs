@@ -53,7 +53,12 @@ async fn slots_taken(db: &tokio_postgres::Client, email: &str) -> Option<usize> 
     })
 }
 
-async fn audit_count(db: &tokio_postgres::Client, id: &str, kind: &str, reason: Option<&str>) -> i64 {
+async fn audit_count(
+    db: &tokio_postgres::Client,
+    id: &str,
+    kind: &str,
+    reason: Option<&str>,
+) -> i64 {
     let id = uuid::Uuid::parse_str(id).unwrap();
     db.query_one(
         "SELECT count(*) FROM audit_events WHERE user_id = $1 AND kind = $2
@@ -103,7 +108,10 @@ async fn concurrent_guesses_over_two_processes_evaluate_at_most_the_ceiling() {
         assert_eq!(*status, 401, "{body}");
         assert_eq!(body["code"], "invalid_credentials", "{body}");
     }
-    assert_eq!(right_status, 401, "the right password got through: {right_body}");
+    assert_eq!(
+        right_status, 401,
+        "the right password got through: {right_body}"
+    );
     assert_eq!(right_body["code"], "invalid_credentials");
     let evaluated = audit_count(&db, &a.id, "login_failed", Some("wrong_password")).await;
     assert!(
@@ -131,7 +139,10 @@ async fn one_wrong_password_a_minute_never_locks_out_a_device_bearing_owner() {
         if minute == 2 {
             // The attacker did lock the account for clients without a device.
             let (status, body) = login_status(&app, &right).await;
-            assert_eq!((status, body["code"].as_str()), (401, Some("invalid_credentials")));
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (401, Some("invalid_credentials"))
+            );
         }
         device = device_login(&app, &a, Some(&device)).await;
         app.clock.advance(Duration::from_secs(60));
@@ -183,7 +194,10 @@ async fn failures_from_a_device_lock_that_device_only() {
         &json!({"email": a.email, "password": a.password, "deviceToken": device}),
     )
     .await;
-    assert_eq!((status, body["code"].as_str()), (401, Some("invalid_credentials")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
     // The account itself is not locked: the owner's other clients still log in.
     device_login(&app, &a, None).await;
 }
@@ -204,7 +218,11 @@ async fn a_device_token_of_another_account_or_a_made_up_one_is_no_exemption() {
             &json!({"email": a.email, "password": a.password, "deviceToken": device}),
         )
         .await;
-        assert_eq!((status, body["code"].as_str()), (401, Some("invalid_credentials")), "{device}");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("invalid_credentials")),
+            "{device}"
+        );
     }
     // Not a string: a 400 like any other malformed field, never a 500.
     let r = app

@@ -19,9 +19,17 @@ const LOGIN: &str = "/api/v1/account/login";
 fn cases<'a>(a: &'a Account, locked: &'a Account) -> [(&'static str, &'a str, &'a str); 4] {
     [
         ("wrong password", a.email.as_str(), "wrong-passw0rd"),
-        ("unknown e-mail", "nobody-here@example.com", "wrong-passw0rd"),
+        (
+            "unknown e-mail",
+            "nobody-here@example.com",
+            "wrong-passw0rd",
+        ),
         // The right password of a locked account.
-        ("locked account", locked.email.as_str(), locked.password.as_str()),
+        (
+            "locked account",
+            locked.email.as_str(),
+            locked.password.as_str(),
+        ),
         ("malformed e-mail", "not an e-mail", "wrong-passw0rd"),
     ]
 }
@@ -33,7 +41,10 @@ async fn every_refused_login_does_the_same_database_and_hash_work() {
     let locked = account(&app).await;
     for _ in 0..3 {
         let r = app
-            .post_json(LOGIN, &json!({"email": locked.email, "password": "wrong-passw0rd"}))
+            .post_json(
+                LOGIN,
+                &json!({"email": locked.email, "password": "wrong-passw0rd"}),
+            )
             .await;
         expect_error(r, 401, "invalid_credentials").await;
     }
