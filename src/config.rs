@@ -75,6 +75,12 @@ pub struct Config {
     /// `AUTHGATE_HASH_CONCURRENCY`: password hashes run at once (default: CPU count).
     /// Each argon2 hash holds 19 MiB, so this also bounds hashing memory.
     pub hash_concurrency: usize,
+    /// `AUTHGATE_HASH_QUEUE`: hashes that may wait for a thread (default 256);
+    /// beyond it a login or sign-up answers 503 `overloaded` at once.
+    pub hash_queue: usize,
+    /// `AUTHGATE_HASH_QUEUE_TIMEOUT`: longest wait for a hashing thread (default
+    /// 5 s, at most 30 s); a hash that waited longer is dropped as `overloaded`.
+    pub hash_queue_timeout: Duration,
     /// `AUTHGATE_PG_OS_USER`: the unprivileged account the private PostgreSQL runs as
     /// when authgate itself runs as root (default `postgres`).
     pub pg_os_user: String,
@@ -135,6 +141,9 @@ pub struct QuotaConfig {
     /// `AUTHGATE_LOGIN_LOCKOUT_MAX`.
     pub lockout_base: Duration,
     pub lockout_max: Duration,
+    /// `AUTHGATE_LOGIN_FAILURE_WINDOW`: failed passwords older than this stop
+    /// counting toward a lockout (default 15 minutes).
+    pub lockout_window: Duration,
 }
 
 impl Default for QuotaConfig {
@@ -148,6 +157,7 @@ impl Default for QuotaConfig {
             lockout_after: 10,
             lockout_base: Duration::from_secs(60),
             lockout_max: Duration::from_secs(15 * 60),
+            lockout_window: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -338,6 +348,8 @@ impl Default for Config {
             hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            hash_queue: crate::hasher::DEFAULT_QUEUE,
+            hash_queue_timeout: crate::hasher::DEFAULT_WAIT,
             pg_os_user: "postgres".to_owned(),
             log_format: LogFormat::Text,
             shutdown_grace: Duration::from_secs(10),
@@ -433,6 +445,18 @@ impl Config {
         set!(cfg.otp_length, "OTP_LENGTH", |s| parse_range(s, 4, 10));
         set!(cfg.hash_concurrency, "AUTHGATE_HASH_CONCURRENCY", |s| {
             parse_range(s, 1, 256)
+        });
+        set!(cfg.hash_queue, "AUTHGATE_HASH_QUEUE", |s| parse_range(
+            s, 1, 100_000
+        ));
+        set!(cfg.hash_queue_timeout, "AUTHGATE_HASH_QUEUE_TIMEOUT", |s| {
+            parse_duration(s).and_then(|d| {
+                if d.is_zero() || d > Duration::from_secs(30) {
+                    Err(format!("`{s}` must be more than 0 and at most 30s"))
+                } else {
+                    Ok(d)
+                }
+            })
         });
         set!(cfg.pg_os_user, "AUTHGATE_PG_OS_USER", |s: &str| {
             if s.chars()
@@ -591,6 +615,17 @@ impl Config {
             parse_duration
         );
         set!(
+            cfg.quotas.lockout_window,
+            "AUTHGATE_LOGIN_FAILURE_WINDOW",
+            |s| parse_duration(s).and_then(|d| {
+                if d.is_zero() {
+                    Err("must be positive".to_owned())
+                } else {
+                    Ok(d)
+                }
+            })
+        );
+        set!(
             cfg.rate_limits.enabled,
             "AUTHGATE_RATE_LIMITS",
             |s: &str| match s.to_ascii_lowercase().as_str() {
@@ -715,6 +750,15 @@ impl Config {
             (
                 "AUTHGATE_HASH_CONCURRENCY",
                 self.hash_concurrency.to_string(),
+            ),
+            ("AUTHGATE_HASH_QUEUE", self.hash_queue.to_string()),
+            (
+                "AUTHGATE_HASH_QUEUE_TIMEOUT",
+                format!("{:?}", self.hash_queue_timeout),
+            ),
+            (
+                "AUTHGATE_LOGIN_FAILURE_WINDOW",
+                format!("{:?}", self.quotas.lockout_window),
             ),
             ("AUTHGATE_PG_OS_USER", self.pg_os_user.clone()),
             ("AUTHGATE_LOG_FORMAT", format!("{:?}", self.log_format)),
@@ -1072,6 +1116,33 @@ mod tests {
             vars_of(cfg(&[("AUTHGATE_SMS_PER_PHONE_HOUR", "0")])),
             ["AUTHGATE_SMS_PER_PHONE_HOUR"]
         );
+    }
+
+    #[test]
+    fn hash_queue_and_failure_window_parse_and_name_bad_values() {
+        let c = cfg(&[
+            ("AUTHGATE_HASH_QUEUE", "64"),
+            ("AUTHGATE_HASH_QUEUE_TIMEOUT", "2s"),
+            ("AUTHGATE_LOGIN_FAILURE_WINDOW", "5m"),
+        ])
+        .unwrap();
+        assert_eq!(c.hash_queue, 64);
+        assert_eq!(c.hash_queue_timeout, Duration::from_secs(2));
+        assert_eq!(c.quotas.lockout_window, Duration::from_secs(300));
+        assert_eq!(
+            vars_of(cfg(&[
+                ("AUTHGATE_HASH_QUEUE", "0"),
+                ("AUTHGATE_HASH_QUEUE_TIMEOUT", "1h"),
+                ("AUTHGATE_LOGIN_FAILURE_WINDOW", "0"),
+            ])),
+            [
+                "AUTHGATE_HASH_QUEUE",
+                "AUTHGATE_HASH_QUEUE_TIMEOUT",
+                "AUTHGATE_LOGIN_FAILURE_WINDOW"
+            ]
+        );
+        let described = Config::default().describe();
+        assert!(described.contains(&("AUTHGATE_HASH_QUEUE", "256".to_owned())));
     }
 
     #[test]

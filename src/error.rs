@@ -84,6 +84,10 @@ pub enum AppError {
     /// 503: the database or an actor could not answer in time; retrying is safe.
     #[error("service unavailable: {0}")]
     Unavailable(#[source] BoxError),
+    /// 503: the password hashing queue is full (or its wait too long); load is
+    /// shed before any work, retry after `retry_after`.
+    #[error("overloaded")]
+    Overloaded { retry_after: Duration },
     /// 500: a bug or an unexpected failure; logged with the request id.
     #[error("internal error: {0}")]
     Internal(#[source] BoxError),
@@ -145,6 +149,7 @@ impl AppError {
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -184,6 +189,7 @@ impl AppError {
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::TooManyRequests { .. } => "too_many_requests",
             AppError::Unavailable(_) => "unavailable",
+            AppError::Overloaded { .. } => "overloaded",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -278,13 +284,18 @@ impl AppError {
             AppError::Unavailable(_) => {
                 "the service is temporarily unavailable; retry shortly".to_owned()
             }
+            AppError::Overloaded { retry_after } => format!(
+                "the server is busy; retry after {} seconds",
+                retry_after.as_secs().max(1)
+            ),
             AppError::Internal(_) => "an internal error occurred".to_owned(),
         }
     }
 
     /// Whether the boundary should log this error's internal cause.
     pub fn is_server_side(&self) -> bool {
-        self.status().is_server_error()
+        // Shed load has no cause to log, and a flood must not flood the log too.
+        self.status().is_server_error() && !matches!(self, AppError::Overloaded { .. })
     }
 }
 

@@ -11,6 +11,10 @@
 //! - PostgreSQL: the one source of truth, external (`DATABASE_URL`) or the private
 //!   server of [`store::private_pg`].
 //!
+//! [`login`] is the password check every login runs (atomic admission, one
+//! verify, settlement) and the device tokens that exempt an owner's device from
+//! the lockout.
+//!
 //! [`domain`] holds the pure rules (parsing, validation, password hashing) used by
 //! every layer; [`config`] the typed configuration; [`error`] the one error type;
 //! [`sms`] sending one SMS (Twilio or the console) and the retry policy.
@@ -25,6 +29,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod hasher;
+pub mod login;
 pub mod metrics;
 pub mod revocation;
 pub mod routes;

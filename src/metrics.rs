@@ -259,7 +259,13 @@ pub struct Metrics {
     code_checks: [[AtomicU64; 4]; 4],
     quota_refusals: [AtomicU64; 4],
     hash_wait: Histogram,
+    /// Hashes not run, by [`HASH_DROP_REASONS`].
+    hash_dropped: [AtomicU64; 3],
 }
+
+/// Why a password hash was not run: the queue was full, the wait too long, or
+/// the caller gone.
+pub const HASH_DROP_REASONS: [&str; 3] = ["shed", "timed_out", "abandoned"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -300,6 +306,7 @@ impl Metrics {
             code_checks: std::array::from_fn(|_| counters()),
             quota_refusals: counters(),
             hash_wait: Histogram::new(HASH_WAIT_BOUNDS),
+            hash_dropped: counters(),
         }
     }
 
@@ -337,6 +344,16 @@ impl Metrics {
         self.hash_wait.observe(waited);
     }
 
+    /// A password hash not run, `reason` one of [`HASH_DROP_REASONS`].
+    pub fn hash_dropped(&self, reason: &str) {
+        bump(
+            HASH_DROP_REASONS
+                .iter()
+                .position(|r| *r == reason)
+                .and_then(|i| self.hash_dropped.get(i)),
+        );
+    }
+
     /// The whole exposition: these counters plus the scrape-time figures.
     pub fn render(&self, live: &Live) -> String {
         let mut out = String::with_capacity(16 * 1024);
@@ -366,6 +383,19 @@ impl Metrics {
         );
         self.hash_wait
             .render(&mut out, "authgate_password_hash_queue_wait_seconds", "");
+        header(
+            &mut out,
+            "authgate_password_hash_dropped_total",
+            "counter",
+            "Password hashes not run: queue full (503 overloaded), waited past the queue timeout, or the caller gone.",
+        );
+        for (i, reason) in HASH_DROP_REASONS.iter().enumerate() {
+            let n = load(self.hash_dropped.get(i));
+            let _ = writeln!(
+                out,
+                "authgate_password_hash_dropped_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         render_pool(&mut out, live);
         header(
             &mut out,

@@ -52,7 +52,9 @@ struct Inner {
 
 impl AppState {
     pub fn new(parts: AppParts) -> AppState {
-        let hasher = Hasher::new(parts.config.hash_concurrency).with_metrics(parts.metrics.clone());
+        let c = &parts.config;
+        let hasher = Hasher::bounded(c.hash_concurrency, c.hash_queue, c.hash_queue_timeout)
+            .with_metrics(parts.metrics.clone());
         AppState {
             inner: Arc::new(Inner { parts, hasher }),
         }

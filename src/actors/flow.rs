@@ -325,7 +325,9 @@ async fn verify(s: &mut FlowActorState, code: String) -> Result<TokensBody, AppE
     let step = apply(s, Event::CodeSubmitted { correct }).await?;
     match step.reply {
         Ok(Reply::Tokens(amr)) => {
-            issue_tokens(&s.app, s.user_id, amr.as_strs(), Uuid::new_v4()).await
+            let mut tokens = issue_tokens(&s.app, s.user_id, amr.as_strs(), Uuid::new_v4()).await?;
+            tokens.device_token = Some(crate::login::issue_device_token(&s.app, s.user_id).await?);
+            Ok(tokens)
         }
         Ok(_) => Err(AppError::internal("code step answered without tokens")),
         Err(e) => Err(flow_error(e, s.app.clock().now())),

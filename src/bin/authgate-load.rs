@@ -35,6 +35,15 @@
 //!   (only with a server this tool started: it needs the database and the
 //!   server's secret), so nothing but checks is measured.
 //!
+//! - `login-timing`: not a throughput run but a side-channel benchmark (issue
+//!   14, item 9): a wrong password, an unknown e-mail, a locked account's right
+//!   password and a malformed e-mail, `--samples` logins each, interleaved in a
+//!   random order one at a time; prints each case's p50 and p99 and their ratio
+//!   to the slowest case. All four must answer the same 401 after the same work,
+//!   so the ratios should be within a few percent of 1. It locks its accounts
+//!   after 5 failures for an hour (`AUTHGATE_LOGIN_LOCKOUT_*` of a server this
+//!   tool starts; give a `--target` the same settings).
+//!
 //! `--argon2-bound S` measures, with no server, the argon2 bound of password
 //! logins: `domain::password::verify` (the server's own parameters) on as many
 //! threads as there are cores, for S seconds.
@@ -59,7 +68,9 @@ Usage: authgate-load [OPTIONS]
 
 Options:
   --flow LIST           comma-separated: signup, login, phone-verify, 2fa-login,
-                        refresh, code-check, check, all (default code-check)
+                        refresh, code-check, check, all (default code-check),
+                        or login-timing (the four refused logins side by side)
+  --samples N           logins per case for login-timing, 10 to 100000 (default 300)
   --users V             virtual users, 1 to 1024 (default 16)
   --duration D          seconds per flow, 1 to 600 (default 10)
   --target URL          a running server (loopback only); it must send SMS to
@@ -95,6 +106,8 @@ enum Flow {
     Refresh,
     CodeCheck,
     Check,
+    /// Not in `ALL`: a latency comparison, not a throughput run.
+    LoginTiming,
 }
 
 impl Flow {
@@ -117,6 +130,7 @@ impl Flow {
             Flow::Refresh => "refresh",
             Flow::CodeCheck => "code-check",
             Flow::Check => "check",
+            Flow::LoginTiming => "login-timing",
         }
     }
 
@@ -128,6 +142,7 @@ impl Flow {
             .map(|f| {
                 Flow::ALL
                     .into_iter()
+                    .chain([Flow::LoginTiming])
                     .find(|x| x.name() == f.trim())
                     .ok_or_else(|| format!("unknown flow `{f}`"))
             })
@@ -150,6 +165,7 @@ struct Args {
     otp_length: usize,
     check_users: usize,
     argon2_bound: Option<u64>,
+    samples: usize,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -167,6 +183,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         otp_length: 6,
         check_users: 1500,
         argon2_bound: None,
+        samples: 300,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -217,6 +234,13 @@ fn parse_args() -> Result<Option<Args>, String> {
                         .filter(|n| (1..=60).contains(n))
                         .ok_or("--argon2-bound must be 1 to 60 seconds")?,
                 )
+            }
+            "--samples" => {
+                a.samples = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (10..=100_000).contains(n))
+                    .ok_or("--samples must be 10 to 100000")?
             }
             "--check-users" => {
                 a.check_users = value()?
@@ -429,6 +453,14 @@ async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, Strin
         .env("OTP_RESEND_COOLDOWN", "0")
         .kill_on_drop(true)
         .stdin(Stdio::null());
+    if args.flows.contains(&Flow::LoginTiming) {
+        cmd.env(
+            "AUTHGATE_LOGIN_LOCKOUT_AFTER",
+            TIMING_LOCKOUT_AFTER.to_string(),
+        )
+        .env("AUTHGATE_LOGIN_LOCKOUT_BASE", "1h")
+        .env("AUTHGATE_LOGIN_LOCKOUT_MAX", "1h");
+    }
     let mut database = None;
     let mut database_url = None;
     if args.embedded {
@@ -712,7 +744,7 @@ impl Vu {
     /// Untimed preparation before the measured phase.
     async fn setup(&mut self, flow: Flow) -> Step<()> {
         match flow {
-            Flow::Signup | Flow::PhoneVerify | Flow::Check => Ok(()),
+            Flow::Signup | Flow::PhoneVerify | Flow::Check | Flow::LoginTiming => Ok(()),
             Flow::Login | Flow::Refresh => {
                 self.signup().await?;
                 self.login().await
@@ -786,6 +818,8 @@ impl Vu {
                 .await
                 .map(drop)
             }
+            // Measured by `login_timing`, never by virtual users.
+            Flow::LoginTiming => Err(()),
             Flow::CodeCheck => {
                 let on = self.toggle_2fa(true).await;
                 // Whatever happened, try to leave 2FA off for the next round.
@@ -1040,6 +1074,13 @@ async fn run(args: Args) -> Result<(), String> {
     for &flow in &args.flows {
         // Fresh users per flow: e-mail addresses and phones never repeat.
         let run_id = rand::random::<u32>();
+        if flow == Flow::LoginTiming {
+            if let Err(e) = login_timing(&args, &base, run_id).await {
+                result = Err(e);
+                break;
+            }
+            continue;
+        }
         match run_flow(flow, &args, &base, &capture, server.as_ref(), run_id).await {
             Ok((mut rec, elapsed)) => report(flow, &args, &mut rec, elapsed, server.as_ref()),
             Err(e) => {
@@ -1056,6 +1097,151 @@ async fn run(args: Args) -> Result<(), String> {
         s.stop(args.keep_db).await;
     }
     result
+}
+
+// ---------------------------------------------------------------- login timing
+
+/// Failures that lock an account in `login-timing` (set on a server it starts).
+const TIMING_LOCKOUT_AFTER: usize = 5;
+
+/// One POST; the status and JSON body.
+async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<(u16, Value), String> {
+    let r = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = r.status().as_u16();
+    Ok((status, r.json::<Value>().await.unwrap_or(Value::Null)))
+}
+
+/// The four logins that must not be told apart, side by side: median and p99
+/// latency of each, and their ratio to the slowest case.
+async fn login_timing(args: &Args, base: &str, run: u32) -> Result<(), String> {
+    use rand::seq::SliceRandom;
+    const CASES: [&str; 4] = [
+        "wrong password",
+        "unknown e-mail",
+        "locked account",
+        "malformed e-mail",
+    ];
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let login = format!("{base}/api/v1/account/login");
+    let signup = format!("{base}/api/v1/account/signup");
+    let mut ids = Ids { run, vu: 0, n: 0 };
+    let mut new_account = || {
+        let (email, phone) = ids.next();
+        let body = json!({"email": email, "phone": phone, "password": PASSWORD,
+                          "firstName": "Load", "lastName": "Timing"});
+        (email, body)
+    };
+    // Wrong passwords rotate over accounts that each stay under the lockout.
+    let per_account = TIMING_LOCKOUT_AFTER - 1;
+    let warmup = 10;
+    let needed = (args.samples + warmup).div_ceil(per_account);
+    let mut wrong_accounts = Vec::with_capacity(needed);
+    for _ in 0..needed {
+        let (email, body) = new_account();
+        match post_json(&client, &signup, &body).await? {
+            (201, _) => wrong_accounts.push(email),
+            (s, v) => return Err(format!("sign-up: {s} {v}")),
+        }
+    }
+    let (locked, body) = new_account();
+    match post_json(&client, &signup, &body).await? {
+        (201, _) => {}
+        (s, v) => return Err(format!("sign-up: {s} {v}")),
+    }
+    for _ in 0..TIMING_LOCKOUT_AFTER {
+        post_json(
+            &client,
+            &login,
+            &json!({"email": locked, "password": "wr0ng-password"}),
+        )
+        .await?;
+    }
+    let body_of = |case: usize, i: usize| match case {
+        0 => json!({"email": wrong_accounts.get((i / per_account) % wrong_accounts.len().max(1)),
+                    "password": "wr0ng-password"}),
+        1 => {
+            json!({"email": format!("nobody-{run:08x}-{i}@example.com"), "password": "wr0ng-password"})
+        }
+        2 => json!({"email": locked, "password": PASSWORD}),
+        _ => json!({"email": format!("not an e-mail {i}"), "password": "wr0ng-password"}),
+    };
+    let mut samples: [Vec<u32>; 4] = Default::default();
+    let mut unexpected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut order = [0usize, 1, 2, 3];
+    let mut rng = rand::thread_rng();
+    let started = Instant::now();
+    for i in 0..warmup + args.samples {
+        order.shuffle(&mut rng);
+        for &case in &order {
+            let body = body_of(case, i);
+            let t = Instant::now();
+            let (status, v) = post_json(&client, &login, &body).await?;
+            let micros = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+            if status != 401 || v["code"] != "invalid_credentials" {
+                let code = v["code"].as_str().unwrap_or("-");
+                *unexpected
+                    .entry(format!("{}: {status} {code}", CASES[case]))
+                    .or_default() += 1;
+            } else if i >= warmup {
+                samples[case].push(micros);
+            }
+        }
+    }
+    for s in samples.iter_mut() {
+        s.sort_unstable();
+    }
+    let p50: Vec<f64> = samples.iter().map(|s| percentile(s, 0.50)).collect();
+    let p99: Vec<f64> = samples.iter().map(|s| percentile(s, 0.99)).collect();
+    let slowest = |v: &[f64]| v.iter().copied().fold(f64::MIN_POSITIVE, f64::max);
+    let (max50, max99) = (slowest(&p50), slowest(&p99));
+    println!(
+        "\n== login-timing | {} logins per case, interleaved, one at a time | {:.1} s",
+        args.samples,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "   {:<18} {:>7} {:>9} {:>9} {:>12} {:>12}",
+        "case", "count", "p50 ms", "p99 ms", "p50/slowest", "p99/slowest"
+    );
+    for (case, name) in CASES.iter().enumerate() {
+        println!(
+            "   {:<18} {:>7} {:>9.2} {:>9.2} {:>12.3} {:>12.3}",
+            name,
+            samples[case].len(),
+            p50[case],
+            p99[case],
+            p50[case] / max50,
+            p99[case] / max99
+        );
+    }
+    let spread50 = 1.0 - p50.iter().copied().fold(f64::MAX, f64::min) / max50;
+    let spread99 = 1.0 - p99.iter().copied().fold(f64::MAX, f64::min) / max99;
+    println!(
+        "   spread: p50 {:.1}%, p99 {:.1}% (fastest vs slowest case)",
+        spread50 * 100.0,
+        spread99 * 100.0
+    );
+    if unexpected.is_empty() {
+        println!("   every answer: 401 invalid_credentials");
+    } else {
+        println!("   answers other than 401 invalid_credentials:");
+        for (kind, n) in &unexpected {
+            println!("     {n:>8}  {kind}");
+        }
+    }
+    Ok(())
 }
 
 /// Password verifies per second on every core: the most password logins the

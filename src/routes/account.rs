@@ -384,8 +384,8 @@ pub struct OtpRequiredBody {
     pub resend_after: DateTime<Utc>,
 }
 
-/// `POST /account/login`. An unknown e-mail and a wrong password answer alike,
-/// after the same argon2 work.
+/// `POST /account/login`. A wrong password, an unknown or malformed e-mail and a
+/// locked account answer alike, after the same work (`login::check_password`).
 async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let mut f = Fields::new(body);
     let email = f.parse("email", |s| {
@@ -401,41 +401,33 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
             "password must be 1 to 128 characters".to_owned(),
         ))
     });
+    let device_token = f.optional("deviceToken", |s| {
+        if s.len() <= 256 {
+            Ok(s.to_owned())
+        } else {
+            Err((
+                "too_long",
+                "deviceToken must be at most 256 characters".to_owned(),
+            ))
+        }
+    });
     f.finish()?;
     let (Some(email), Some(password)) = (email, password) else {
         return Err(AppError::internal("login fields missing after validation"));
     };
-    // A malformed address cannot belong to an account; it still costs a verify.
-    let creds = match Email::parse(&email) {
-        Ok(e) => state.store().credentials_by_email(e.as_str()).await?,
-        Err(_) => None,
+    let attempt = crate::login::Attempt {
+        email,
+        password: password.clone(),
+        device_token,
     };
-    let stored_hash = creds.as_ref().map(|c| c.password_hash.clone());
-    let started = state.clock().now();
-    let locked = creds
-        .as_ref()
-        .and_then(|c| c.locked_until)
-        .is_some_and(|until| until > started);
-    // The hash is checked even while locked, so a lockout costs and looks the same.
-    let password_ok = state
-        .hasher()
-        .verify(password.clone(), stored_hash.clone())
-        .await?;
-    let ok = password_ok && !locked;
+    let verified = crate::login::check_password(&state, &client, attempt).await?;
     let now = state.clock().now();
-    record_password_outcome(
-        &state,
-        &client,
-        creds.as_ref().map(|c| c.id),
-        password_ok,
-        locked,
-    )
-    .await?;
     let limits = crate::actors::flow::limits(state.config());
     let flow = login_flow::start(now, &limits);
-    let two_fa = creds.as_ref().is_some_and(|c| c.two_fa);
+    let two_fa = verified.as_ref().is_some_and(|v| v.two_fa);
+    let ok = verified.is_some();
     let step = login_flow::transition(&flow, Event::PasswordChecked { ok, two_fa }, now, &limits);
-    let creds = match (step.reply, creds) {
+    let (reply, creds) = match (step.reply, verified) {
         (Err(e), _) => {
             tracing::info!("login refused: invalid credentials");
             return Err(crate::actors::flow::flow_error(e, now));
@@ -443,14 +435,14 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
         (Ok(_), None) => return Err(AppError::internal("login accepted without an account")),
         (Ok(reply), Some(creds)) => (reply, creds),
     };
-    let (reply, creds) = creds;
-    if let Some(old) = stored_hash.filter(|h| crate::domain::password::needs_rehash(h)) {
+    let old = &creds.password_hash;
+    if crate::domain::password::needs_rehash(old) {
         // Upgrading is best effort: the login succeeds either way.
         match state.hasher().hash(password).await {
             Ok(new) => {
                 if let Err(e) = state
                     .store()
-                    .upgrade_password_hash(creds.id, &old, &new)
+                    .upgrade_password_hash(creds.user_id, old, &new)
                     .await
                 {
                     tracing::warn!(error = %e, "password hash upgrade failed");
@@ -461,22 +453,25 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
     }
     match reply {
         Reply::Tokens(amr) => {
-            tracing::info!(user_id = %creds.id, "login succeeded (password)");
+            tracing::info!(user_id = %creds.user_id, "login succeeded (password)");
             audit::record(
                 &state,
-                Some(creds.id),
+                Some(creds.user_id),
                 AuditKind::LoginSucceeded,
                 &client,
                 json!({ "amr": amr.as_strs() }),
             )
             .await;
-            let tokens = issue_tokens(&state, creds.id, amr.as_strs(), Uuid::new_v4()).await?;
+            let mut tokens =
+                issue_tokens(&state, creds.user_id, amr.as_strs(), Uuid::new_v4()).await?;
+            tokens.device_token =
+                Some(crate::login::issue_device_token(&state, creds.user_id).await?);
             Ok(json(StatusCode::OK, &tokens))
         }
         Reply::OtpRequired { .. } => {
             let started = state
                 .flows()
-                .start(&state, creds.id, creds.phone, step.state, now, &client)
+                .start(&state, creds.user_id, creds.phone, step.state, now, &client)
                 .await?;
             Ok(json(
                 StatusCode::OK,
@@ -493,70 +488,6 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
             Err(AppError::internal("password step answered out of order"))
         }
     }
-}
-
-/// Counts a failed password (and audits a lockout) or clears the count.
-async fn record_password_outcome(
-    state: &AppState,
-    client: &ClientInfo,
-    user: Option<Uuid>,
-    password_ok: bool,
-    locked: bool,
-) -> Result<(), AppError> {
-    let Some(id) = user else {
-        audit::record(
-            state,
-            None,
-            AuditKind::LoginFailed,
-            client,
-            json!({ "reason": "unknown_email" }),
-        )
-        .await;
-        return Ok(());
-    };
-    if locked {
-        audit::record(
-            state,
-            Some(id),
-            AuditKind::LoginFailed,
-            client,
-            json!({ "reason": "locked" }),
-        )
-        .await;
-        return Ok(());
-    }
-    if password_ok {
-        return Ok(state.store().record_successful_login(id).await?);
-    }
-    let q = &state.config().quotas;
-    let now = state.clock().now();
-    let failed = state
-        .store()
-        .record_failed_login(id, now, q.lockout_after, q.lockout_base, q.lockout_max)
-        .await?;
-    audit::record(
-        state,
-        Some(id),
-        AuditKind::LoginFailed,
-        client,
-        json!({ "reason": "wrong_password", "failuresInARow": failed.failures }),
-    )
-    .await;
-    if let Some(until) = failed
-        .locked_until
-        .filter(|_| failed.failures >= q.lockout_after)
-    {
-        tracing::warn!(user_id = %id, %until, "account locked after failed logins");
-        audit::record(
-            state,
-            Some(id),
-            AuditKind::LockedOut,
-            client,
-            json!({ "until": until, "failuresInARow": failed.failures }),
-        )
-        .await;
-    }
-    Ok(())
 }
 
 fn parse_flow_id(f: &mut Fields) -> Option<Uuid> {

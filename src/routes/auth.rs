@@ -113,6 +113,12 @@ pub struct TokensBody {
     pub token_type: &'static str,
     /// Seconds until the access token expires.
     pub expires_in: i64,
+    /// With a login (not a refresh): this device's token, 43 URL-safe base64
+    /// characters. Send it back as `deviceToken` with later logins of this
+    /// account: other clients' failed passwords then never lock this device out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub device_token: Option<String>,
 }
 
 /// Starts a session (`session_id`, new per login) and issues its first tokens.
@@ -168,6 +174,7 @@ fn tokens_body(
         refresh_token: refresh,
         token_type: "Bearer",
         expires_in: state.tokens().access_ttl_secs(),
+        device_token: None,
     })
 }
 

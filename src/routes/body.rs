@@ -152,6 +152,19 @@ impl Fields {
         }
     }
 
+    /// An optional string field: absent or null gives `None`; a non-string or a
+    /// parse failure is recorded like `parse` does.
+    pub fn optional<T>(
+        &mut self,
+        field: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, (&'static str, String)>,
+    ) -> Option<T> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => None,
+            Some(_) => self.parse(field, parse),
+        }
+    }
+
     /// `Ok(())` when no field had a problem, else the 400 listing all of them.
     pub fn finish(self) -> Result<(), AppError> {
         if self.errors.is_empty() {

@@ -71,10 +71,18 @@ pub struct SignupRequest {
 
 /// `POST /account/login`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"email": "ada@example.com", "password": "s3cure-passw0rd"}))]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"email": "ada@example.com", "password": "s3cure-passw0rd", "deviceToken": "q8Zb1v0yXr4tN2mK6pLw9sD3fG7hJ5cA1eR8uI0oP2Y"}))]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
+    /// Optional: the `deviceToken` of an earlier login of this account on this
+    /// device. A valid one is admitted against its own failure count, so other
+    /// clients' failed passwords never lock it out; an unknown, expired or
+    /// foreign one is ignored (the login counts as an untrusted client's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, max_length = 256)]
+    pub device_token: Option<String>,
 }
 
 /// `POST /account/login/verify`: the SMS code of a 2FA login.
@@ -220,6 +228,13 @@ fn server_errors() -> Vec<AppError> {
     ]
 }
 
+/// What a route that hashes a password answers when the hashing queue is full.
+fn overloaded() -> AppError {
+    AppError::Overloaded {
+        retry_after: std::time::Duration::from_secs(1),
+    }
+}
+
 fn too_many() -> AppError {
     AppError::TooManyRequests {
         retry_after: std::time::Duration::from_secs(30),
@@ -303,6 +318,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 json_body_errors(validation_example()),
                 vec![E::EmailTaken, E::PhoneTaken, too_many()],
                 server_errors(),
+                vec![overloaded()],
             ]),
         },
         ("POST", "/api/v1/account/login") => Spec {
@@ -311,7 +327,12 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             summary: "Log in with e-mail and password",
             description: Some(
                 "Tokens, or `otp_required` with a flow id when 2FA is on (a code is sent by SMS). \
-                 An unknown e-mail and a wrong password answer the same 401.",
+                 A wrong password, an unknown e-mail and a locked account answer the same 401 \
+                 after the same work. Each attempt is admitted atomically before the password \
+                 is checked: once `AUTHGATE_LOGIN_LOCKOUT_AFTER` attempts are failing or in \
+                 flight, further ones answer 401 until the lock passes. Tokens carry a \
+                 `deviceToken`; sent back with later logins, it exempts this device from the \
+                 account's lockout (it has its own).",
             ),
             auth: Auth::None,
             body: Body::Json("LoginRequest"),
@@ -325,6 +346,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 vec![E::InvalidCredentials, too_many()],
                 sms_refusals(),
                 server_errors(),
+                vec![overloaded()],
             ]),
         },
         ("POST", "/api/v1/account/login/verify") => Spec {
@@ -627,7 +649,7 @@ fn error_response(
     let mut response = ResponseBuilder::new()
         .description(description)
         .content("application/json", content);
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    if status == StatusCode::TOO_MANY_REQUESTS || codes.contains(&"overloaded") {
         response = response.header(
             "Retry-After",
             HeaderBuilder::new()

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod flows;
+pub mod logins;
 pub mod otp;
 pub mod outbox;
 pub mod private_pg;
@@ -79,6 +80,20 @@ impl From<StoreError> for AppError {
     }
 }
 
+tokio::task_local! {
+    /// Pool checkouts made by the task running [`count_checkouts`].
+    static CHECKOUTS: std::sync::Arc<std::sync::atomic::AtomicUsize>;
+}
+
+/// Runs `work` and counts the connections it took from the pool, in any store
+/// module (each store call takes one): how tests prove that two requests did
+/// the same database work, without timing them. Other tasks are not counted.
+pub async fn count_checkouts<F: std::future::Future>(work: F) -> (F::Output, usize) {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let out = CHECKOUTS.scope(n.clone(), work).await;
+    (out, n.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Handle to the database: a connection pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -110,6 +125,7 @@ impl Store {
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        let _ = CHECKOUTS.try_with(|n| n.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         Ok(self.pool.get().await?)
     }
 
