@@ -79,8 +79,7 @@ pub async fn issue_tokens(
         .issue(user_id, amr, now)
         .map_err(AppError::internal)?;
     let refresh = new_refresh_token();
-    let ttl = chrono::Duration::from_std(state.config().refresh_ttl)
-        .unwrap_or(chrono::Duration::days(30));
+    let ttl = crate::clock::span(state.config().refresh_ttl);
     state
         .store()
         .insert_refresh(NewRefresh {
