@@ -14,6 +14,7 @@ mod logs;
 mod metrics;
 mod openapi;
 mod otp;
+mod purge;
 mod rate_limits;
 mod signup;
 mod sms;
