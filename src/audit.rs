@@ -23,6 +23,8 @@ pub struct ClientInfo {
 #[serde(rename_all = "snake_case")]
 pub enum AuditKind {
     Signup,
+    /// Someone signed up with this account's e-mail or verified phone.
+    SignupAttempted,
     LoginSucceeded,
     LoginFailed,
     LockedOut,
@@ -38,6 +40,7 @@ impl AuditKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AuditKind::Signup => "signup",
+            AuditKind::SignupAttempted => "signup_attempted",
             AuditKind::LoginSucceeded => "login_succeeded",
             AuditKind::LoginFailed => "login_failed",
             AuditKind::LockedOut => "locked_out",

@@ -118,6 +118,43 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Quotas and lockouts enforced in PostgreSQL, across every process.
     pub quotas: QuotaConfig,
+    /// `AUTHGATE_SIGNUP_REVEAL_TAKEN`: answer a sign-up with a registered e-mail or
+    /// verified phone with 409 `email_taken`/`phone_taken` (the tutorial's answer,
+    /// which lets anyone enumerate accounts). Default false: such a sign-up answers
+    /// 201 like a fresh one, creates nothing, and the owner is told by SMS.
+    pub signup_reveal_taken: bool,
+    /// `AUTHGATE_UNVERIFIED_SIGNUP_TTL`: an account whose phone is still unverified
+    /// this long after sign-up is deleted by the purge actor (default 7 days), so
+    /// an abandoned or squatting sign-up does not hold an e-mail forever.
+    pub unverified_signup_ttl: Duration,
+    /// Retention of the tables that would otherwise grow forever.
+    pub purge: PurgeConfig,
+}
+
+/// The purge actor: what it deletes, how often, in what batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeConfig {
+    /// `AUTHGATE_PURGE_INTERVAL`: time between two purge runs (default 10 minutes).
+    pub interval: Duration,
+    /// `AUTHGATE_PURGE_BATCH`: rows deleted per statement (default 1000), so no
+    /// run holds many row locks or one long transaction.
+    pub batch_size: i64,
+    /// `AUTHGATE_AUDIT_RETENTION`: how long audit events are kept (default 90 days).
+    pub audit_retention: Duration,
+    /// `AUTHGATE_OUTBOX_RETENTION`: how long an outbox row in a final state (its
+    /// body already erased) is kept for delivery callbacks and support (default 7 days).
+    pub outbox_retention: Duration,
+}
+
+impl Default for PurgeConfig {
+    fn default() -> Self {
+        PurgeConfig {
+            interval: Duration::from_secs(600),
+            batch_size: 1000,
+            audit_retention: Duration::from_secs(90 * 86_400),
+            outbox_retention: Duration::from_secs(7 * 86_400),
+        }
+    }
 }
 
 /// Limits that must hold across processes, so they live in PostgreSQL. Each has
@@ -236,6 +273,11 @@ pub struct RateLimitConfig {
     /// from the right-most address of this header, which our proxy appends. Unset
     /// (default): the socket peer, since any client can send such a header.
     pub trusted_proxy_header: Option<HeaderName>,
+    /// `AUTHGATE_TRUSTED_PROXIES`: how many proxies of ours append to that header
+    /// (default 1). The client is exactly the address this many hops from the
+    /// right; a missing or unparsable hop means the socket peer, never an
+    /// address further left (which the client wrote itself).
+    pub trusted_proxies: usize,
     /// `AUTHGATE_LIMIT_MAX_KEYS`: clients tracked per route class; beyond it, new
     /// clients share one bucket (bounds memory under a many-IP flood).
     pub max_keys: usize,
@@ -253,6 +295,7 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             enabled: true,
             trusted_proxy_header: None,
+            trusted_proxies: 1,
             max_keys: 100_000,
             signup: Rate::new(10, MINUTE),
             login: Rate::new(20, MINUTE),
@@ -366,6 +409,9 @@ impl Default for Config {
             sms: SmsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             quotas: QuotaConfig::default(),
+            signup_reveal_taken: false,
+            unverified_signup_ttl: Duration::from_secs(7 * 86_400),
+            purge: PurgeConfig::default(),
         }
     }
 }
@@ -645,6 +691,11 @@ impl Config {
                     .map_err(|_| format!("`{s}` is not an HTTP header name")),
             }
         );
+        set!(
+            cfg.rate_limits.trusted_proxies,
+            "AUTHGATE_TRUSTED_PROXIES",
+            |s| parse_range(s, 1, 16)
+        );
         set!(cfg.rate_limits.max_keys, "AUTHGATE_LIMIT_MAX_KEYS", |s| {
             parse_range(s, 1, 100_000_000)
         });
@@ -665,6 +716,34 @@ impl Config {
             cfg.rate_limits.code_send,
             "AUTHGATE_LIMIT_CODE_SEND",
             |s: &str| s.parse::<Rate>()
+        );
+        set!(
+            cfg.signup_reveal_taken,
+            "AUTHGATE_SIGNUP_REVEAL_TAKEN",
+            parse_bool
+        );
+        set!(
+            cfg.unverified_signup_ttl,
+            "AUTHGATE_UNVERIFIED_SIGNUP_TTL",
+            parse_duration
+        );
+        set!(
+            cfg.purge.interval,
+            "AUTHGATE_PURGE_INTERVAL",
+            parse_duration
+        );
+        set!(cfg.purge.batch_size, "AUTHGATE_PURGE_BATCH", |s| {
+            parse_range(s, 1, 100_000)
+        });
+        set!(
+            cfg.purge.audit_retention,
+            "AUTHGATE_AUDIT_RETENTION",
+            parse_duration
+        );
+        set!(
+            cfg.purge.outbox_retention,
+            "AUTHGATE_OUTBOX_RETENTION",
+            parse_duration
         );
         match twilio_from(&var) {
             Ok(t) => {
@@ -689,6 +768,12 @@ impl Config {
             errors.push(ConfigError::new(
                 "AUTHGATE_SESSION_IDLE_TIMEOUT",
                 "must be positive",
+            ));
+        }
+        if cfg.purge.interval < Duration::from_secs(1) {
+            errors.push(ConfigError::new(
+                "AUTHGATE_PURGE_INTERVAL",
+                "must be at least 1s",
             ));
         }
         if errors.is_empty() {
@@ -801,6 +886,36 @@ impl Config {
                     Some(_) => "twilio".to_owned(),
                     None => "console (codes printed to standard output)".to_owned(),
                 },
+            ),
+            (
+                "AUTHGATE_TRUSTED_PROXIES",
+                self.rate_limits.trusted_proxies.to_string(),
+            ),
+            (
+                "AUTHGATE_SIGNUP_REVEAL_TAKEN",
+                if self.signup_reveal_taken {
+                    "true (409 email_taken/phone_taken: registered accounts are enumerable)"
+                        .to_owned()
+                } else {
+                    "false (a taken e-mail or phone answers like a fresh sign-up)".to_owned()
+                },
+            ),
+            (
+                "AUTHGATE_UNVERIFIED_SIGNUP_TTL",
+                format!("{:?}", self.unverified_signup_ttl),
+            ),
+            (
+                "AUTHGATE_PURGE_INTERVAL",
+                format!("{:?}", self.purge.interval),
+            ),
+            ("AUTHGATE_PURGE_BATCH", self.purge.batch_size.to_string()),
+            (
+                "AUTHGATE_AUDIT_RETENTION",
+                format!("{:?}", self.purge.audit_retention),
+            ),
+            (
+                "AUTHGATE_OUTBOX_RETENTION",
+                format!("{:?}", self.purge.outbox_retention),
             ),
         ]
     }
@@ -971,25 +1086,39 @@ where
     }
 }
 
-/// Parses `900`, `900s`, `15m`, `1h`, `1d` or `250ms`; a bare number is seconds,
-/// as in the tutorial's `JWT_EXPIRATION_TIME`.
+/// The longest duration any variable accepts. Every unit is held to it (a
+/// huge value in milliseconds is as absurd as one in days), and it keeps
+/// `now + duration` far inside the calendar's range.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses `900`, `900s`, `15m`, `1h`, `1d` or `250ms`, at most ten years; a bare
+/// number is seconds, as in the tutorial's `JWT_EXPIRATION_TIME`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration (examples: 900, 900s, 15m, 1h, 1d, 250ms)");
+    let bad = || {
+        format!(
+            "`{s}` is not a duration of at most 10 years (examples: 900, 900s, 15m, 1h, 1d, 250ms)"
+        )
+    };
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    let secs_per = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "ms" => return Ok(Duration::from_millis(n)),
+    let duration = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86_400).map(Duration::from_secs),
         _ => return Err(bad()),
     };
-    n.checked_mul(secs_per)
-        .filter(|&v| v <= 10 * 365 * 86_400)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
+    duration.filter(|d| *d <= MAX_DURATION).ok_or_else(bad)
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => Err(format!("`{s}` is not one of: true, false")),
+    }
 }
 
 #[cfg(test)]
@@ -1102,6 +1231,83 @@ mod tests {
         assert!(parse_duration("15 minutes").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn every_duration_unit_is_capped_at_ten_years() {
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        assert!(parse_duration("3651d").is_err());
+        assert_eq!(
+            parse_duration(&format!("{}ms", MAX_DURATION.as_millis())),
+            Ok(MAX_DURATION)
+        );
+        // Before the cap applied to milliseconds, these were accepted: 584 million
+        // years, which panics (or wraps) when added to now.
+        for huge in ["18446744073709551615ms", "315360000001ms", "315360000001"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        assert_eq!(
+            vars_of(cfg(&[("JWT_EXPIRATION_TIME", "18446744073709551615ms")])),
+            ["JWT_EXPIRATION_TIME"]
+        );
+        assert_eq!(
+            vars_of(cfg(&[("REFRESH_TOKEN_TTL", "99999999999999ms")])),
+            ["REFRESH_TOKEN_TTL"]
+        );
+    }
+
+    #[test]
+    fn signup_privacy_purge_and_proxy_settings_parse_and_name_bad_values() {
+        let c = cfg(&[]).unwrap();
+        assert!(!c.signup_reveal_taken);
+        assert_eq!(c.unverified_signup_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.purge, PurgeConfig::default());
+        assert_eq!(c.rate_limits.trusted_proxies, 1);
+        let c = cfg(&[
+            ("AUTHGATE_SIGNUP_REVEAL_TAKEN", "true"),
+            ("AUTHGATE_UNVERIFIED_SIGNUP_TTL", "2d"),
+            ("AUTHGATE_PURGE_INTERVAL", "1m"),
+            ("AUTHGATE_PURGE_BATCH", "50"),
+            ("AUTHGATE_AUDIT_RETENTION", "30d"),
+            ("AUTHGATE_OUTBOX_RETENTION", "1d"),
+            ("AUTHGATE_TRUSTED_PROXIES", "2"),
+        ])
+        .unwrap();
+        assert!(c.signup_reveal_taken);
+        assert_eq!(c.unverified_signup_ttl, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.purge.interval, Duration::from_secs(60));
+        assert_eq!(c.purge.batch_size, 50);
+        assert_eq!(c.purge.audit_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.purge.outbox_retention, Duration::from_secs(86_400));
+        assert_eq!(c.rate_limits.trusted_proxies, 2);
+        assert_eq!(
+            vars_of(cfg(&[
+                ("AUTHGATE_SIGNUP_REVEAL_TAKEN", "maybe"),
+                ("AUTHGATE_UNVERIFIED_SIGNUP_TTL", "soon"),
+                ("AUTHGATE_PURGE_BATCH", "0"),
+                ("AUTHGATE_TRUSTED_PROXIES", "0"),
+                ("AUTHGATE_PURGE_INTERVAL", "10ms"),
+            ])),
+            [
+                "AUTHGATE_TRUSTED_PROXIES",
+                "AUTHGATE_SIGNUP_REVEAL_TAKEN",
+                "AUTHGATE_UNVERIFIED_SIGNUP_TTL",
+                "AUTHGATE_PURGE_BATCH",
+                "AUTHGATE_PURGE_INTERVAL",
+            ]
+        );
+        let described: Vec<&str> = c.describe().iter().map(|(k, _)| *k).collect();
+        for var in [
+            "AUTHGATE_SIGNUP_REVEAL_TAKEN",
+            "AUTHGATE_UNVERIFIED_SIGNUP_TTL",
+            "AUTHGATE_PURGE_INTERVAL",
+            "AUTHGATE_PURGE_BATCH",
+            "AUTHGATE_AUDIT_RETENTION",
+            "AUTHGATE_OUTBOX_RETENTION",
+            "AUTHGATE_TRUSTED_PROXIES",
+        ] {
+            assert!(described.contains(&var), "{var}");
+        }
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! generated one), so several processes sharing that secret agree on every key.
 //!
 //! - `otp`: HMAC-SHA256 key for one-time codes (codes are stored only as keyed hashes);
-//! - `outbox`: ChaCha20-Poly1305 key sealing SMS bodies at rest (they carry codes);
+//! - `outbox`: ChaCha20-Poly1305 key sealing SMS bodies at rest (they carry codes),
+//!   each bound to its row (id and recipient) so it opens nowhere else;
 //! - `jwt`: the HS256 key of access tokens;
 //! - `refresh`: HMAC-SHA256 key deriving a refresh token's successor from it.
 
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -14,6 +15,26 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// The outbox row a sealed body belongs to: its associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxRow<'a> {
+    pub id: i64,
+    /// E.164, exactly as stored.
+    pub recipient: &'a str,
+}
+
+impl OutboxRow<'_> {
+    fn associated_data(&self) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(48);
+        // Versioned and length-prefixed, so no (id, recipient) pair reads as another.
+        aad.extend_from_slice(b"authgate/outbox-row/v1");
+        aad.extend_from_slice(&self.id.to_be_bytes());
+        aad.extend_from_slice(&(self.recipient.len() as u32).to_be_bytes());
+        aad.extend_from_slice(self.recipient.as_bytes());
+        aad
+    }
+}
 
 #[derive(Clone)]
 pub struct Keys {
@@ -63,27 +84,39 @@ impl Keys {
         )
     }
 
-    /// Encrypts with a fresh random nonce: `nonce (12 bytes) || ciphertext+tag`.
-    pub fn seal(&self, plaintext: &str) -> Vec<u8> {
+    /// Encrypts an outbox body with a fresh random nonce: `nonce (12 bytes) ||
+    /// ciphertext+tag`. The row id and recipient are authenticated with it, so
+    /// a body copied into another row (another recipient, another id) fails to
+    /// open instead of sending someone else's code to an attacker's phone.
+    pub fn seal(&self, plaintext: &str, row: OutboxRow<'_>) -> Vec<u8> {
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.outbox));
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let mut out = nonce.to_vec();
+        let aad = row.associated_data();
+        let payload = Payload {
+            msg: plaintext.as_bytes(),
+            aad: &aad,
+        };
         // Encryption with a valid key and in-memory buffer does not fail.
-        if let Ok(ct) = cipher.encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes()) {
+        if let Ok(ct) = cipher.encrypt(Nonce::from_slice(&nonce), payload) {
             out.extend_from_slice(&ct);
         }
         out
     }
 
-    /// Decrypts what `seal` produced; None when tampered or sealed by another key.
-    pub fn open(&self, sealed: &[u8]) -> Option<String> {
+    /// Decrypts what `seal` produced for the same row; None when tampered,
+    /// sealed by another key, or sealed for another row (or before bodies were
+    /// bound to their rows).
+    pub fn open(&self, sealed: &[u8], row: OutboxRow<'_>) -> Option<String> {
         if sealed.len() < 12 + 16 {
             return None;
         }
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.outbox));
         let (nonce, ct) = sealed.split_at(12);
-        let pt = cipher.decrypt(Nonce::from_slice(nonce), ct).ok()?;
+        let aad = row.associated_data();
+        let payload = Payload { msg: ct, aad: &aad };
+        let pt = cipher.decrypt(Nonce::from_slice(nonce), payload).ok()?;
         String::from_utf8(pt).ok()
     }
 
@@ -107,20 +140,39 @@ mod tests {
         Keys::derive(&SecretString::from(s.to_owned()))
     }
 
+    const ROW: OutboxRow<'static> = OutboxRow {
+        id: 41,
+        recipient: "+14155550100",
+    };
+
     #[test]
     fn sealed_bodies_round_trip_and_detect_tampering() {
         let k = keys("a-secret-of-at-least-thirty-two-bytes!!");
-        let sealed = k.seal("Your code is 123456");
+        let sealed = k.seal("Your code is 123456", ROW);
         assert!(!String::from_utf8_lossy(&sealed).contains("123456"));
-        assert_eq!(k.open(&sealed).as_deref(), Some("Your code is 123456"));
+        assert_eq!(k.open(&sealed, ROW).as_deref(), Some("Your code is 123456"));
         let mut bad = sealed.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert_eq!(k.open(&bad), None);
+        assert_eq!(k.open(&bad, ROW), None);
         assert_eq!(
-            keys("another-secret-of-thirty-two-bytes-long").open(&sealed),
+            keys("another-secret-of-thirty-two-bytes-long").open(&sealed, ROW),
             None
         );
+    }
+
+    #[test]
+    fn a_sealed_body_moved_to_another_row_or_recipient_does_not_open() {
+        let k = keys("a-secret-of-at-least-thirty-two-bytes!!");
+        let sealed = k.seal("Your code is 123456", ROW);
+        let other_id = OutboxRow { id: 42, ..ROW };
+        let other_to = OutboxRow {
+            recipient: "+14155550199",
+            ..ROW
+        };
+        assert_eq!(k.open(&sealed, other_id), None);
+        assert_eq!(k.open(&sealed, other_to), None);
+        assert_eq!(k.open(&sealed, ROW).as_deref(), Some("Your code is 123456"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! What it owns: every number authgate counts itself (requests by route and
 //! status, login flow events, codes, SMS quota refusals, password-hash queue
-//! wait). Figures another part already keeps (live flow actors, SMS outcomes,
+//! wait, rows purged per table). Figures another part already keeps (live flow actors, SMS outcomes,
 //! outbox depth, pool usage, rate-limit refusals) are read at scrape time and
 //! passed in as a [`Live`] snapshot, so nothing is counted twice.
 //!
@@ -229,6 +229,15 @@ impl QuotaRefusal {
     }
 }
 
+/// The `table` label of `authgate_purged_rows_total`: what the purge actor
+/// deletes (`users_unverified`: expired unverified sign-ups).
+pub const PURGED_TABLES: [&str; 4] = [
+    "audit_events",
+    "quota_counters",
+    "sms_outbox",
+    "users_unverified",
+];
+
 /// The `class` label of a local rate-limit class.
 pub fn class_label(class: RouteClass) -> &'static str {
     match class {
@@ -261,6 +270,8 @@ pub struct Metrics {
     hash_wait: Histogram,
     /// Hashes not run, by [`HASH_DROP_REASONS`].
     hash_dropped: [AtomicU64; 3],
+    /// Rows deleted by the purge actor, indexed like `PURGED_TABLES`.
+    purged: [AtomicU64; 4],
 }
 
 /// Why a password hash was not run: the queue was full, the wait too long, or
@@ -307,6 +318,7 @@ impl Metrics {
             quota_refusals: counters(),
             hash_wait: Histogram::new(HASH_WAIT_BOUNDS),
             hash_dropped: counters(),
+            purged: counters(),
         }
     }
 
@@ -337,6 +349,18 @@ impl Metrics {
 
     pub fn quota_refused(&self, quota: QuotaRefusal) {
         bump(self.quota_refusals.get(quota.index()));
+    }
+
+    /// Rows the purge actor deleted from `table` (one of `PURGED_TABLES`; any
+    /// other name is ignored, so no label is made up at run time).
+    pub fn purged(&self, table: &str, rows: u64) {
+        if let Some(c) = PURGED_TABLES
+            .iter()
+            .position(|t| *t == table)
+            .and_then(|i| self.purged.get(i))
+        {
+            c.fetch_add(rows, Ordering::Relaxed);
+        }
     }
 
     /// Time a password hash or verify waited for a slot on the hashing pool.
@@ -397,6 +421,16 @@ impl Metrics {
             );
         }
         render_pool(&mut out, live);
+        header(
+            &mut out,
+            "authgate_purged_rows_total",
+            "counter",
+            "Rows deleted by the purge actor after their retention, by table.",
+        );
+        for (i, table) in PURGED_TABLES.iter().enumerate() {
+            let n = load(self.purged.get(i));
+            let _ = writeln!(out, "authgate_purged_rows_total{{table=\"{table}\"}} {n}");
+        }
         header(
             &mut out,
             "authgate_rate_limited_total",

@@ -117,6 +117,18 @@ impl Application {
             config.otp_shards,
         )
         .await?;
+        // Deletes what outlived its retention (audit, quotas, outbox, stale sign-ups).
+        crate::actors::purge::start(
+            &supervisor,
+            crate::actors::purge::PurgeDeps {
+                store: store.clone(),
+                clock: clock.clone(),
+                config: config.purge.clone(),
+                unverified_signup_ttl: config.unverified_signup_ttl,
+                metrics: metrics.clone(),
+            },
+        )
+        .await?;
         let tokens = TokenIssuer::new(
             &keys,
             &config.jwt_issuer,

@@ -82,8 +82,7 @@ impl TokenIssuer {
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-            access_ttl: chrono::Duration::from_std(access_ttl)
-                .unwrap_or(chrono::Duration::minutes(15)),
+            access_ttl: crate::clock::span(access_ttl),
         }
     }
 

@@ -93,9 +93,18 @@ pub enum FlowMsg {
     Idle { since: Instant },
 }
 
+/// How a flow is named in logs: a flow id is a bearer secret until the flow
+/// ends (with the code, it finishes the login), so logs carry only a short
+/// hash of it, enough to follow one flow's lines and match a client's report.
+pub fn flow_tag(id: &Uuid) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    hex::encode(digest.get(..6).unwrap_or_default())
+}
+
 /// The limits of the state machine, from configuration.
 pub fn limits(config: &crate::config::Config) -> Limits {
-    let d = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let d = crate::clock::span;
     Limits {
         max_code_attempts: config.otp_max_attempts,
         max_resends: config.login_max_resends,
@@ -271,7 +280,7 @@ async fn audit(s: &FlowActorState, step: &login_flow::Step) {
             Flow::FlowExpired => s.app.metrics().flow(FlowEvent::Expired),
             Flow::PasswordRejected | Flow::CodeSent | Flow::CodeRejected => {}
         }
-        tracing::info!(flow_id = %s.flow_id, user_id = %s.user_id, event = ?kind, "login flow");
+        tracing::info!(flow = %flow_tag(&s.flow_id), user_id = %s.user_id, event = ?kind, "login flow");
         let (kind, mut detail) = match kind {
             Flow::LoginSucceeded => (AuditKind::LoginSucceeded, json!({ "amr": ["pwd", "sms"] })),
             Flow::PasswordRejected => (
@@ -485,7 +494,7 @@ impl FlowRegistry {
         };
         self.spawn(app, flow_id, stored).await?;
         app.metrics().flow(FlowEvent::Started);
-        tracing::info!(%user_id, %flow_id, "login needs an SMS code");
+        tracing::info!(%user_id, flow = %flow_tag(&flow_id), "login needs an SMS code");
         crate::audit::record(
             app,
             Some(user_id),
@@ -709,7 +718,7 @@ pub async fn sweep(app: &AppState) -> Result<usize, AppError> {
             // rows were locked and written with compare-and-set.
             if matches!(flow.state, FlowState::Expired { .. }) {
                 app.metrics().flow(FlowEvent::Expired);
-                tracing::info!(flow_id = %flow.id, user_id = %flow.user_id, "login flow expired");
+                tracing::info!(flow = %flow_tag(&flow.id), user_id = %flow.user_id, "login flow expired");
             }
             app.flows().stop_ended(flow.id);
         }

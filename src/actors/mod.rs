@@ -3,8 +3,10 @@
 //!
 //! - [`supervisor`]: the root; restarts long-lived children at a bounded rate.
 //! - [`sms`]: drains the SMS outbox through Twilio or the console.
+//! - [`purge`]: deletes what outlived its retention, on a schedule.
 
 pub mod flow;
 pub mod otp;
+pub mod purge;
 pub mod sms;
 pub mod supervisor;

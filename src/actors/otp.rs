@@ -185,7 +185,7 @@ impl Actor for OtpActor {
 }
 
 fn chrono_of(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    crate::clock::span(d)
 }
 
 async fn issue(

@@ -493,7 +493,15 @@ async fn process(ctx: &BatchCtx, msg: ClaimedSms, mut cancelled: watch::Receiver
         // Claimed again after its sender died mid-attempt, too many times.
         return fail(ctx, &msg, None, "out of attempts", now).await;
     }
-    let Some(body) = msg.body_sealed.as_deref().and_then(|b| deps.keys.open(b)) else {
+    let row = crate::crypto::OutboxRow {
+        id: msg.id,
+        recipient: &msg.recipient,
+    };
+    let Some(body) = msg
+        .body_sealed
+        .as_deref()
+        .and_then(|b| deps.keys.open(b, row))
+    else {
         // Sealed with another key (a changed JWT_SECRET) or damaged: unsendable.
         return fail(ctx, &msg, None, "message body could not be opened", now).await;
     };
@@ -645,5 +653,5 @@ fn log_record_result(id: i64, result: Result<bool, StoreError>) {
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    crate::clock::span(d)
 }

@@ -24,7 +24,7 @@ use crate::domain::user::{NewUser, User};
 use crate::error::{AppError, GoneReason, StateConflict};
 use crate::state::AppState;
 use crate::store::otp::CheckOutcome;
-use crate::store::users::{AccountChange, Taken};
+use crate::store::users::{AccountChange, Holder, Signup, Taken};
 
 pub fn routes(
     state: AppState,
@@ -299,6 +299,12 @@ async fn confirm_code(
         (None, AccountChange::TwoFa(true)) => {
             return Err(AppError::State(StateConflict::PhoneNotVerified))
         }
+        // The guard refused: another account verified this phone first.
+        (None, AccountChange::PhoneVerified)
+            if state.store().user_by_id(user.id).await?.is_some() =>
+        {
+            return Err(AppError::PhoneTaken)
+        }
         (None, _) => return Err(AppError::InvalidToken),
     };
     if let AccountChange::TwoFa(_) = change {
@@ -353,18 +359,106 @@ fn name_message(field: &str, code: &str) -> String {
     }
 }
 
+/// Notices about sign-ups with a registered identifier, per phone and day: the
+/// owner learns of an attempt, and no one can flood a phone through sign-ups.
+const SIGNUP_NOTICES_PER_PHONE_DAY: i32 = 3;
+/// A notice that could not go out within this long is dropped.
+const SIGNUP_NOTICE_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// `POST /account/signup`. By default a registered e-mail (or a phone another
+/// account verified) answers exactly like a fresh sign-up, after the same hash
+/// and the same statement, so the answer does not tell who is registered; the
+/// owner is told by SMS instead. `AUTHGATE_SIGNUP_REVEAL_TAKEN` restores 409.
 async fn signup(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let new_user = parse_signup(body)?;
     let hash = state.hasher().hash(new_user.password.clone()).await?;
-    match state.store().insert_user(&new_user, &hash).await? {
-        Ok(user) => {
+    let now = state.clock().now();
+    match state.store().insert_user(&new_user, &hash, now).await? {
+        Signup::Created(user) => {
             tracing::info!(user_id = %user.id, "user signed up");
             audit::record(&state, Some(user.id), AuditKind::Signup, &client, json!({})).await;
             Ok(json(StatusCode::CREATED, &user))
         }
-        Err(Taken::Email) => Err(AppError::EmailTaken),
-        Err(Taken::Phone) => Err(AppError::PhoneTaken),
+        Signup::Taken { by, .. } if state.config().signup_reveal_taken => Err(match by {
+            Taken::Email => AppError::EmailTaken,
+            Taken::Phone => AppError::PhoneTaken,
+        }),
+        Signup::Taken { by, holder } => {
+            let matched = match by {
+                Taken::Email => "email",
+                Taken::Phone => "phone",
+            };
+            tracing::info!(
+                matched,
+                "sign-up with a registered identifier; answered as new"
+            );
+            if let Some(holder) = holder {
+                // The same one audit write as a fresh sign-up, on the owner's trail.
+                audit::record(
+                    &state,
+                    Some(holder.id),
+                    AuditKind::SignupAttempted,
+                    &client,
+                    json!({ "matched": matched }),
+                )
+                .await;
+                notify_owner(&state, holder, now);
+            }
+            Ok(json(StatusCode::CREATED, &look_alike(new_user, now)))
+        }
     }
+}
+
+/// The body a fresh sign-up of `new_user` would have answered: a random id,
+/// the submitted (normalised) fields, nothing verified.
+fn look_alike(new_user: NewUser, now: DateTime<Utc>) -> User {
+    User {
+        id: Uuid::new_v4(),
+        email: new_user.email.as_str().to_owned(),
+        phone: new_user.phone.as_str().to_owned(),
+        first_name: new_user.first_name.as_str().to_owned(),
+        last_name: new_user.last_name.as_str().to_owned(),
+        two_fa: false,
+        is_phone_verified: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Queues the "someone tried to sign up with your details" SMS to the owner's
+/// verified phone, off the request so the answer takes no longer than a fresh
+/// sign-up's. Best effort: a refused or failed notice is logged, never answered.
+fn notify_owner(state: &AppState, holder: Holder, now: DateTime<Utc>) {
+    let Some(phone) = holder.verified_phone else {
+        return;
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        let phone = PhoneE164::from_trusted(phone);
+        let body = crate::domain::user::signup_notice_text(&state.config().sms.sender_name);
+        let quota = crate::store::quotas::Quota {
+            key: format!("notice:signup:{}:d", phone.as_str()),
+            window: chrono::Duration::days(1),
+            limit: SIGNUP_NOTICES_PER_PHONE_DAY,
+        };
+        let msg = crate::store::outbox::NewSms {
+            to: &phone,
+            body: &body,
+            purpose: "signup_notice",
+            expires_at: Some(now + SIGNUP_NOTICE_TTL),
+        };
+        match state
+            .store()
+            .enqueue_sms_within(state.keys(), now, msg, std::slice::from_ref(&quota))
+            .await
+        {
+            Ok(true) => state.sms().nudge(),
+            Ok(false) => {
+                tracing::info!(user_id = %holder.id, "sign-up notice skipped: daily notices spent")
+            }
+            Err(e) => tracing::warn!(user_id = %holder.id, error = %e, "sign-up notice not queued"),
+        }
+    });
 }
 
 /// The answer when a password was right and 2FA is on.

@@ -12,6 +12,7 @@ use warp::{Filter, Rejection};
 use super::body::{json_object, Fields};
 use super::{json, with_state, Outcome};
 use crate::audit::{AuditKind, ClientInfo};
+use crate::clock::after;
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::tokens::{NewSession, Presented, RotateOutcome};
@@ -89,14 +90,6 @@ pub async fn end_other_sessions(
     Ok(())
 }
 
-/// `now + d`, saturating instead of overflowing on an absurd configuration.
-fn later(now: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 /// The tokens answer of the REST contract.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -136,7 +129,7 @@ pub async fn issue_tokens(
     let now = state.clock().now();
     let refresh = new_refresh_token();
     let config = state.config();
-    let expires_at = later(now, config.refresh_ttl);
+    let expires_at = after(now, config.refresh_ttl);
     let created = state
         .store()
         .create_session(NewSession {
@@ -146,7 +139,7 @@ pub async fn issue_tokens(
             amr,
             now,
             expires_at,
-            token_expires_at: later(now, config.session_idle_timeout).min(expires_at),
+            token_expires_at: after(now, config.session_idle_timeout).min(expires_at),
         })
         .await?;
     if !created {
@@ -222,7 +215,7 @@ async fn refresh(state: AppState, client: ClientInfo, body: Map<String, Value>) 
             token_hash: &refresh_token_hash(&token),
             successor_hash: &refresh_token_hash(&successor),
             now,
-            idle_until: later(now, config.session_idle_timeout),
+            idle_until: after(now, config.session_idle_timeout),
             grace_since: now - grace,
         })
         .await?;

@@ -310,7 +310,15 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             id: "signup",
             tag: "account",
             summary: "Create an account",
-            description: None,
+            description: Some(
+                "By default an e-mail already registered, or a phone another account \
+                 verified, answers 201 with a body of the same shape as a new account \
+                 (a random id; nothing is created or changed) and the owner is told by \
+                 SMS, so the answer does not reveal who is registered. 409 email_taken / \
+                 phone_taken only with AUTHGATE_SIGNUP_REVEAL_TAKEN=true (enumerable). \
+                 A phone held only by unverified accounts is not taken: the first \
+                 account to verify it keeps it.",
+            ),
             auth: Auth::None,
             body: Body::Json("SignupRequest"),
             ok: vec![(StatusCode::CREATED, "The new user.", Reply::Json(USER))],
@@ -428,7 +436,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
         ("POST", "/api/v1/account/phone/verify/confirm") => confirm(
             "phoneVerifyConfirm",
             "Confirm the phone with its code",
-            vec![],
+            vec![E::PhoneTaken],
         ),
         ("POST", "/api/v1/account/2fa/enable") => send(
             "twoFaEnable",

@@ -2,8 +2,9 @@
 //! (governor). The first shield, cheap enough to run before any body is parsed,
 //! any password is hashed or any code is looked up.
 //!
-//! What it owns: deciding who the client is (the socket peer, or the right-most
-//! address of a configured trusted proxy header; an IPv6 client by its /64) and
+//! What it owns: deciding who the client is (the socket peer, or the address a
+//! configured number of hops from the right of a trusted proxy header; an IPv6
+//! client by its /64) and
 //! refusing with 429 `too_many_requests` and `Retry-After` once a class's budget is
 //! spent.
 //!
@@ -182,6 +183,8 @@ pub struct LocalLimits {
 struct Inner {
     enabled: bool,
     trusted_header: Option<HeaderName>,
+    /// How many entries from the right of that header the client is.
+    trusted_hops: usize,
     signup: Limiter,
     login: Limiter,
     code_check: Limiter,
@@ -216,6 +219,7 @@ impl LocalLimits {
             inner: Arc::new(Inner {
                 enabled: config.enabled,
                 trusted_header: config.trusted_proxy_header.clone(),
+                trusted_hops: config.trusted_proxies,
                 signup: limiter(config.signup, max),
                 login: limiter(config.login, max),
                 code_check: limiter(config.code_check, max),
@@ -240,7 +244,12 @@ impl LocalLimits {
         if !self.inner.enabled {
             return Ok(());
         }
-        let ip = client_ip(peer, headers, self.inner.trusted_header.as_ref());
+        let ip = client_ip(
+            peer,
+            headers,
+            self.inner.trusted_header.as_ref(),
+            self.inner.trusted_hops,
+        );
         self.check_ip(class, ip)
     }
 
@@ -315,14 +324,17 @@ pub fn limit(
         .untuple_one()
 }
 
-/// The client's address: the right-most valid address of the trusted proxy header
-/// when one is configured (the one our proxy appended; addresses to its left are
-/// whatever the client claimed), else the socket peer. A missing or unusable header
-/// falls back to the peer.
+/// The client's address: with a trusted proxy header, the address exactly
+/// `hops` entries from its right (our `hops` proxies each appended one; every
+/// entry further left is whatever the client wrote), else the socket peer. A
+/// missing or unparsable entry at that position also means the peer: skipping
+/// it to find a parsable one would let a client who sends `unknown` (or junk
+/// our proxy passes on) choose its own address, and so its rate-limit bucket.
 pub fn client_ip(
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
     trusted: Option<&HeaderName>,
+    hops: usize,
 ) -> IpAddr {
     trusted
         .and_then(|name| {
@@ -331,21 +343,24 @@ pub fn client_ip(
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            rightmost_ip(&values)
+            forwarded_ip(&values, hops)
         })
         .or(peer.map(|p| p.ip()))
         // Only a test request has no peer; such requests share one bucket.
         .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
 }
 
-/// The right-most parsable address across the header's lines (later lines were
-/// appended later).
-pub fn rightmost_ip(values: &[&str]) -> Option<IpAddr> {
+/// The address `hops` entries from the right across the header's lines (later
+/// lines were appended later; 1 is the last entry), or None when that entry is
+/// missing or not an address. Empty entries count: a proxy never writes one.
+pub fn forwarded_ip(values: &[&str], hops: usize) -> Option<IpAddr> {
+    let back = hops.checked_sub(1)?;
     values
         .iter()
         .rev()
         .flat_map(|line| line.rsplit(','))
-        .find_map(parse_forwarded_element)
+        .nth(back)
+        .and_then(parse_forwarded_element)
 }
 
 /// One element of `X-Forwarded-For` (`203.0.113.7`, `203.0.113.7:4711`,
@@ -407,8 +422,12 @@ mod tests {
         }
     }
 
+    fn rightmost_ip(values: &[&str]) -> Option<IpAddr> {
+        forwarded_ip(values, 1)
+    }
+
     #[test]
-    fn rightmost_valid_address_wins() {
+    fn the_entry_n_hops_from_the_right_is_the_client() {
         assert_eq!(
             rightmost_ip(&["198.51.100.1, 203.0.113.7"]),
             Some(ip("203.0.113.7"))
@@ -418,11 +437,17 @@ mod tests {
             rightmost_ip(&["198.51.100.1", "203.0.113.7, 192.0.2.9"]),
             Some(ip("192.0.2.9"))
         );
-        // Garbage to the right is skipped; garbage to the left is irrelevant.
+        // Two proxies of ours: the second appended the first's address.
         assert_eq!(
-            rightmost_ip(&["nonsense, 203.0.113.7, unknown, "]),
+            forwarded_ip(&["198.51.100.1, 203.0.113.7, 10.0.0.2"], 2),
             Some(ip("203.0.113.7"))
         );
+        assert_eq!(
+            forwarded_ip(&["198.51.100.1, 203.0.113.7", "10.0.0.2"], 2),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(forwarded_ip(&["10.0.0.2"], 2), None);
+        assert_eq!(forwarded_ip(&["203.0.113.7"], 0), None);
         assert_eq!(rightmost_ip(&["203.0.113.7:4711"]), Some(ip("203.0.113.7")));
         assert_eq!(
             rightmost_ip(&["[2001:db8::1]:4711"]),
@@ -433,6 +458,28 @@ mod tests {
             rightmost_ip(&[r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711""#]),
             Some(ip("2001:db8:cafe::17"))
         );
+    }
+
+    #[test]
+    fn an_unparsable_hop_is_never_skipped_to_an_address_the_client_wrote() {
+        // Before: the right-most *parsable* entry won, so a client sending
+        // `203.0.113.7, unknown` (or junk) picked 203.0.113.7 as its address.
+        for header in [
+            "203.0.113.7, unknown",
+            "203.0.113.7, for=unknown",
+            "203.0.113.7, _hidden",
+            "203.0.113.7, junk",
+            "203.0.113.7, ",
+            "nonsense, 203.0.113.7, unknown, ",
+        ] {
+            assert_eq!(rightmost_ip(&[header]), None, "{header:?}");
+        }
+        assert_eq!(forwarded_ip(&["198.51.100.1, junk, 10.0.0.2"], 2), None);
+        let peer: SocketAddr = "192.0.2.50:5000".parse().unwrap();
+        let name = HeaderName::from_static("x-forwarded-for");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.7, unknown".parse().unwrap());
+        assert_eq!(client_ip(Some(peer), &headers, Some(&name), 1), peer.ip());
     }
 
     #[test]
@@ -460,19 +507,24 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", "1.2.3.4, 203.0.113.7".parse().unwrap());
         // Not trusted: ignored, whatever it says.
-        assert_eq!(client_ip(Some(peer), &headers, None), peer.ip());
+        assert_eq!(client_ip(Some(peer), &headers, None, 1), peer.ip());
         assert_eq!(
-            client_ip(Some(peer), &headers, Some(&name)),
+            client_ip(Some(peer), &headers, Some(&name), 1),
             ip("203.0.113.7")
         );
-        headers.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(client_ip(Some(peer), &headers, Some(&name)), peer.ip());
         assert_eq!(
-            client_ip(Some(peer), &HeaderMap::new(), Some(&name)),
+            client_ip(Some(peer), &headers, Some(&name), 2),
+            ip("1.2.3.4")
+        );
+        assert_eq!(client_ip(Some(peer), &headers, Some(&name), 3), peer.ip());
+        headers.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(Some(peer), &headers, Some(&name), 1), peer.ip());
+        assert_eq!(
+            client_ip(Some(peer), &HeaderMap::new(), Some(&name), 1),
             peer.ip()
         );
         assert_eq!(
-            client_ip(None, &HeaderMap::new(), None),
+            client_ip(None, &HeaderMap::new(), None, 1),
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         );
     }

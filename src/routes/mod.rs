@@ -111,9 +111,15 @@ pub fn client_info(
             |peer: Option<std::net::SocketAddr>,
              headers: warp::http::HeaderMap,
              state: AppState| {
-                let trusted = state.config().rate_limits.trusted_proxy_header.as_ref();
+                let rl = &state.config().rate_limits;
+                let trusted = rl.trusted_proxy_header.as_ref();
                 ClientInfo {
-                    ip: Some(limits::client_ip(peer, &headers, trusted)),
+                    ip: Some(limits::client_ip(
+                        peer,
+                        &headers,
+                        trusted,
+                        rl.trusted_proxies,
+                    )),
                     user_agent: headers
                         .get(header::USER_AGENT)
                         .and_then(|v| v.to_str().ok())

@@ -151,7 +151,7 @@ pub fn decide(
         };
     }
     let wait = backoff(policy, attempts, retry_after, jitter);
-    let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+    let at = crate::clock::after(now, wait);
     match expires_at {
         Some(exp) if at >= exp => Decision::Expire,
         _ => Decision::Retry { at },

@@ -11,6 +11,7 @@ pub mod logins;
 pub mod otp;
 pub mod outbox;
 pub mod private_pg;
+pub mod purge;
 pub mod quotas;
 pub mod tokens;
 pub mod users;
@@ -71,6 +72,11 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
+            // Two accounts verifying one phone at once: the loser's statement
+            // hits the verified-phone index; the guard would have said the same.
+            StoreError::Unique(index) if index == "users_phone_verified_key" => {
+                AppError::PhoneTaken
+            }
             StoreError::Unique(index) => {
                 AppError::internal(format!("unexpected unique violation on {index}"))
             }

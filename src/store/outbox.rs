@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
 use super::StoreError;
-use crate::crypto::Keys;
+use crate::crypto::{Keys, OutboxRow};
 use crate::domain::phone::PhoneE164;
 
 /// The channel `NOTIFY` wakes SMS actors on, in this and every other process.
@@ -36,13 +36,29 @@ pub async fn enqueue<C: GenericClient>(
     now: DateTime<Utc>,
     msg: NewSms<'_>,
 ) -> Result<i64, StoreError> {
-    let sealed = keys.seal(msg.body);
-    let row = client
+    // The id is drawn first because the seal authenticates it (with the
+    // recipient): a body copied to another row then fails to open.
+    let id: i64 = client
         .query_one(
-            &client.prepare_cached("INSERT INTO sms_outbox (recipient, body_sealed, purpose, expires_at, next_attempt_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $5, $5)
-             RETURNING id").await?,
-            &[&msg.to.as_str(), &sealed, &msg.purpose, &msg.expires_at, &now],
+            &client
+                .prepare_cached("SELECT nextval(pg_get_serial_sequence('sms_outbox', 'id'))")
+                .await?,
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let sealed = keys.seal(
+        msg.body,
+        OutboxRow {
+            id,
+            recipient: msg.to.as_str(),
+        },
+    );
+    client
+        .execute(
+            &client.prepare_cached("INSERT INTO sms_outbox (id, recipient, body_sealed, purpose, expires_at, next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $6)").await?,
+            &[&id, &msg.to.as_str(), &sealed, &msg.purpose, &msg.expires_at, &now],
         )
         .await?;
     client
@@ -51,7 +67,7 @@ pub async fn enqueue<C: GenericClient>(
             &[&OUTBOX_CHANNEL],
         )
         .await?;
-    Ok(row.try_get(0)?)
+    Ok(id)
 }
 
 /// A message claimed for sending by one SMS actor incarnation.
@@ -151,6 +167,26 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> Result<ClaimedSms, tokio_postg
 }
 
 impl super::Store {
+    /// Queues a message unless one of `quotas` is spent (counted in the same
+    /// transaction, so a refused message costs nothing). False when refused.
+    pub async fn enqueue_sms_within(
+        &self,
+        keys: &Keys,
+        now: DateTime<Utc>,
+        msg: NewSms<'_>,
+        quotas: &[super::quotas::Quota],
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if super::quotas::take(&tx, quotas, now).await?.is_some() {
+            // Dropping the transaction rolls the counters back.
+            return Ok(false);
+        }
+        enqueue(&tx, keys, now, msg).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Queues a message outside any caller transaction (tests, tools).
     pub async fn enqueue_sms(
         &self,

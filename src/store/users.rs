@@ -17,10 +17,18 @@ pub enum AccountChange {
 impl AccountChange {
     /// The SET clause, and the WHERE guard the change needs (2FA on requires a
     /// verified phone, checked in the same statement so a concurrent phone change
-    /// cannot slip between).
+    /// cannot slip between). Verifying a phone requires that no other account
+    /// verified it first: unverified accounts may share a phone, so a squatter
+    /// never blocks its owner, and the first to prove it wins (the partial
+    /// unique index `users_phone_verified_key` settles two verifying at once).
     pub(super) fn sql(self) -> (&'static str, &'static str) {
         match self {
-            AccountChange::PhoneVerified => ("phone_verified = true", ""),
+            AccountChange::PhoneVerified => (
+                "phone_verified = true",
+                " AND NOT EXISTS (SELECT 1 FROM users AS other
+                     WHERE other.phone = users.phone AND other.phone_verified
+                       AND other.id <> users.id)",
+            ),
             AccountChange::TwoFa(true) => ("two_fa = true", " AND phone_verified"),
             AccountChange::TwoFa(false) => ("two_fa = false", ""),
         }
@@ -32,6 +40,26 @@ impl AccountChange {
 pub enum Taken {
     Email,
     Phone,
+}
+
+/// The account that already holds a sign-up's e-mail or verified phone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub id: Uuid,
+    /// Its phone if verified: where its owner can be told of the attempt.
+    pub verified_phone: Option<String>,
+}
+
+/// What a sign-up did.
+#[derive(Debug, Clone)]
+pub enum Signup {
+    Created(User),
+    /// Nothing was written. `holder` is None only when a concurrent sign-up
+    /// won the race and is not yet visible.
+    Taken {
+        by: Taken,
+        holder: Option<Holder>,
+    },
 }
 
 pub(super) const USER_COLUMNS: &str =
@@ -52,20 +80,40 @@ pub(super) fn user_from_row(row: &Row) -> Result<User, tokio_postgres::Error> {
 }
 
 impl Store {
-    /// Inserts a user. The unique indexes decide duplicates, so two identical
-    /// sign-ups racing each other give one row and one `Taken`.
+    /// Inserts a user unless its e-mail is registered or its phone verified by
+    /// another account; either way one statement, so a taken identifier costs
+    /// the same round trip as a fresh sign-up and changes nothing. An
+    /// unverified holder of the phone does not block: the first to verify it
+    /// wins. The unique indexes still decide a race between two identical
+    /// sign-ups: one row, and the loser sees `Taken`.
     pub async fn insert_user(
         &self,
         user: &NewUser,
         password_hash: &str,
-    ) -> Result<Result<User, Taken>, StoreError> {
+        now: DateTime<Utc>,
+    ) -> Result<Signup, StoreError> {
         let client = self.client().await?;
         let sql = format!(
-            "INSERT INTO users (id, email, phone, password_hash, first_name, last_name)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             RETURNING {USER_COLUMNS}"
+            "WITH holder AS (
+                 SELECT id, phone, phone_verified, lower(email) = lower($2) AS by_email
+                 FROM users
+                 WHERE lower(email) = lower($2) OR (phone = $3 AND phone_verified)
+                 ORDER BY by_email DESC
+                 LIMIT 1
+             ), ins AS (
+                 INSERT INTO users (id, email, phone, password_hash, first_name, last_name,
+                                    created_at, updated_at)
+                 SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text,
+                        $7::timestamptz, $7::timestamptz
+                 WHERE NOT EXISTS (SELECT 1 FROM holder)
+                 ON CONFLICT DO NOTHING
+                 RETURNING {USER_COLUMNS}
+             )
+             SELECT ins.*, holder.id AS holder_id, holder.phone AS holder_phone,
+                    holder.phone_verified AS holder_verified, holder.by_email AS holder_by_email
+             FROM (SELECT 1) AS one LEFT JOIN ins ON true LEFT JOIN holder ON true"
         );
-        let result = client
+        let row = client
             .query_one(
                 &client.prepare_cached(&sql).await?,
                 &[
@@ -75,15 +123,31 @@ impl Store {
                     &password_hash,
                     &user.first_name.as_str(),
                     &user.last_name.as_str(),
+                    &now,
                 ],
             )
-            .await;
-        match result.map_err(StoreError::from) {
-            Ok(row) => Ok(Ok(user_from_row(&row)?)),
-            Err(StoreError::Unique(index)) if index == "users_email_key" => Ok(Err(Taken::Email)),
-            Err(StoreError::Unique(index)) if index == "users_phone_key" => Ok(Err(Taken::Phone)),
-            Err(e) => Err(e),
+            .await?;
+        if row.try_get::<_, Option<Uuid>>("id")?.is_some() {
+            return Ok(Signup::Created(user_from_row(&row)?));
         }
+        let Some(id) = row.try_get::<_, Option<Uuid>>("holder_id")? else {
+            // Lost a race to an identical sign-up not yet visible here: only the
+            // e-mail index can refuse an unverified row.
+            return Ok(Signup::Taken {
+                by: Taken::Email,
+                holder: None,
+            });
+        };
+        let by_email: bool = row.try_get("holder_by_email")?;
+        let verified: bool = row.try_get("holder_verified")?;
+        let phone: String = row.try_get("holder_phone")?;
+        Ok(Signup::Taken {
+            by: if by_email { Taken::Email } else { Taken::Phone },
+            holder: Some(Holder {
+                id,
+                verified_phone: verified.then_some(phone),
+            }),
+        })
     }
 
     /// Looks a user up by id.

@@ -126,3 +126,77 @@ async fn codes_are_absent_from_logs() {
         assert!(!text.contains(secret), "a secret appears in the logs");
     }
 }
+
+/// The log entries at info level and above: an entry starts with its timestamp
+/// and may span lines. Debug entries are left out: the database driver logs
+/// statement parameters there, which is a deployment's choice to switch on.
+fn info_and_above(text: &str) -> Vec<String> {
+    let mut entries: Vec<(bool, String)> = Vec::new();
+    for line in text.lines() {
+        let starts_entry = line.len() > 10
+            && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && line.as_bytes()[10] == b'T';
+        if starts_entry || entries.is_empty() {
+            let level = line.split_whitespace().nth(1).unwrap_or("");
+            let keep = !matches!(level, "DEBUG" | "TRACE");
+            entries.push((keep, line.to_owned()));
+        } else if let Some(last) = entries.last_mut() {
+            last.1.push('\n');
+            last.1.push_str(line);
+        }
+    }
+    entries
+        .into_iter()
+        .filter_map(|(keep, e)| keep.then_some(e))
+        .collect()
+}
+
+#[tokio::test]
+async fn login_flow_ids_never_appear_in_info_logs() {
+    let logs = captured_logs();
+    let (app, fake) = spawn_app_with_twilio().await;
+    let a = account(&app).await;
+    enable_2fa(&app, &fake, &a).await;
+    let before = count_to(&fake, &a.phone);
+    let flow = expect_json(
+        app.post_json(
+            "/api/v1/account/login",
+            &json!({"email": a.email, "password": a.password}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let flow_id = flow["flowId"].as_str().unwrap().to_owned();
+    let code = code_for(&fake, &a.phone, before).await;
+    let r = app
+        .post_json(
+            "/api/v1/account/login/verify",
+            &json!({"flowId": flow_id, "code": wrong(&code)}),
+        )
+        .await;
+    expect_error(r, 401, "invalid_code").await;
+    expect_json(
+        app.post_json(
+            "/api/v1/account/login/verify",
+            &json!({"flowId": flow_id, "code": code}),
+        )
+        .await,
+        200,
+    )
+    .await;
+
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let entries = info_and_above(&text);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.contains("login needs an SMS code")),
+        "info logs were not captured"
+    );
+    let leaked: Vec<&String> = entries.iter().filter(|e| e.contains(&flow_id)).collect();
+    assert!(
+        leaked.is_empty(),
+        "a flow id appears in the logs: {leaked:?}"
+    );
+}

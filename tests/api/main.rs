@@ -17,6 +17,7 @@ mod metrics;
 mod openapi;
 mod otp;
 mod private_pg;
+mod purge;
 mod rate_limits;
 mod sessions;
 mod signup;

@@ -205,6 +205,40 @@ async fn clients_behind_a_trusted_proxy_are_counted_apart() {
 }
 
 #[tokio::test]
+async fn a_spoofed_leftmost_or_junk_rightmost_forwarded_entry_does_not_change_the_bucket() {
+    let app = spawn_app_with(|c| {
+        c.rate_limits = limits_on(Rate::new(2, Duration::from_secs(60)));
+        c.rate_limits.trusted_proxy_header = Some("x-forwarded-for".parse().unwrap());
+    })
+    .await;
+    let login = LOGIN[0];
+    let status = |xff: Option<&'static str>| {
+        let app = &app;
+        async move { post(app, login, xff).await.status().as_u16() }
+    };
+    // A client behind our proxy: whatever it writes on the left, the proxy's
+    // entry (right-most) is the bucket.
+    assert_ne!(status(Some("203.0.113.1, 198.51.100.9")).await, 429);
+    assert_ne!(status(Some("203.0.113.2, 198.51.100.9")).await, 429);
+    assert_eq!(status(Some("203.0.113.3, 198.51.100.9")).await, 429);
+    // The peer (127.0.0.1) spends its budget.
+    assert_ne!(status(None).await, 429);
+    assert_ne!(status(None).await, 429);
+    assert_eq!(status(None).await, 429);
+    // An unparsable entry where the proxy's should be means the peer, not the
+    // next parsable address to its left (which the client chose).
+    for spoof in [
+        "203.0.113.50, unknown",
+        "203.0.113.51, for=unknown",
+        "203.0.113.52, junk",
+        "203.0.113.53, ",
+        "203.0.113.54,_obfuscated",
+    ] {
+        assert_eq!(status(Some(spoof)).await, 429, "{spoof}");
+    }
+}
+
+#[tokio::test]
 async fn an_untrusted_forwarded_header_is_ignored() {
     // No trusted header configured (the default): any client can write one.
     let app =
