@@ -115,10 +115,24 @@ async fn concurrent_guesses_over_two_processes_evaluate_at_most_the_ceiling() {
     assert_eq!(right_body["code"], "invalid_credentials");
     let evaluated = audit_count(&db, &a.id, "login_failed", Some("wrong_password")).await;
     assert!(
-        (1..=i64::from(CEILING)).contains(&evaluated),
+        evaluated <= i64::from(CEILING),
         "{evaluated} guesses were checked against the password"
     );
-    assert!(audit_count(&db, &a.id, "locked_out", None).await >= 1);
+    // The settlement's own count is exact even when the server is too loaded
+    // to write an audit row in time (audit rows are best effort).
+    let row = db
+        .query_one(
+            "SELECT failed_logins, locked_until IS NOT NULL FROM users WHERE email = $1",
+            &[&a.email],
+        )
+        .await
+        .unwrap();
+    let (failed, locked): (i32, bool) = (row.get(0), row.get(1));
+    assert!(
+        (1..=CEILING).contains(&failed),
+        "{failed} guesses evaluated"
+    );
+    assert!(locked, "the evaluated guesses locked the account");
 }
 
 #[tokio::test]
