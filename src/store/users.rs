@@ -15,14 +15,15 @@ pub enum AccountChange {
 }
 
 impl AccountChange {
-    /// The SET clause, and the WHERE guard the change needs (2FA on requires a
-    /// verified phone, checked in the same statement so a concurrent phone change
-    /// cannot slip between).
-    pub(super) fn sql(self) -> (&'static str, &'static str) {
+    /// The column the change sets, its new value, and the guard the change
+    /// needs, an expression over the row `u` (2FA on requires a verified phone,
+    /// checked in the same statement so a concurrent phone change cannot slip
+    /// between). A guard must not read the column its change writes.
+    pub(super) fn sql(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            AccountChange::PhoneVerified => ("phone_verified = true", ""),
-            AccountChange::TwoFa(true) => ("two_fa = true", " AND phone_verified"),
-            AccountChange::TwoFa(false) => ("two_fa = false", ""),
+            AccountChange::PhoneVerified => ("phone_verified", "true", "true"),
+            AccountChange::TwoFa(true) => ("two_fa", "true", "u.phone_verified"),
+            AccountChange::TwoFa(false) => ("two_fa", "false", "true"),
         }
     }
 }
