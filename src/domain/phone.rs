@@ -262,7 +262,7 @@ impl PhoneE164 {
             (None, Some(r)) => Ok(r),
             // Non-geographic numbers have no region; only `*` admits them.
             (None, None) => Ok("001".to_owned()),
-            (Some(allowed), Some(r)) if allowed.iter().any(|a| *a == r) => Ok(r),
+            (Some(allowed), Some(r)) if allowed.contains(&r) => Ok(r),
             (Some(_), _) => Err(DestinationRefusal::Region),
         }
     }
