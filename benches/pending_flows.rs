@@ -162,6 +162,7 @@ fn config(capture: SocketAddr, ttl: Duration) -> Config {
             sms_per_phone_day: 1_000,
             sms_per_account_hour: 1_000,
             sms_global_per_minute: i32::MAX,
+            sms_per_region_hour: i32::MAX,
             ..QuotaConfig::default()
         },
         rate_limits: RateLimitConfig {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use warp::http::header::HeaderName;
 
+use crate::domain::phone::{is_known_region, NumberType, SmsDestinations};
+
 /// The smallest accepted `JWT_SECRET`, in bytes: HS256 wants at least the hash size.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -169,9 +171,21 @@ pub struct QuotaConfig {
     /// `AUTHGATE_SMS_GLOBAL_PER_MINUTE`: every code of every account: the circuit
     /// breaker against SMS pumping.
     pub sms_global_per_minute: i32,
-    /// `AUTHGATE_SMS_ALLOWED_COUNTRIES`: calling codes SMS may go to (`1,44`);
-    /// empty: all.
-    pub sms_allowed_countries: Vec<u16>,
+    /// `AUTHGATE_SMS_PER_REGION_HOUR`: codes sent to one ISO region per hour
+    /// (`300`), with per-region overrides (`300,US=3000,GB=500`).
+    pub sms_per_region_hour: i32,
+    pub sms_per_region_hour_overrides: Vec<(String, i32)>,
+    /// `AUTHGATE_SMS_ALLOWED_REGIONS` (ISO regions, `US,CA,GB`, or `*`) and
+    /// `AUTHGATE_SMS_ALLOWED_NUMBER_TYPES` (`mobile,fixed_line_or_mobile`).
+    pub sms_destinations: SmsDestinations,
+    /// `AUTHGATE_CODE_FAILURES_MAX`: wrong codes in a row, over every purpose
+    /// and flow of an account, before code entry and sending lock (at most 100,
+    /// NIST SP 800-63B's ceiling).
+    pub code_failures_max: i32,
+    /// `AUTHGATE_CODE_LOCK_BASE`: the first such lock; each further one without a
+    /// right code in between lasts twice as long, up to `AUTHGATE_CODE_LOCK_MAX`.
+    pub code_lock_base: Duration,
+    pub code_lock_max: Duration,
     /// `AUTHGATE_LOGIN_LOCKOUT_AFTER`: failed passwords in a row before a lockout.
     pub lockout_after: i32,
     /// `AUTHGATE_LOGIN_LOCKOUT_BASE` doubling per further failure, capped at
@@ -189,13 +203,30 @@ impl Default for QuotaConfig {
             sms_per_phone_hour: 10,
             sms_per_phone_day: 30,
             sms_per_account_hour: 10,
-            sms_global_per_minute: 600,
-            sms_allowed_countries: Vec::new(),
+            // One code a second: what one Twilio long code delivers, and a
+            // bounded bill when every other limit is evaded (README).
+            sms_global_per_minute: 60,
+            sms_per_region_hour: 1000,
+            sms_per_region_hour_overrides: Vec::new(),
+            sms_destinations: SmsDestinations::default(),
+            code_failures_max: 20,
+            code_lock_base: Duration::from_secs(3600),
+            code_lock_max: Duration::from_secs(24 * 3600),
             lockout_after: 10,
             lockout_base: Duration::from_secs(60),
             lockout_max: Duration::from_secs(15 * 60),
             lockout_window: Duration::from_secs(15 * 60),
         }
+    }
+}
+
+impl QuotaConfig {
+    /// The hourly ceiling of codes sent to `region`.
+    pub fn sms_region_limit(&self, region: &str) -> i32 {
+        self.sms_per_region_hour_overrides
+            .iter()
+            .find(|(r, _)| r == region)
+            .map_or(self.sms_per_region_hour, |(_, n)| *n)
     }
 }
 
@@ -629,21 +660,52 @@ impl Config {
             "AUTHGATE_SMS_GLOBAL_PER_MINUTE",
             |s| parse_range(s, 1, 100_000_000)
         );
+        if var("AUTHGATE_SMS_ALLOWED_COUNTRIES").is_some() {
+            // Calling codes admit every region that shares them (+1: twenty
+            // Caribbean countries); guessing the regions meant would be unsafe.
+            errors.push(ConfigError::new(
+                "AUTHGATE_SMS_ALLOWED_COUNTRIES",
+                "replaced by AUTHGATE_SMS_ALLOWED_REGIONS, ISO regions like US,CA,GB \
+                 (a calling code such as 1 also covers Jamaica and other premium destinations)",
+            ));
+        }
         set!(
-            cfg.quotas.sms_allowed_countries,
-            "AUTHGATE_SMS_ALLOWED_COUNTRIES",
-            |s: &str| {
-                s.split(',')
-                    .map(|c| c.trim().trim_start_matches('+'))
-                    .filter(|c| !c.is_empty())
-                    .map(|c| match c.parse::<u16>() {
-                        Ok(n) if (1..=999).contains(&n) => Ok(n),
-                        _ => Err(format!(
-                            "`{c}` is not a country calling code (like 1 or 44)"
-                        )),
-                    })
-                    .collect::<Result<Vec<u16>, String>>()
+            cfg.quotas.sms_destinations.regions,
+            "AUTHGATE_SMS_ALLOWED_REGIONS",
+            parse_regions
+        );
+        set!(
+            cfg.quotas.sms_destinations.number_types,
+            "AUTHGATE_SMS_ALLOWED_NUMBER_TYPES",
+            parse_number_types
+        );
+        if let Some(raw) = var("AUTHGATE_SMS_PER_REGION_HOUR") {
+            match parse_region_ceilings(raw.trim()) {
+                Ok((default, overrides)) => {
+                    if let Some(n) = default {
+                        cfg.quotas.sms_per_region_hour = n;
+                    }
+                    cfg.quotas.sms_per_region_hour_overrides = overrides;
+                }
+                Err(problem) => {
+                    errors.push(ConfigError::new("AUTHGATE_SMS_PER_REGION_HOUR", problem))
+                }
             }
+        }
+        set!(
+            cfg.quotas.code_failures_max,
+            "AUTHGATE_CODE_FAILURES_MAX",
+            |s| parse_range(s, 1, 100)
+        );
+        set!(
+            cfg.quotas.code_lock_base,
+            "AUTHGATE_CODE_LOCK_BASE",
+            parse_duration
+        );
+        set!(
+            cfg.quotas.code_lock_max,
+            "AUTHGATE_CODE_LOCK_MAX",
+            parse_duration
         );
         set!(
             cfg.quotas.lockout_after,
@@ -755,6 +817,18 @@ impl Config {
             Err(e) => errors.push(e),
         }
 
+        if cfg.quotas.code_lock_base.is_zero() {
+            errors.push(ConfigError::new(
+                "AUTHGATE_CODE_LOCK_BASE",
+                "must be positive",
+            ));
+        }
+        if cfg.quotas.code_lock_max < cfg.quotas.code_lock_base {
+            errors.push(ConfigError::new(
+                "AUTHGATE_CODE_LOCK_MAX",
+                "must be at least AUTHGATE_CODE_LOCK_BASE",
+            ));
+        }
         if cfg.jwt_expiration.is_zero() {
             errors.push(ConfigError::new("JWT_EXPIRATION_TIME", "must be positive"));
         }
@@ -917,6 +991,51 @@ impl Config {
                 "AUTHGATE_OUTBOX_RETENTION",
                 format!("{:?}", self.purge.outbox_retention),
             ),
+            (
+                "AUTHGATE_SMS_GLOBAL_PER_MINUTE",
+                self.quotas.sms_global_per_minute.to_string(),
+            ),
+            (
+                "AUTHGATE_SMS_PER_REGION_HOUR",
+                std::iter::once(self.quotas.sms_per_region_hour.to_string())
+                    .chain(
+                        self.quotas
+                            .sms_per_region_hour_overrides
+                            .iter()
+                            .map(|(r, n)| format!("{r}={n}")),
+                    )
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "AUTHGATE_SMS_ALLOWED_REGIONS",
+                match &self.quotas.sms_destinations.regions {
+                    Some(r) => r.join(","),
+                    None => "* (every region: SMS pumping exposure)".to_owned(),
+                },
+            ),
+            (
+                "AUTHGATE_SMS_ALLOWED_NUMBER_TYPES",
+                self.quotas
+                    .sms_destinations
+                    .number_types
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "AUTHGATE_CODE_FAILURES_MAX",
+                self.quotas.code_failures_max.to_string(),
+            ),
+            (
+                "AUTHGATE_CODE_LOCK_BASE",
+                format!("{:?}", self.quotas.code_lock_base),
+            ),
+            (
+                "AUTHGATE_CODE_LOCK_MAX",
+                format!("{:?}", self.quotas.code_lock_max),
+            ),
         ]
     }
 }
@@ -1074,6 +1193,70 @@ fn parse_database_url(s: &str) -> Result<DatabaseSource, String> {
         return Err("the URL names no host".to_owned());
     }
     Ok(DatabaseSource::Url(Box::new(cfg)))
+}
+
+/// `US,CA,GB` (ISO regions of the numbering plan) or `*` (every region).
+fn parse_regions(s: &str) -> Result<Option<Vec<String>>, String> {
+    if s == "*" {
+        return Ok(None);
+    }
+    let mut regions = Vec::new();
+    for r in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        let r = r.to_ascii_uppercase();
+        if r.len() != 2 || !is_known_region(&r) {
+            return Err(format!(
+                "`{r}` is not an ISO region of the numbering plan (like US, GB, JE; or * for all)"
+            ));
+        }
+        if !regions.contains(&r) {
+            regions.push(r);
+        }
+    }
+    if regions.is_empty() {
+        return Err("name at least one region (like US,CA), or * for all".to_owned());
+    }
+    Ok(Some(regions))
+}
+
+/// `mobile,fixed_line_or_mobile`: line types of the numbering plan.
+fn parse_number_types(s: &str) -> Result<Vec<NumberType>, String> {
+    let mut types = Vec::new();
+    for t in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let Some(t) = NumberType::parse(t) else {
+            let known: Vec<&str> = NumberType::ALL.iter().map(|t| t.as_str()).collect();
+            return Err(format!("`{t}` is not one of: {}", known.join(", ")));
+        };
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    if types.is_empty() {
+        return Err("name at least one line type (like mobile)".to_owned());
+    }
+    Ok(types)
+}
+
+/// `1000` (every region), `US=3000,GB=500` (those regions), or both mixed:
+/// `1000,US=3000`. Returns the default, if given, and the overrides.
+type RegionCeilings = (Option<i32>, Vec<(String, i32)>);
+fn parse_region_ceilings(s: &str) -> Result<RegionCeilings, String> {
+    let mut default = None;
+    let mut overrides: Vec<(String, i32)> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item.split_once('=') {
+            None => default = Some(parse_range(item, 1, 100_000_000)?),
+            Some((r, n)) => {
+                let r = r.trim().to_ascii_uppercase();
+                if r.len() != 2 || !is_known_region(&r) {
+                    return Err(format!("`{r}` is not an ISO region (like US=1000)"));
+                }
+                let n = parse_range(n.trim(), 1, 100_000_000)?;
+                overrides.retain(|(o, _)| *o != r);
+                overrides.push((r, n));
+            }
+        }
+    }
+    Ok((default, overrides))
 }
 
 fn parse_range<T>(s: &str, min: T, max: T) -> Result<T, String>
@@ -1312,12 +1495,53 @@ mod tests {
 
     #[test]
     fn quotas_parse_and_name_bad_values() {
-        let c = cfg(&[("AUTHGATE_SMS_ALLOWED_COUNTRIES", "1, +44,")]).unwrap();
-        assert_eq!(c.quotas.sms_allowed_countries, [1, 44]);
+        let c = cfg(&[
+            ("AUTHGATE_SMS_ALLOWED_REGIONS", "us, CA,"),
+            ("AUTHGATE_SMS_ALLOWED_NUMBER_TYPES", "mobile, voip"),
+            ("AUTHGATE_SMS_PER_REGION_HOUR", "50, us=500,GB=20"),
+            ("AUTHGATE_CODE_FAILURES_MAX", "100"),
+            ("AUTHGATE_CODE_LOCK_BASE", "10m"),
+        ])
+        .unwrap();
+        let q = &c.quotas;
         assert_eq!(
-            vars_of(cfg(&[("AUTHGATE_SMS_ALLOWED_COUNTRIES", "1,uk")])),
+            q.sms_destinations.regions,
+            Some(vec!["US".to_owned(), "CA".to_owned()])
+        );
+        assert_eq!(
+            q.sms_destinations.number_types,
+            [NumberType::Mobile, NumberType::Voip]
+        );
+        assert_eq!(
+            (
+                q.sms_region_limit("US"),
+                q.sms_region_limit("GB"),
+                q.sms_region_limit("CA")
+            ),
+            (500, 20, 50)
+        );
+        assert_eq!(q.code_failures_max, 100);
+        assert_eq!(q.code_lock_base, Duration::from_secs(600));
+        let all = cfg(&[("AUTHGATE_SMS_ALLOWED_REGIONS", "*")]).unwrap();
+        assert_eq!(all.quotas.sms_destinations.regions, None);
+        // The calling-code list is refused by name, not silently reinterpreted.
+        assert_eq!(
+            vars_of(cfg(&[("AUTHGATE_SMS_ALLOWED_COUNTRIES", "1,44")])),
             ["AUTHGATE_SMS_ALLOWED_COUNTRIES"]
         );
+        for (var, bad) in [
+            ("AUTHGATE_SMS_ALLOWED_REGIONS", "US,UK"),
+            ("AUTHGATE_SMS_ALLOWED_REGIONS", ","),
+            ("AUTHGATE_SMS_ALLOWED_NUMBER_TYPES", "mobile,landline"),
+            ("AUTHGATE_SMS_PER_REGION_HOUR", "US=0"),
+            ("AUTHGATE_SMS_PER_REGION_HOUR", "XX=10"),
+            // NIST SP 800-63B: at most 100 failed attempts in a row.
+            ("AUTHGATE_CODE_FAILURES_MAX", "101"),
+            ("AUTHGATE_CODE_FAILURES_MAX", "0"),
+            ("AUTHGATE_CODE_LOCK_MAX", "1s"),
+        ] {
+            assert_eq!(vars_of(cfg(&[(var, bad)])), [var], "{var}={bad}");
+        }
         assert_eq!(
             vars_of(cfg(&[("AUTHGATE_SMS_PER_PHONE_HOUR", "0")])),
             ["AUTHGATE_SMS_PER_PHONE_HOUR"]

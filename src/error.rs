@@ -60,6 +60,10 @@ pub enum AppError {
     /// 429: a flow's resend budget is spent; start a new login.
     #[error("resend limit reached")]
     ResendLimit,
+    /// 429: too many wrong codes in a row for this account (any purpose or
+    /// flow): no code is checked or sent until `retry_after` has passed.
+    #[error("code entry locked")]
+    CodeEntryLocked { retry_after: Duration },
     /// 405: the route exists with another method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -142,6 +146,7 @@ impl AppError {
             AppError::Gone(_) => StatusCode::GONE,
             AppError::SmsRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::ResendLimit => StatusCode::TOO_MANY_REQUESTS,
+            AppError::CodeEntryLocked { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::EmailTaken | AppError::PhoneTaken => StatusCode::CONFLICT,
             AppError::LengthRequired => StatusCode::LENGTH_REQUIRED,
@@ -179,6 +184,7 @@ impl AppError {
             AppError::Gone(GoneReason::FlowLocked) => "flow_locked",
             AppError::Gone(GoneReason::FlowFinished) => "flow_finished",
             AppError::ResendLimit => "resend_limit_reached",
+            AppError::CodeEntryLocked { .. } => "code_entry_locked",
             AppError::SmsRefused(SmsRefusal::CountryNotAllowed) => "phone_country_not_allowed",
             AppError::SmsRefused(SmsRefusal::NotMobile) => "phone_not_mobile",
             AppError::MethodNotAllowed => "method_not_allowed",
@@ -262,11 +268,15 @@ impl AppError {
                 "SMS cannot be sent to numbers in this country".to_owned()
             }
             AppError::SmsRefused(SmsRefusal::NotMobile) => {
-                "SMS can only be sent to mobile numbers; this number is premium-rate, toll-free or a landline".to_owned()
+                "SMS can only be sent to mobile numbers; this number is a landline, VoIP, premium-rate, toll-free or other non-mobile line".to_owned()
             }
             AppError::ResendLimit => {
                 "no more codes can be sent for this login; log in again".to_owned()
             }
+            AppError::CodeEntryLocked { retry_after } => format!(
+                "too many wrong codes for this account; no code can be entered or sent for {} seconds",
+                retry_after.as_secs().max(1)
+            ),
             AppError::MethodNotAllowed => "this route does not accept that method".to_owned(),
             AppError::EmailTaken => "an account with this email already exists".to_owned(),
             AppError::PhoneTaken => "an account with this phone number already exists".to_owned(),

@@ -172,7 +172,7 @@ impl FlowEvent {
 }
 
 /// How a code check ended, as a label.
-const CHECK_RESULTS: [&str; 4] = ["accepted", "rejected", "unusable", "no_code"];
+const CHECK_RESULTS: [&str; 5] = ["accepted", "rejected", "unusable", "no_code", "locked"];
 
 fn check_index(outcome: &CheckOutcome) -> usize {
     match outcome {
@@ -180,6 +180,7 @@ fn check_index(outcome: &CheckOutcome) -> usize {
         CheckOutcome::Rejected { .. } => 1,
         CheckOutcome::Unusable(_) => 2,
         CheckOutcome::NoCode => 3,
+        CheckOutcome::Locked { .. } => 4,
     }
 }
 
@@ -199,15 +200,21 @@ pub enum QuotaRefusal {
     Cooldown,
     PerPhone,
     PerAccount,
+    /// `AUTHGATE_SMS_PER_REGION_HOUR`.
+    PerRegion,
     Global,
+    /// Code entry is locked for the account (too many wrong codes).
+    CodeLocked,
 }
 
 impl QuotaRefusal {
-    const ALL: [QuotaRefusal; 4] = [
+    const ALL: [QuotaRefusal; 6] = [
         QuotaRefusal::Cooldown,
         QuotaRefusal::PerPhone,
         QuotaRefusal::PerAccount,
+        QuotaRefusal::PerRegion,
         QuotaRefusal::Global,
+        QuotaRefusal::CodeLocked,
     ];
 
     fn index(self) -> usize {
@@ -216,6 +223,8 @@ impl QuotaRefusal {
             QuotaRefusal::PerPhone => 1,
             QuotaRefusal::PerAccount => 2,
             QuotaRefusal::Global => 3,
+            QuotaRefusal::PerRegion => 4,
+            QuotaRefusal::CodeLocked => 5,
         }
     }
 
@@ -225,6 +234,8 @@ impl QuotaRefusal {
             QuotaRefusal::PerPhone => "per_phone",
             QuotaRefusal::PerAccount => "per_account",
             QuotaRefusal::Global => "global",
+            QuotaRefusal::PerRegion => "per_region",
+            QuotaRefusal::CodeLocked => "code_locked",
         }
     }
 }
@@ -265,8 +276,8 @@ pub struct Metrics {
     flows: [AtomicU64; 4],
     codes_issued: [AtomicU64; 4],
     /// purpose × check result.
-    code_checks: [[AtomicU64; 4]; 4],
-    quota_refusals: [AtomicU64; 4],
+    code_checks: [[AtomicU64; 5]; 4],
+    quota_refusals: [AtomicU64; 6],
     hash_wait: Histogram,
     /// Hashes not run, by [`HASH_DROP_REASONS`].
     hash_dropped: [AtomicU64; 3],
@@ -531,7 +542,7 @@ impl Metrics {
             out,
             "authgate_code_checks_total",
             "counter",
-            "Codes checked, by purpose and result: accepted, rejected (wrong code), unusable (expired, used, exhausted or superseded), no_code.",
+            "Codes checked, by purpose and result: accepted, rejected (wrong code), unusable (expired, used, exhausted or superseded), no_code, locked (too many wrong codes for the account).",
         );
         for p in Purpose::ALL {
             for (i, result) in CHECK_RESULTS.iter().enumerate() {

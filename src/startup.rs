@@ -144,6 +144,12 @@ impl Application {
                  (the PostgreSQL quotas still apply); use this for load tests only"
             );
         }
+        if config.quotas.sms_destinations.regions.is_none() {
+            tracing::warn!(
+                "AUTHGATE_SMS_ALLOWED_REGIONS=*: codes may be sent to every region, \
+                 including those SMS pumping targets; list the regions you serve"
+            );
+        }
         let state = AppState::new(AppParts {
             limits,
             config,

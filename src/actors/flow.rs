@@ -326,6 +326,22 @@ async fn verify(s: &mut FlowActorState, code: String) -> Result<TokensBody, AppE
         CheckOutcome::Unusable(f) if f.state == crate::domain::otp::CodeState::Dead => {
             return Err(AppError::Gone(GoneReason::FlowLocked))
         }
+        // The account's code entry is locked: the flow stays as it is (it
+        // expires on its own), and every verify answers the lock.
+        locked @ CheckOutcome::Locked { .. } => {
+            crate::routes::account::code_lock_started(
+                &s.app,
+                &s.client,
+                s.user_id,
+                Purpose::Login2fa,
+                locked,
+            )
+            .await;
+            return Err(crate::routes::account::check_failure(
+                locked,
+                s.app.clock().now(),
+            ));
+        }
         other => {
             let now = s.app.clock().now();
             return Err(crate::routes::account::check_failure(other, now));

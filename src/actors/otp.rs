@@ -19,12 +19,12 @@ use crate::audit::{AuditKind, ClientInfo};
 use crate::clock::Clock;
 use crate::crypto::Keys;
 use crate::domain::otp::{self, Purpose};
-use crate::domain::phone::PhoneE164;
+use crate::domain::phone::{DestinationRefusal, PhoneE164};
 use crate::domain::user::User;
 use crate::error::{AppError, SmsRefusal};
 use crate::metrics::QuotaRefusal;
 use crate::store::audit::AuditEntry;
-use crate::store::otp::{CheckOutcome, IssueOutcome, IssueRequest, OnAccept};
+use crate::store::otp::{CheckOutcome, CodeGuard, IssueOutcome, IssueRequest, OnAccept};
 use crate::store::quotas::Quota;
 use crate::store::users::AccountChange;
 use crate::store::Store;
@@ -142,6 +142,11 @@ impl Actor for OtpActor {
                 reply,
             } => {
                 let now = s.clock.now();
+                let guard = CodeGuard {
+                    max_failures: s.quotas.code_failures_max,
+                    lock_base: s.quotas.code_lock_base,
+                    lock_max: s.quotas.code_lock_max,
+                };
                 let detail = serde_json::json!({});
                 let on_accept = confirms.as_ref().map(|c| OnAccept {
                     change: c.change,
@@ -160,6 +165,7 @@ impl Actor for OtpActor {
                         flow_id,
                         &code,
                         now,
+                        guard,
                         on_accept.as_ref(),
                     )
                     .await
@@ -197,16 +203,14 @@ async fn issue(
 ) -> Result<Issued, AppError> {
     // Refuse before anything is stored or queued.
     let q = &s.quotas;
-    if !q.sms_allowed_countries.is_empty()
-        && !phone
-            .country_code()
-            .is_some_and(|c| q.sms_allowed_countries.contains(&c))
-    {
-        return Err(AppError::SmsRefused(SmsRefusal::CountryNotAllowed));
-    }
-    if !phone.sms_capable() {
-        return Err(AppError::SmsRefused(SmsRefusal::NotMobile));
-    }
+    let region = phone
+        .sms_destination(&q.sms_destinations)
+        .map_err(|refusal| {
+            AppError::SmsRefused(match refusal {
+                DestinationRefusal::Region => SmsRefusal::CountryNotAllowed,
+                DestinationRefusal::NumberType(_) => SmsRefusal::NotMobile,
+            })
+        })?;
     let quotas = [
         Quota {
             key: format!("sms:phone:{}:h", phone.as_str()),
@@ -223,6 +227,13 @@ async fn issue(
             window: chrono::Duration::hours(1),
             limit: q.sms_per_account_hour,
         },
+        Quota {
+            key: format!("sms:region:{region}:h"),
+            window: chrono::Duration::hours(1),
+            limit: q.sms_region_limit(&region),
+        },
+        // Last: its row is the one every send in the cluster shares, so its lock
+        // is held for the shortest time.
         Quota {
             key: "sms:global:m".to_owned(),
             window: chrono::Duration::minutes(1),
@@ -270,10 +281,17 @@ async fn issue(
                     .unwrap_or(Duration::from_secs(1)),
             })
         }
+        IssueOutcome::Locked { until } => {
+            s.metrics.quota_refused(QuotaRefusal::CodeLocked);
+            Err(AppError::CodeEntryLocked {
+                retry_after: (until - now).to_std().unwrap_or(Duration::from_secs(1)),
+            })
+        }
         IssueOutcome::QuotaExceeded { quota, retry_after } => {
             let (which, refusal) = match quota.split(':').nth(1) {
                 Some("phone") => ("per-phone", QuotaRefusal::PerPhone),
                 Some("user") => ("per-account", QuotaRefusal::PerAccount),
+                Some("region") => ("per-region", QuotaRefusal::PerRegion),
                 _ => ("global", QuotaRefusal::Global),
             };
             s.metrics.quota_refused(refusal);

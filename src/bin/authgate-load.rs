@@ -447,6 +447,7 @@ async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, Strin
         .env("AUTHGATE_SMS_PER_PHONE_DAY", "1000000")
         .env("AUTHGATE_SMS_PER_ACCOUNT_HOUR", "1000000")
         .env("AUTHGATE_SMS_GLOBAL_PER_MINUTE", "100000000")
+        .env("AUTHGATE_SMS_PER_REGION_HOUR", "100000000")
         .env("AUTHGATE_SMS_RATE_PER_SEC", "10000")
         .env("AUTHGATE_SMS_CONCURRENCY", "64")
         .env("AUTHGATE_LOGIN_LOCKOUT_AFTER", "1000")

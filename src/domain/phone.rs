@@ -32,6 +32,148 @@ impl PhoneError {
     }
 }
 
+/// The line types of the numbering plan (libphonenumber's), as configuration
+/// names them (`AUTHGATE_SMS_ALLOWED_NUMBER_TYPES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NumberType {
+    Mobile,
+    /// Where the plan cannot tell the two apart (the whole North American plan).
+    FixedLineOrMobile,
+    FixedLine,
+    TollFree,
+    PremiumRate,
+    SharedCost,
+    Personal,
+    Voip,
+    Pager,
+    Uan,
+    Voicemail,
+    Emergency,
+    ShortCode,
+    StandardRate,
+    Carrier,
+    NoInternational,
+    Unknown,
+}
+
+impl NumberType {
+    pub const ALL: [NumberType; 17] = [
+        NumberType::Mobile,
+        NumberType::FixedLineOrMobile,
+        NumberType::FixedLine,
+        NumberType::TollFree,
+        NumberType::PremiumRate,
+        NumberType::SharedCost,
+        NumberType::Personal,
+        NumberType::Voip,
+        NumberType::Pager,
+        NumberType::Uan,
+        NumberType::Voicemail,
+        NumberType::Emergency,
+        NumberType::ShortCode,
+        NumberType::StandardRate,
+        NumberType::Carrier,
+        NumberType::NoInternational,
+        NumberType::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberType::Mobile => "mobile",
+            NumberType::FixedLineOrMobile => "fixed_line_or_mobile",
+            NumberType::FixedLine => "fixed_line",
+            NumberType::TollFree => "toll_free",
+            NumberType::PremiumRate => "premium_rate",
+            NumberType::SharedCost => "shared_cost",
+            NumberType::Personal => "personal",
+            NumberType::Voip => "voip",
+            NumberType::Pager => "pager",
+            NumberType::Uan => "uan",
+            NumberType::Voicemail => "voicemail",
+            NumberType::Emergency => "emergency",
+            NumberType::ShortCode => "short_code",
+            NumberType::StandardRate => "standard_rate",
+            NumberType::Carrier => "carrier",
+            NumberType::NoInternational => "no_international",
+            NumberType::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NumberType> {
+        let s = s.trim().to_ascii_lowercase().replace('-', "_");
+        NumberType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl From<phonenumber::Type> for NumberType {
+    fn from(t: phonenumber::Type) -> NumberType {
+        use phonenumber::Type;
+        match t {
+            Type::Mobile => NumberType::Mobile,
+            Type::FixedLineOrMobile => NumberType::FixedLineOrMobile,
+            Type::FixedLine => NumberType::FixedLine,
+            Type::TollFree => NumberType::TollFree,
+            Type::PremiumRate => NumberType::PremiumRate,
+            Type::SharedCost => NumberType::SharedCost,
+            Type::PersonalNumber => NumberType::Personal,
+            Type::Voip => NumberType::Voip,
+            Type::Pager => NumberType::Pager,
+            Type::Uan => NumberType::Uan,
+            Type::Voicemail => NumberType::Voicemail,
+            Type::Emergency => NumberType::Emergency,
+            Type::ShortCode => NumberType::ShortCode,
+            Type::StandardRate => NumberType::StandardRate,
+            Type::Carrier => NumberType::Carrier,
+            Type::NoInternational => NumberType::NoInternational,
+            Type::Unknown => NumberType::Unknown,
+        }
+    }
+}
+
+/// Where SMS may go: the operator's allow-lists (`QuotaConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmsDestinations {
+    /// ISO regions (`US`, `GB`); `None` (`*`): every region.
+    pub regions: Option<Vec<String>>,
+    /// Line types SMS may go to.
+    pub number_types: Vec<NumberType>,
+}
+
+impl Default for SmsDestinations {
+    /// Where authgate's own tests and walk-through send, and the large markets
+    /// with mature SMS regulation and low pumping exposure; the operator widens
+    /// it on purpose. Only lines that certainly take SMS.
+    fn default() -> Self {
+        SmsDestinations {
+            regions: Some(
+                DEFAULT_SMS_REGIONS
+                    .iter()
+                    .map(|r| (*r).to_owned())
+                    .collect(),
+            ),
+            number_types: vec![NumberType::Mobile, NumberType::FixedLineOrMobile],
+        }
+    }
+}
+
+/// The default allow-list of `AUTHGATE_SMS_ALLOWED_REGIONS`.
+pub const DEFAULT_SMS_REGIONS: [&str; 10] =
+    ["US", "CA", "GB", "IE", "DE", "FR", "ES", "IT", "NL", "AU"];
+
+/// Whether `code` is a region of the numbering plan (`US`, `JE`; not `UK`).
+pub fn is_known_region(code: &str) -> bool {
+    phonenumber::metadata::DATABASE.by_id(code).is_some()
+}
+
+/// Why SMS may not go to a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationRefusal {
+    /// Its region is not on the allow-list.
+    Region,
+    /// Its line type is not allowed (VoIP, premium-rate, landline, ...).
+    NumberType(NumberType),
+}
+
 impl PhoneE164 {
     pub fn parse(raw: &str) -> Result<PhoneE164, PhoneError> {
         let s = raw.trim();
@@ -88,29 +230,41 @@ impl PhoneE164 {
             .map(|n| n.code().value())
     }
 
-    /// Whether SMS may go to this number: refused when the numbering plan says it is
-    /// premium-rate, shared-cost, toll-free or otherwise not a mobile (SMS pumping
-    /// uses such numbers to bill us). Numbers the plan cannot classify pass.
-    pub fn sms_capable(&self) -> bool {
-        use phonenumber::Type;
-        let Ok(n) = phonenumber::parse(None, &self.0) else {
-            return false;
-        };
-        !matches!(
-            n.number_type(&phonenumber::metadata::DATABASE),
-            Type::FixedLine
-                | Type::TollFree
-                | Type::PremiumRate
-                | Type::SharedCost
-                | Type::Pager
-                | Type::Uan
-                | Type::Emergency
-                | Type::Voicemail
-                | Type::ShortCode
-                | Type::StandardRate
-                | Type::Carrier
-                | Type::NoInternational
-        )
+    /// The ISO 3166 region the numbering plan assigns this number to: `US` for
+    /// `+14155550100`, `JM` for `+18762101234`, `JE` for `+447797712345`. A
+    /// calling code is shared by many regions (+1 by the US, Canada and twenty
+    /// Caribbean countries), so destination rules go by this, not by the code.
+    /// `None` for numbers of no single region (`+800` freephone and the like).
+    pub fn region(&self) -> Option<String> {
+        let n = phonenumber::parse(None, &self.0).ok()?;
+        let id = n.country().id()?;
+        Some(id.as_ref().to_owned())
+    }
+
+    /// What kind of line the numbering plan says this is.
+    pub fn number_type(&self) -> NumberType {
+        match phonenumber::parse(None, &self.0) {
+            Ok(n) => NumberType::from(n.number_type(&phonenumber::metadata::DATABASE)),
+            Err(_) => NumberType::Unknown,
+        }
+    }
+
+    /// Whether SMS may go to this number under `rules`: its line type first (so
+    /// a VoIP or premium number is named as such wherever it is), then its region.
+    /// Returns the region, which keys the per-region ceilings.
+    pub fn sms_destination(&self, rules: &SmsDestinations) -> Result<String, DestinationRefusal> {
+        let kind = self.number_type();
+        if !rules.number_types.contains(&kind) {
+            return Err(DestinationRefusal::NumberType(kind));
+        }
+        let region = self.region();
+        match (&rules.regions, region) {
+            (None, Some(r)) => Ok(r),
+            // Non-geographic numbers have no region; only `*` admits them.
+            (None, None) => Ok("001".to_owned()),
+            (Some(allowed), Some(r)) if allowed.contains(&r) => Ok(r),
+            (Some(_), _) => Err(DestinationRefusal::Region),
+        }
     }
 
     /// A hint safe to show before the user is authenticated: `+1 ••• ••• 0100`-like,
@@ -195,15 +349,82 @@ mod tests {
         }
     }
 
+    fn kind(raw: &str) -> NumberType {
+        PhoneE164::parse(raw).unwrap().number_type()
+    }
+
     #[test]
-    fn premium_rate_and_landlines_cannot_take_sms() {
-        // US numbers are "fixed line or mobile": allowed.
-        assert!(PhoneE164::parse("+14155550100").unwrap().sms_capable());
-        // UK mobile, UK landline, UK premium rate, US toll-free.
-        assert!(PhoneE164::parse("+447400123456").unwrap().sms_capable());
-        assert!(!PhoneE164::parse("+442079460958").unwrap().sms_capable());
-        assert!(!PhoneE164::parse("+449098790000").unwrap().sms_capable());
-        assert!(!PhoneE164::parse("+18005550100").unwrap().sms_capable());
+    fn line_types_come_from_the_numbering_plan() {
+        // US numbers are "fixed line or mobile"; UK mobile, landline, premium
+        // rate, VoIP and personal; US toll-free.
+        assert_eq!(kind("+14155550100"), NumberType::FixedLineOrMobile);
+        assert_eq!(kind("+447400123456"), NumberType::Mobile);
+        assert_eq!(kind("+442079460958"), NumberType::FixedLine);
+        assert_eq!(kind("+449098790000"), NumberType::PremiumRate);
+        assert_eq!(kind("+445612345678"), NumberType::Voip);
+        assert_eq!(kind("+447012345678"), NumberType::Personal);
+        assert_eq!(kind("+18005550100"), NumberType::TollFree);
+        for t in NumberType::ALL {
+            assert_eq!(NumberType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(
+            NumberType::parse(" Fixed-Line-Or-Mobile"),
+            Some(NumberType::FixedLineOrMobile)
+        );
+        assert_eq!(NumberType::parse("landline"), None);
+    }
+
+    /// Regions, not calling codes: +1 876 is Jamaica and +44 7797 is Jersey,
+    /// though their calling codes are those of the US and the UK.
+    #[test]
+    fn regions_come_from_the_numbering_plan_not_the_calling_code() {
+        let region = |raw: &str| PhoneE164::parse(raw).unwrap().region();
+        assert_eq!(region("+14155550100").as_deref(), Some("US"));
+        assert_eq!(region("+16137827274").as_deref(), Some("CA"));
+        assert_eq!(region("+18762101234").as_deref(), Some("JM"));
+        assert_eq!(region("+447400123456").as_deref(), Some("GB"));
+        assert_eq!(region("+447797712345").as_deref(), Some("JE"));
+        assert!(is_known_region("JE") && is_known_region("US"));
+        assert!(!is_known_region("UK") && !is_known_region("XX"));
+    }
+
+    #[test]
+    fn destinations_refuse_other_regions_and_non_mobile_lines() {
+        let rules = SmsDestinations {
+            regions: Some(vec!["US".to_owned(), "CA".to_owned(), "GB".to_owned()]),
+            ..SmsDestinations::default()
+        };
+        let check = |raw: &str| PhoneE164::parse(raw).unwrap().sms_destination(&rules);
+        assert_eq!(check("+14155550100"), Ok("US".to_owned()));
+        assert_eq!(check("+447400123456"), Ok("GB".to_owned()));
+        assert_eq!(check("+18762101234"), Err(DestinationRefusal::Region));
+        assert_eq!(check("+447797712345"), Err(DestinationRefusal::Region));
+        assert_eq!(
+            check("+445612345678"),
+            Err(DestinationRefusal::NumberType(NumberType::Voip))
+        );
+        assert_eq!(
+            check("+442079460958"),
+            Err(DestinationRefusal::NumberType(NumberType::FixedLine))
+        );
+        assert_eq!(
+            check("+18005550100"),
+            Err(DestinationRefusal::NumberType(NumberType::TollFree))
+        );
+        // `*` admits every region, still not every line type.
+        let all = SmsDestinations {
+            regions: None,
+            ..SmsDestinations::default()
+        };
+        let jm = PhoneE164::parse("+18762101234").unwrap();
+        assert_eq!(jm.sms_destination(&all), Ok("JM".to_owned()));
+        let voip = PhoneE164::parse("+445612345678").unwrap();
+        assert!(voip.sms_destination(&all).is_err());
+        let types = SmsDestinations {
+            number_types: vec![NumberType::Voip],
+            ..SmsDestinations::default()
+        };
+        assert_eq!(voip.sms_destination(&types), Ok("GB".to_owned()));
     }
 
     #[test]

@@ -246,6 +246,11 @@ pub fn check_failure(outcome: CheckOutcome, now: DateTime<Utc>) -> AppError {
         CheckOutcome::Accepted => AppError::internal("accepted code mapped to a failure"),
         CheckOutcome::Rejected { attempts_left } => AppError::InvalidCode { attempts_left },
         CheckOutcome::NoCode => AppError::NoActiveCode,
+        CheckOutcome::Locked { until, .. } => AppError::CodeEntryLocked {
+            retry_after: (until - now)
+                .to_std()
+                .unwrap_or(std::time::Duration::from_secs(1)),
+        },
         CheckOutcome::Unusable(facts) => match crate::domain::otp::usable(&facts, now) {
             Err(Unusable::Expired) => AppError::Gone(GoneReason::CodeExpired),
             Err(Unusable::Used) => AppError::Gone(GoneReason::CodeUsed),
@@ -254,6 +259,31 @@ pub fn check_failure(outcome: CheckOutcome, now: DateTime<Utc>) -> AppError {
             // Changed under us to a usable state: ask the client to retry.
             Ok(()) => AppError::Unavailable("code changed concurrently; retry".into()),
         },
+    }
+}
+
+/// Logs and audits the wrong code that locked code entry for the account.
+pub async fn code_lock_started(
+    state: &AppState,
+    client: &ClientInfo,
+    user_id: Uuid,
+    purpose: Purpose,
+    outcome: CheckOutcome,
+) {
+    if let CheckOutcome::Locked {
+        until,
+        by_this_try: true,
+    } = outcome
+    {
+        tracing::warn!(%user_id, %until, "code entry locked after too many wrong codes");
+        audit::record(
+            state,
+            Some(user_id),
+            AuditKind::LockedOut,
+            client,
+            json!({ "what": "code_entry", "purpose": purpose.as_str(), "until": until }),
+        )
+        .await;
     }
 }
 
@@ -292,6 +322,7 @@ async fn confirm_code(
             )
             .await;
         }
+        code_lock_started(&state, &client, user.id, purpose, outcome).await;
         return Err(check_failure(outcome, state.clock().now()));
     }
     let user = match (updated, change) {

@@ -241,6 +241,13 @@ fn too_many() -> AppError {
     }
 }
 
+/// Too many wrong codes for the account: no code is checked or sent for a while.
+fn code_locked() -> AppError {
+    AppError::CodeEntryLocked {
+        retry_after: std::time::Duration::from_secs(3600),
+    }
+}
+
 fn sms_refusals() -> Vec<AppError> {
     vec![
         AppError::SmsRefused(SmsRefusal::CountryNotAllowed),
@@ -282,6 +289,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             json_body_errors(missing(&["code"])),
             vec![E::InvalidCode { attempts_left: 4 }, E::NoActiveCode],
             code_gone(),
+            vec![code_locked()],
             extra,
             server_errors(),
         ]),
@@ -299,7 +307,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             Reply::Json(CODE_SENT),
         )],
         errors: concat(vec![
-            vec![E::InvalidToken, too_many()],
+            vec![E::InvalidToken, too_many(), code_locked()],
             extra,
             sms_refusals(),
             server_errors(),
@@ -351,7 +359,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             )],
             errors: concat(vec![
                 json_body_errors(missing(&["email", "password"])),
-                vec![E::InvalidCredentials, too_many()],
+                vec![E::InvalidCredentials, too_many(), code_locked()],
                 sms_refusals(),
                 server_errors(),
                 vec![overloaded()],
@@ -374,6 +382,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                     E::Gone(GoneReason::FlowLocked),
                     E::Gone(GoneReason::FlowFinished),
                     too_many(),
+                    code_locked(),
                 ],
                 server_errors(),
             ]),
@@ -398,6 +407,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                     E::Gone(GoneReason::FlowFinished),
                     too_many(),
                     E::ResendLimit,
+                    code_locked(),
                 ],
                 sms_refusals(),
                 server_errors(),

@@ -265,7 +265,10 @@ pub fn error_response(e: &AppError, path: &str) -> Response {
         Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
     );
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
-    if let AppError::TooManyRequests { retry_after } | AppError::Overloaded { retry_after } = e {
+    if let AppError::TooManyRequests { retry_after }
+    | AppError::Overloaded { retry_after }
+    | AppError::CodeEntryLocked { retry_after } = e
+    {
         let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, v);

@@ -15,22 +15,25 @@ pub enum AccountChange {
 }
 
 impl AccountChange {
-    /// The SET clause, and the WHERE guard the change needs (2FA on requires a
-    /// verified phone, checked in the same statement so a concurrent phone change
-    /// cannot slip between). Verifying a phone requires that no other account
-    /// verified it first: unverified accounts may share a phone, so a squatter
-    /// never blocks its owner, and the first to prove it wins (the partial
-    /// unique index `users_phone_verified_key` settles two verifying at once).
-    pub(super) fn sql(self) -> (&'static str, &'static str) {
+    /// The column the change sets, its new value, and the guard the change
+    /// needs, an expression over the row `u` (2FA on requires a verified phone,
+    /// checked in the same statement so a concurrent phone change cannot slip
+    /// between). A guard must not read the column its change writes.
+    /// Verifying a phone requires that no other account verified it first:
+    /// unverified accounts may share a phone, so a squatter never blocks its
+    /// owner, and the first to prove it wins (the partial unique index
+    /// `users_phone_verified_key` settles two verifying at once).
+    pub(super) fn sql(self) -> (&'static str, &'static str, &'static str) {
         match self {
             AccountChange::PhoneVerified => (
-                "phone_verified = true",
-                " AND NOT EXISTS (SELECT 1 FROM users AS other
-                     WHERE other.phone = users.phone AND other.phone_verified
-                       AND other.id <> users.id)",
+                "phone_verified",
+                "true",
+                "NOT EXISTS (SELECT 1 FROM users AS other
+                     WHERE other.phone = u.phone AND other.phone_verified
+                       AND other.id <> u.id)",
             ),
-            AccountChange::TwoFa(true) => ("two_fa = true", " AND phone_verified"),
-            AccountChange::TwoFa(false) => ("two_fa = false", ""),
+            AccountChange::TwoFa(true) => ("two_fa", "true", "u.phone_verified"),
+            AccountChange::TwoFa(false) => ("two_fa", "false", "true"),
         }
     }
 }

@@ -127,6 +127,7 @@ impl Env {
             ("AUTHGATE_SMS_PER_PHONE_DAY", "1000".to_owned()),
             ("AUTHGATE_SMS_PER_ACCOUNT_HOUR", "1000".to_owned()),
             ("AUTHGATE_SMS_GLOBAL_PER_MINUTE", "100000".to_owned()),
+            ("AUTHGATE_SMS_PER_REGION_HOUR", "100000".to_owned()),
         ] {
             vars.insert(k.to_owned(), v);
         }
