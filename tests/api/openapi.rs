@@ -309,6 +309,9 @@ async fn real_responses_match_the_document() {
         200,
     )
     .await;
+    assert!(rotated["accessToken"].is_string());
+    // Past the retry grace window, the rotated token again is reuse.
+    app.clock.advance(std::time::Duration::from_secs(11));
     let e = expect_error(
         app.post_json(REFRESH, &refresh_body).await,
         401,
@@ -316,7 +319,9 @@ async fn real_responses_match_the_document() {
     )
     .await;
     c.response("post", REFRESH, 401, &e);
-    let access = rotated["accessToken"].as_str().unwrap().to_owned();
+    // Reuse ended that session, its access tokens included: log in again.
+    let fresh = expect_json(app.post_json(LOGIN, &creds).await, 200).await;
+    let access = fresh["accessToken"].as_str().unwrap().to_owned();
 
     // Phone verification: 202, 401 invalid_code with attemptsLeft, 200, 409.
     let before = count_to(&fake, &phone);
