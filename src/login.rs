@@ -71,6 +71,8 @@ struct Reservation {
     user: Option<Uuid>,
     device: Option<Uuid>,
     id: Uuid,
+    /// The `login_decoys` row written when no slot was reserved.
+    decoy: i16,
     rules: AdmissionRules,
     now: DateTime<Utc>,
     pending: bool,
@@ -85,7 +87,15 @@ impl Reservation {
         self.pending = false;
         Ok(self
             .store
-            .settle_login(self.user, self.device, self.id, outcome, now, &self.rules)
+            .settle_login(
+                self.user,
+                self.device,
+                self.id,
+                self.decoy,
+                outcome,
+                now,
+                &self.rules,
+            )
             .await?)
     }
 }
@@ -98,17 +108,18 @@ impl Drop for Reservation {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, user, device, id, rules, now) = (
+        let (store, user, device, id, decoy, rules, now) = (
             self.store.clone(),
             self.user,
             self.device,
             self.id,
+            self.decoy,
             self.rules,
             self.now,
         );
         runtime.spawn(async move {
             if let Err(e) = store
-                .settle_login(user, device, id, Settlement::Release, now, &rules)
+                .settle_login(user, device, id, decoy, Settlement::Release, now, &rules)
                 .await
             {
                 tracing::warn!(error = %e, "abandoned login slot not released; it expires");
@@ -134,12 +145,14 @@ pub async fn check_password(
         .unwrap_or_default();
     let device_hash = attempt.device_token.as_deref().map(device_token_hash);
     let id = Uuid::new_v4();
+    let decoy = i16::from(rand::random::<u8>() % 64);
     let admission = state
         .store()
         .admit_login(
             &email,
             device_hash.as_deref(),
             id,
+            decoy,
             now,
             ADMISSION_LEASE,
             &rules,
@@ -153,6 +166,7 @@ pub async fn check_password(
             .map(|a| a.user_id),
         device: admitted.and_then(|a| a.device_id),
         id,
+        decoy,
         rules,
         now,
         pending: true,

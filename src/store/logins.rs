@@ -109,6 +109,13 @@ fn admit_sql() -> String {
                AND (u.locked_until IS NULL OR u.locked_until <= $2)
                AND {count_u} < $6
              RETURNING u.id
+         ),
+         -- No slot reserved: write a decoy row instead, so that this attempt
+         -- commits the same write as one that reserved.
+         decoy AS (
+             UPDATE login_decoys SET login_inflight = jsonb_build_object($4::text, $5::timestamptz)
+             WHERE slot = $8
+               AND NOT EXISTS (SELECT 1 FROM device) AND NOT EXISTS (SELECT 1 FROM account)
          )
          SELECT u.id, u.password_hash, u.phone, u.two_fa,
                 (SELECT id FROM known_device),
@@ -170,6 +177,12 @@ fn settle_sql() -> String {
              RETURNING cardinality(d.login_failures),
                  CASE WHEN coalesce(o.locked_until <= $5, true) AND d.locked_until > $5
                       THEN d.locked_until END
+         ),
+         -- Neither account nor device: the attempt was refused or unknown;
+         -- it still writes, so its settlement costs what a real one does.
+         decoy AS (
+             UPDATE login_decoys SET login_inflight = login_inflight - $3::text
+             WHERE slot = $10 AND $1::uuid IS NULL AND $2::uuid IS NULL
          )
          SELECT * FROM acc UNION ALL SELECT * FROM dev",
         set_u = settle_set("u", "o"),
@@ -187,6 +200,7 @@ impl Store {
         email: &str,
         device_hash: Option<&[u8]>,
         reservation: Uuid,
+        decoy: i16,
         now: DateTime<Utc>,
         lease: std::time::Duration,
         rules: &AdmissionRules,
@@ -205,6 +219,7 @@ impl Store {
                     &expires,
                     &i64::from(rules.ceiling),
                     &since,
+                    &decoy,
                 ],
             )
             .await?;
@@ -229,6 +244,7 @@ impl Store {
         user: Option<Uuid>,
         device: Option<Uuid>,
         reservation: Uuid,
+        decoy: i16,
         outcome: Settlement,
         now: DateTime<Utc>,
         rules: &AdmissionRules,
@@ -248,6 +264,7 @@ impl Store {
                     &rules.ceiling,
                     &rules.base.as_secs_f64(),
                     &rules.max.as_secs_f64(),
+                    &decoy,
                 ],
             )
             .await?;
