@@ -21,7 +21,7 @@ use crate::domain::email::Email;
 use crate::domain::password::Password;
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::store::logins::{AdmissionRules, Settled, Settlement};
+use crate::store::logins::{AdmissionRules, Settled, Settlement, Slot};
 use crate::store::Store;
 
 /// How long an admitted attempt holds its slot at most. Longer than the
@@ -70,9 +70,7 @@ struct Reservation {
     store: Store,
     user: Option<Uuid>,
     device: Option<Uuid>,
-    id: Uuid,
-    /// The `login_decoys` row written when no slot was reserved.
-    decoy: i16,
+    slot: Slot,
     rules: AdmissionRules,
     now: DateTime<Utc>,
     pending: bool,
@@ -87,15 +85,7 @@ impl Reservation {
         self.pending = false;
         Ok(self
             .store
-            .settle_login(
-                self.user,
-                self.device,
-                self.id,
-                self.decoy,
-                outcome,
-                now,
-                &self.rules,
-            )
+            .settle_login(self.user, self.device, self.slot, outcome, now, &self.rules)
             .await?)
     }
 }
@@ -108,18 +98,17 @@ impl Drop for Reservation {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, user, device, id, decoy, rules, now) = (
+        let (store, user, device, slot, rules, now) = (
             self.store.clone(),
             self.user,
             self.device,
-            self.id,
-            self.decoy,
+            self.slot,
             self.rules,
             self.now,
         );
         runtime.spawn(async move {
             if let Err(e) = store
-                .settle_login(user, device, id, decoy, Settlement::Release, now, &rules)
+                .settle_login(user, device, slot, Settlement::Release, now, &rules)
                 .await
             {
                 tracing::warn!(error = %e, "abandoned login slot not released; it expires");
@@ -144,15 +133,16 @@ pub async fn check_password(
         .map(|e| e.as_str().to_owned())
         .unwrap_or_default();
     let device_hash = attempt.device_token.as_deref().map(device_token_hash);
-    let id = Uuid::new_v4();
-    let decoy = i16::from(rand::random::<u8>() % 64);
+    let slot = Slot {
+        id: Uuid::new_v4(),
+        decoy: i16::from(rand::random::<u8>() % 64),
+    };
     let admission = state
         .store()
         .admit_login(
             &email,
             device_hash.as_deref(),
-            id,
-            decoy,
+            slot,
             now,
             ADMISSION_LEASE,
             &rules,
@@ -165,8 +155,7 @@ pub async fn check_password(
             .filter(|a| a.device_id.is_none())
             .map(|a| a.user_id),
         device: admitted.and_then(|a| a.device_id),
-        id,
-        decoy,
+        slot,
         rules,
         now,
         pending: true,

@@ -329,6 +329,9 @@ fn clone_client_error(e: &AppError) -> AppError {
         AppError::TooManyRequests { retry_after } => AppError::TooManyRequests {
             retry_after: *retry_after,
         },
+        // The bearer guard looks revocations up in PostgreSQL before the
+        // handler runs: an outage there is a 503 like anywhere else.
+        AppError::Unavailable(cause) => AppError::Unavailable(cause.to_string().into()),
         other => AppError::internal(format!("unexpected rejection: {other}")),
     }
 }

@@ -61,6 +61,15 @@ impl Settlement {
     }
 }
 
+/// One attempt's reservation: its key in `login_inflight`, and the
+/// `login_decoys` row it writes instead when it reserves nothing (so every
+/// attempt commits the same writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub id: Uuid,
+    pub decoy: i16,
+}
+
 /// After a settlement: failures in a row, and the lock it started (if any).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Settled {
@@ -199,8 +208,7 @@ impl Store {
         &self,
         email: &str,
         device_hash: Option<&[u8]>,
-        reservation: Uuid,
-        decoy: i16,
+        slot: Slot,
         now: DateTime<Utc>,
         lease: std::time::Duration,
         rules: &AdmissionRules,
@@ -215,11 +223,11 @@ impl Store {
                     &email,
                     &now,
                     &device_hash,
-                    &reservation.simple().to_string(),
+                    &slot.id.simple().to_string(),
                     &expires,
                     &i64::from(rules.ceiling),
                     &since,
-                    &decoy,
+                    &slot.decoy,
                 ],
             )
             .await?;
@@ -243,8 +251,7 @@ impl Store {
         &self,
         user: Option<Uuid>,
         device: Option<Uuid>,
-        reservation: Uuid,
-        decoy: i16,
+        slot: Slot,
         outcome: Settlement,
         now: DateTime<Utc>,
         rules: &AdmissionRules,
@@ -257,14 +264,14 @@ impl Store {
                 &[
                     &user,
                     &device,
-                    &reservation.simple().to_string(),
+                    &slot.id.simple().to_string(),
                     &outcome.as_str(),
                     &now,
                     &since,
                     &rules.ceiling,
                     &rules.base.as_secs_f64(),
                     &rules.max.as_secs_f64(),
-                    &decoy,
+                    &slot.decoy,
                 ],
             )
             .await?;
