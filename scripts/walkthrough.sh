@@ -106,7 +106,7 @@ if len(steps) < 10:
     sys.exit(f"walkthrough: only {len(steps)} steps found in the README")
 
 # Values that differ on every run: checked for presence and type, not value.
-VOLATILE = {"id", "flowId", "accessToken", "refreshToken", "createdAt", "updatedAt",
+VOLATILE = {"id", "flowId", "accessToken", "refreshToken", "deviceToken", "createdAt", "updatedAt",
             "expiresAt", "resendAfter", "timestamp"}
 
 def normalise(answer):
