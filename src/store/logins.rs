@@ -171,7 +171,9 @@ fn settle_sql() -> String {
          acc AS (
              UPDATE users u SET {set_u},
                  failed_logins = CASE WHEN $4 = 'failure' THEN u.failed_logins + 1
-                                      WHEN $4 = 'success' THEN 0 ELSE u.failed_logins END
+                                      WHEN $4 = 'success' THEN 0 ELSE u.failed_logins END,
+                 first_login_at = CASE WHEN $4 = 'success' THEN coalesce(u.first_login_at, $5)
+                                       ELSE u.first_login_at END
              FROM old_u o WHERE u.id = o.id
              RETURNING u.failed_logins,
                  CASE WHEN coalesce(o.locked_until <= $5, true) AND u.locked_until > $5

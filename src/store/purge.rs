@@ -66,8 +66,11 @@ impl Purgeable {
             }
             // The predicate is repeated outside: a user who verified meanwhile stays.
             Purgeable::UnverifiedUsers => {
-                "DELETE FROM users WHERE NOT phone_verified AND id IN (
-                     SELECT id FROM users WHERE NOT phone_verified AND created_at < $1
+                // Never an account that has logged in: only sign-ups nobody
+                // ever used (a squatter's, typically) expire.
+                "DELETE FROM users WHERE NOT phone_verified AND first_login_at IS NULL AND id IN (
+                     SELECT id FROM users
+                     WHERE NOT phone_verified AND first_login_at IS NULL AND created_at < $1
                      ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
             }
         }

@@ -165,3 +165,41 @@ async fn an_expired_unverified_signup_frees_its_email() {
     expect_json(app.signup(&body).await, 201).await;
     assert_eq!(count(&db, "SELECT count(*) FROM users").await, 1);
 }
+
+#[tokio::test]
+async fn an_unverified_account_that_has_logged_in_is_never_purged() {
+    let app = spawn_app_with(|c| {
+        c.purge.interval = Duration::from_millis(200);
+        c.unverified_signup_ttl = Duration::from_secs(3600);
+    })
+    .await;
+    let used = valid_signup();
+    expect_json(app.signup(&used).await, 201).await;
+    // Password login works without a verified phone: this account is in use.
+    let login = app
+        .post_json(
+            "/api/v1/account/login",
+            &serde_json::json!({"email": used["email"], "password": used["password"]}),
+        )
+        .await;
+    expect_json(login, 200).await;
+    let mut abandoned = valid_signup();
+    abandoned["email"] = serde_json::json!("abandoned@example.com");
+    expect_json(app.signup(&abandoned).await, 201).await;
+    app.clock.advance(Duration::from_secs(3601));
+    let db = app.db_client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(&db, "SELECT count(*) FROM users").await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned sign-up was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = db
+        .query_one("SELECT email FROM users", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert_eq!(kept, used["email"].as_str().unwrap().to_lowercase());
+}
