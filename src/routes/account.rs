@@ -404,10 +404,14 @@ async fn signup(state: AppState, client: ClientInfo, body: Map<String, Value>) -
     let new_user = parse_signup(body)?;
     let hash = state.hasher().hash(new_user.password.clone()).await?;
     let now = state.clock().now();
-    match state.store().insert_user(&new_user, &hash, now).await? {
+    // The statement also writes the audit row of either outcome.
+    match state
+        .store()
+        .insert_user(&new_user, &hash, now, &client)
+        .await?
+    {
         Signup::Created(user) => {
             tracing::info!(user_id = %user.id, "user signed up");
-            audit::record(&state, Some(user.id), AuditKind::Signup, &client, json!({})).await;
             Ok(json(StatusCode::CREATED, &user))
         }
         Signup::Taken { by, .. } if state.config().signup_reveal_taken => Err(match by {
@@ -424,15 +428,6 @@ async fn signup(state: AppState, client: ClientInfo, body: Map<String, Value>) -
                 "sign-up with a registered identifier; answered as new"
             );
             if let Some(holder) = holder {
-                // The same one audit write as a fresh sign-up, on the owner's trail.
-                audit::record(
-                    &state,
-                    Some(holder.id),
-                    AuditKind::SignupAttempted,
-                    &client,
-                    json!({ "matched": matched }),
-                )
-                .await;
                 notify_owner(&state, holder, now);
             }
             Ok(json(StatusCode::CREATED, &look_alike(new_user, now)))

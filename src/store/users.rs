@@ -94,7 +94,14 @@ impl Store {
         user: &NewUser,
         password_hash: &str,
         now: DateTime<Utc>,
+        client_info: &crate::audit::ClientInfo,
     ) -> Result<Signup, StoreError> {
+        let detail = serde_json::Value::Null;
+        let entry = super::audit::AuditEntry {
+            kind: "signup",
+            client: client_info,
+            detail: &detail,
+        };
         let client = self.client().await?;
         let sql = format!(
             "WITH holder AS (
@@ -111,6 +118,20 @@ impl Store {
                  WHERE NOT EXISTS (SELECT 1 FROM holder)
                  ON CONFLICT DO NOTHING
                  RETURNING {USER_COLUMNS}
+             ), logged AS (
+                 -- The audit row of either outcome, in this one statement: a
+                 -- fresh and a taken sign-up each commit once, with writes, so
+                 -- their latencies cannot tell them apart.
+                 INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
+                 SELECT coalesce((SELECT id FROM ins), (SELECT id FROM holder)),
+                        CASE WHEN EXISTS (SELECT 1 FROM ins) THEN 'signup'
+                             ELSE 'signup_attempted' END,
+                        $8::text::inet, $9::text,
+                        CASE WHEN EXISTS (SELECT 1 FROM ins) THEN '{{}}'::jsonb
+                             WHEN coalesce((SELECT by_email FROM holder), true)
+                                 THEN '{{\"matched\": \"email\"}}'::jsonb
+                             ELSE '{{\"matched\": \"phone\"}}'::jsonb END,
+                        $7::timestamptz
              )
              SELECT ins.*, holder.id AS holder_id, holder.phone AS holder_phone,
                     holder.phone_verified AS holder_verified, holder.by_email AS holder_by_email
@@ -127,6 +148,8 @@ impl Store {
                     &user.first_name.as_str(),
                     &user.last_name.as_str(),
                     &now,
+                    &entry.ip(),
+                    &entry.user_agent(),
                 ],
             )
             .await?;
