@@ -157,12 +157,7 @@ async fn sms_only_to_allowed_countries_and_mobile_numbers() {
 
 #[tokio::test]
 async fn failed_passwords_lock_the_account_for_a_growing_but_bounded_time() {
-    let app = spawn_app_with(|c| {
-        c.quotas.lockout_after = 3;
-        c.quotas.lockout_base = Duration::from_secs(60);
-        c.quotas.lockout_max = Duration::from_secs(240);
-    })
-    .await;
+    let app = spawn_app_with_short_lockout().await;
     let a = account(&app).await;
     let wrong = json!({"email": a.email, "password": "wrong-passw0rd"});
     let right = json!({"email": a.email, "password": a.password});

@@ -300,6 +300,17 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// An app whose accounts lock after 3 failed passwords, for 1 minute doubling
+/// up to 4: the lockout tests' common settings.
+pub async fn spawn_app_with_short_lockout() -> TestApp {
+    spawn_app_with(|c| {
+        c.quotas.lockout_after = 3;
+        c.quotas.lockout_base = Duration::from_secs(60);
+        c.quotas.lockout_max = Duration::from_secs(240);
+    })
+    .await
+}
+
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let (name, db) = fresh_database().await;
     let mut app = spawn_on(db, tweak).await;

@@ -137,12 +137,7 @@ async fn concurrent_guesses_over_two_processes_evaluate_at_most_the_ceiling() {
 
 #[tokio::test]
 async fn one_wrong_password_a_minute_never_locks_out_a_device_bearing_owner() {
-    let app = spawn_app_with(|c| {
-        c.quotas.lockout_after = 3;
-        c.quotas.lockout_base = Duration::from_secs(60);
-        c.quotas.lockout_max = Duration::from_secs(240);
-    })
-    .await;
+    let app = spawn_app_with_short_lockout().await;
     let a = account(&app).await;
     let mut device = device_login(&app, &a, None).await;
     let wrong = json!({"email": a.email, "password": "wrong-passw0rd"});
@@ -168,12 +163,7 @@ async fn one_wrong_password_a_minute_never_locks_out_a_device_bearing_owner() {
 
 #[tokio::test]
 async fn a_lock_that_passed_and_failures_outside_the_window_start_from_zero() {
-    let app = spawn_app_with(|c| {
-        c.quotas.lockout_after = 3;
-        c.quotas.lockout_base = Duration::from_secs(60);
-        c.quotas.lockout_max = Duration::from_secs(240);
-    })
-    .await;
+    let app = spawn_app_with_short_lockout().await;
     let a = account(&app).await;
     let wrong = json!({"email": a.email, "password": "wrong-passw0rd"});
     let right = json!({"email": a.email, "password": a.password});
