@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod private_pg;
 pub mod purge;
 pub mod quotas;
+pub mod reserved;
 pub mod tokens;
 pub mod users;
 
@@ -104,6 +105,8 @@ pub async fn count_checkouts<F: std::future::Future>(work: F) -> (F::Output, usi
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Quota blocks and outbox ids this process took ahead of use.
+    reserved: std::sync::Arc<reserved::Reserved>,
 }
 
 impl Store {
@@ -127,10 +130,14 @@ impl Store {
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(timeout))
             .build()?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            reserved: Default::default(),
+        })
     }
 
-    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    /// A pooled connection (store modules; tests that drive store calls directly).
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let _ = CHECKOUTS.try_with(|n| n.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         Ok(self.pool.get().await?)
     }

@@ -32,7 +32,11 @@ pub fn window_start(now: DateTime<Utc>, window: chrono::Duration) -> DateTime<Ut
 }
 
 /// How far into its window `now` is, from 0 to just under 1.
-fn elapsed_fraction(now: DateTime<Utc>, start: DateTime<Utc>, window: chrono::Duration) -> f64 {
+pub(super) fn elapsed_fraction(
+    now: DateTime<Utc>,
+    start: DateTime<Utc>,
+    window: chrono::Duration,
+) -> f64 {
     let w = window.num_milliseconds().max(1) as f64;
     ((now - start).num_milliseconds() as f64 / w).clamp(0.0, 1.0)
 }
