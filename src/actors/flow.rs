@@ -280,6 +280,11 @@ async fn audit(s: &FlowActorState, step: &login_flow::Step) {
             Flow::FlowExpired => s.app.metrics().flow(FlowEvent::Expired),
             Flow::PasswordRejected | Flow::CodeSent | Flow::CodeRejected => {}
         }
+        // Written by the code's own statements, in the same commit as the
+        // code they describe (`store::otp`).
+        if matches!(kind, Flow::CodeSent | Flow::CodeRejected) {
+            continue;
+        }
         tracing::info!(flow = %flow_tag(&s.flow_id), user_id = %s.user_id, event = ?kind, "login flow");
         let (kind, mut detail) = match kind {
             Flow::LoginSucceeded => (AuditKind::LoginSucceeded, json!({ "amr": ["pwd", "sms"] })),
@@ -287,8 +292,7 @@ async fn audit(s: &FlowActorState, step: &login_flow::Step) {
                 AuditKind::LoginFailed,
                 json!({ "reason": "wrong_password" }),
             ),
-            Flow::CodeSent => (AuditKind::CodeSent, json!({ "purpose": "login_2fa" })),
-            Flow::CodeRejected => (AuditKind::CodeFailed, json!({ "purpose": "login_2fa" })),
+            Flow::CodeSent | Flow::CodeRejected => continue,
             Flow::FlowLocked => (AuditKind::LoginFailed, json!({ "reason": "flow_locked" })),
             Flow::FlowExpired => (AuditKind::LoginFailed, json!({ "reason": "flow_expired" })),
         };
@@ -314,7 +318,13 @@ async fn verify(s: &mut FlowActorState, code: String) -> Result<TokensBody, AppE
     let outcome = s
         .app
         .otp()
-        .check(s.user_id, Purpose::Login2fa, Some(s.flow_id), code)
+        .check(
+            s.user_id,
+            Purpose::Login2fa,
+            Some(s.flow_id),
+            code,
+            s.client.clone(),
+        )
         .await?;
     let correct = match outcome {
         CheckOutcome::Accepted => true,
@@ -329,14 +339,7 @@ async fn verify(s: &mut FlowActorState, code: String) -> Result<TokensBody, AppE
         // The account's code entry is locked: the flow stays as it is (it
         // expires on its own), and every verify answers the lock.
         locked @ CheckOutcome::Locked { .. } => {
-            crate::routes::account::code_lock_started(
-                &s.app,
-                &s.client,
-                s.user_id,
-                Purpose::Login2fa,
-                locked,
-            )
-            .await;
+            crate::routes::account::code_lock_started(s.user_id, locked);
             return Err(crate::routes::account::check_failure(
                 locked,
                 s.app.clock().now(),
@@ -378,6 +381,7 @@ async fn resend(s: &mut FlowActorState) -> Result<Resent, AppError> {
             Purpose::Login2fa,
             Some(s.flow_id),
             s.phone.clone(),
+            s.client.clone(),
         )
         .await?;
     let step = apply(s, Event::ResendRequested).await?;
@@ -496,6 +500,7 @@ impl FlowRegistry {
                 Purpose::Login2fa,
                 Some(flow_id),
                 phone_e164.clone(),
+                client.clone(),
             )
             .await?;
         let purge = purge_after(&state, now);
@@ -511,14 +516,6 @@ impl FlowRegistry {
         self.spawn(app, flow_id, stored).await?;
         app.metrics().flow(FlowEvent::Started);
         tracing::info!(%user_id, flow = %flow_tag(&flow_id), "login needs an SMS code");
-        crate::audit::record(
-            app,
-            Some(user_id),
-            AuditKind::CodeSent,
-            client,
-            json!({ "purpose": "login_2fa", "flowId": flow_id }),
-        )
-        .await;
         Ok(Started {
             flow_id,
             phone_hint: phone_e164.masked(),

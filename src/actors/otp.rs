@@ -50,6 +50,8 @@ pub enum OtpMsg {
         purpose: Purpose,
         flow_id: Option<Uuid>,
         phone: PhoneE164,
+        /// Who asked: the `code_sent` event is written with the code.
+        client: ClientInfo,
         reply: RpcReplyPort<Result<Issued, AppError>>,
     },
     Check {
@@ -57,11 +59,17 @@ pub enum OtpMsg {
         purpose: Purpose,
         flow_id: Option<Uuid>,
         code: String,
+        /// Who asked: a wrong code's `code_failed` event (and the `locked_out`
+        /// one it may start) is written by the check's own statement.
+        client: ClientInfo,
         /// The account change a right code confirms, applied with the check.
         confirms: Option<Confirms>,
         reply: RpcReplyPort<Result<(CheckOutcome, Option<User>), AppError>>,
     },
     Purge,
+    /// Give shared-quota units this process took but did not use back to
+    /// their counters, so other processes can have them.
+    ReturnUnits,
 }
 
 /// The account change a right code confirms, and who asked (for the audit event).
@@ -108,6 +116,7 @@ impl Actor for OtpActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         if purger {
             myself.send_interval(PURGE_EVERY, || OtpMsg::Purge);
+            myself.send_interval(crate::store::reserved::HOLD / 2, || OtpMsg::ReturnUnits);
         }
         Ok(OtpState { settings })
     }
@@ -125,9 +134,10 @@ impl Actor for OtpActor {
                 purpose,
                 flow_id,
                 phone,
+                client,
                 reply,
             } => {
-                let result = issue(s, user_id, purpose, flow_id, &phone).await;
+                let result = issue(s, user_id, purpose, flow_id, &phone, &client).await;
                 if result.is_ok() {
                     s.metrics.code_issued(purpose);
                 }
@@ -138,6 +148,7 @@ impl Actor for OtpActor {
                 purpose,
                 flow_id,
                 code,
+                client,
                 confirms,
                 reply,
             } => {
@@ -166,6 +177,7 @@ impl Actor for OtpActor {
                         &code,
                         now,
                         guard,
+                        &client,
                         on_accept.as_ref(),
                     )
                     .await
@@ -174,6 +186,11 @@ impl Actor for OtpActor {
                     s.metrics.code_checked(purpose, outcome);
                 }
                 let _ = reply.send(result);
+            }
+            OtpMsg::ReturnUnits => {
+                if let Err(e) = s.store.return_idle_units(s.clock.now()).await {
+                    tracing::warn!(error = %e, "could not return unused quota units; they lapse with their window");
+                }
             }
             OtpMsg::Purge => {
                 let cutoff = s.clock.now() - KEEP_FINISHED;
@@ -200,6 +217,7 @@ async fn issue(
     purpose: Purpose,
     flow_id: Option<Uuid>,
     phone: &PhoneE164,
+    client: &ClientInfo,
 ) -> Result<Issued, AppError> {
     // Refuse before anything is stored or queued.
     let q = &s.quotas;
@@ -227,13 +245,15 @@ async fn issue(
             window: chrono::Duration::hours(1),
             limit: q.sms_per_account_hour,
         },
+    ];
+    // Every send to a region, every send at all: taken in blocks, so no row
+    // that every sender shares is locked until a commit (`store::reserved`).
+    let shared = [
         Quota {
             key: format!("sms:region:{region}:h"),
             window: chrono::Duration::hours(1),
             limit: q.sms_region_limit(&region),
         },
-        // Last: its row is the one every send in the cluster shares, so its lock
-        // is held for the shortest time.
         Quota {
             key: "sms:global:m".to_owned(),
             window: chrono::Duration::minutes(1),
@@ -246,6 +266,10 @@ async fn issue(
     let body = otp::sms_text(&s.sender_name, &code, purpose, minutes);
     let expires_at = now + chrono_of(s.ttl);
     let cooldown = chrono_of(s.cooldown);
+    let mut detail = serde_json::json!({ "purpose": purpose.as_str() });
+    if let Some(flow_id) = flow_id {
+        detail["flowId"] = serde_json::json!(flow_id);
+    }
     let outcome = s
         .store
         .issue_code(
@@ -262,6 +286,12 @@ async fn issue(
                 max_attempts: i32::try_from(s.max_attempts).unwrap_or(i32::MAX),
                 cooldown,
                 quotas: &quotas,
+                shared: &shared,
+                audit: AuditEntry {
+                    kind: AuditKind::CodeSent.as_str(),
+                    client,
+                    detail: &detail,
+                },
             },
         )
         .await?;
@@ -357,6 +387,7 @@ impl OtpService {
         purpose: Purpose,
         flow_id: Option<Uuid>,
         phone: PhoneE164,
+        client: ClientInfo,
     ) -> Result<Issued, AppError> {
         let actor = self.shard(&user_id, purpose)?;
         ractor::call_t!(
@@ -366,6 +397,7 @@ impl OtpService {
                 purpose,
                 flow_id,
                 phone,
+                client,
                 reply
             },
             CALL_TIMEOUT_MS
@@ -373,16 +405,18 @@ impl OtpService {
         .map_err(|e| AppError::Unavailable(format!("OTP actor: {e}").into()))?
     }
 
-    /// Checks a code (the store decides atomically).
+    /// Checks a code (the store decides atomically; a wrong code's audit
+    /// events are written in the same statement).
     pub async fn check(
         &self,
         user_id: Uuid,
         purpose: Purpose,
         flow_id: Option<Uuid>,
         code: String,
+        client: ClientInfo,
     ) -> Result<CheckOutcome, AppError> {
         let (outcome, _) = self
-            .call_check(user_id, purpose, flow_id, code, None)
+            .call_check(user_id, purpose, flow_id, code, client, None)
             .await?;
         Ok(outcome)
     }
@@ -397,7 +431,8 @@ impl OtpService {
         code: String,
         confirms: Confirms,
     ) -> Result<(CheckOutcome, Option<User>), AppError> {
-        self.call_check(user_id, purpose, None, code, Some(confirms))
+        let client = confirms.client.clone();
+        self.call_check(user_id, purpose, None, code, client, Some(confirms))
             .await
     }
 
@@ -407,6 +442,7 @@ impl OtpService {
         purpose: Purpose,
         flow_id: Option<Uuid>,
         code: String,
+        client: ClientInfo,
         confirms: Option<Confirms>,
     ) -> Result<(CheckOutcome, Option<User>), AppError> {
         let actor = self.shard(&user_id, purpose)?;
@@ -417,6 +453,7 @@ impl OtpService {
                 purpose,
                 flow_id,
                 code,
+                client,
                 confirms,
                 reply
             },

@@ -210,16 +210,14 @@ async fn send_code(
     };
     let issued = state
         .otp()
-        .issue(u.id, purpose, None, PhoneE164::from_trusted(u.phone))
+        .issue(
+            u.id,
+            purpose,
+            None,
+            PhoneE164::from_trusted(u.phone),
+            client,
+        )
         .await?;
-    audit::record(
-        &state,
-        Some(u.id),
-        AuditKind::CodeSent,
-        &client,
-        json!({ "purpose": purpose.as_str() }),
-    )
-    .await;
     Ok(json(
         StatusCode::ACCEPTED,
         &CodeSentBody {
@@ -262,28 +260,15 @@ pub fn check_failure(outcome: CheckOutcome, now: DateTime<Utc>) -> AppError {
     }
 }
 
-/// Logs and audits the wrong code that locked code entry for the account.
-pub async fn code_lock_started(
-    state: &AppState,
-    client: &ClientInfo,
-    user_id: Uuid,
-    purpose: Purpose,
-    outcome: CheckOutcome,
-) {
+/// Logs the wrong code that locked code entry for the account (its
+/// `locked_out` event was written by the check's own statement).
+pub fn code_lock_started(user_id: Uuid, outcome: CheckOutcome) {
     if let CheckOutcome::Locked {
         until,
         by_this_try: true,
     } = outcome
     {
         tracing::warn!(%user_id, %until, "code entry locked after too many wrong codes");
-        audit::record(
-            state,
-            Some(user_id),
-            AuditKind::LockedOut,
-            client,
-            json!({ "what": "code_entry", "purpose": purpose.as_str(), "until": until }),
-        )
-        .await;
     }
 }
 
@@ -312,17 +297,7 @@ async fn confirm_code(
         .confirm(user.id, purpose, code, confirms)
         .await?;
     if outcome != CheckOutcome::Accepted {
-        if let CheckOutcome::Rejected { attempts_left } = outcome {
-            audit::record(
-                &state,
-                Some(user.id),
-                AuditKind::CodeFailed,
-                &client,
-                json!({ "purpose": purpose.as_str(), "attemptsLeft": attempts_left }),
-            )
-            .await;
-        }
-        code_lock_started(&state, &client, user.id, purpose, outcome).await;
+        code_lock_started(user.id, outcome);
         return Err(check_failure(outcome, state.clock().now()));
     }
     let user = match (updated, change) {

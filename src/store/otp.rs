@@ -15,11 +15,11 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::audit::AuditEntry;
-use super::outbox::{self, NewSms};
 use super::quotas::{self, Quota};
 use super::users::{user_from_row, AccountChange, USER_COLUMNS};
 use super::{Store, StoreError};
-use crate::crypto::Keys;
+use crate::audit::ClientInfo;
+use crate::crypto::{Keys, OutboxRow};
 use crate::domain::otp::{CodeFacts, CodeState, Purpose};
 use crate::domain::phone::PhoneE164;
 use crate::domain::user::User;
@@ -36,8 +36,14 @@ pub struct IssueRequest<'a> {
     pub expires_at: DateTime<Utc>,
     pub max_attempts: i32,
     pub cooldown: chrono::Duration,
-    /// Send quotas this code counts against (see `store::quotas`).
+    /// Per-subject send quotas (phone, account), counted in the issue
+    /// statement (see `store::quotas`).
     pub quotas: &'a [Quota],
+    /// Quotas every send in the cluster shares (global, region), taken in
+    /// blocks (see `store::reserved`).
+    pub shared: &'a [Quota],
+    /// The `code_sent` event, recorded in the same commit.
+    pub audit: AuditEntry<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,89 +106,200 @@ fn lock_key(user_id: &Uuid, purpose: Purpose) -> String {
 }
 
 impl Store {
-    /// Issues a code: within one transaction, refuses inside the cooldown,
-    /// supersedes the live code, stores the new one's keyed hash, and queues its SMS.
+    /// Issues a code in one transaction and one commit: after the (user,
+    /// purpose) lock, one statement refuses while code entry is locked or inside
+    /// the cooldown, counts the per-subject quotas, and, when everything
+    /// admits, supersedes the live code, stores the new one's keyed hash, queues
+    /// its SMS and records the audit event. Units of the shared quotas come from
+    /// this process's blocks (`store::reserved`), taken before the transaction so
+    /// no row every sender shares is locked until a commit.
+    ///
+    /// Round trips: a new block now and then, `BEGIN`, the lock and the
+    /// statement pipelined together, and `COMMIT` (or `ROLLBACK` when refused,
+    /// undoing the counts).
     pub async fn issue_code(
         &self,
         keys: &Keys,
         req: IssueRequest<'_>,
     ) -> Result<IssueOutcome, StoreError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // Serialises issuers of one (user, purpose) across processes; released at commit.
-        tx.execute(
-            &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .await?,
-            &[&lock_key(&req.user_id, req.purpose)],
-        )
-        .await?;
-        let row = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "SELECT (SELECT max(created_at) FROM otp_codes WHERE user_id = $1 AND purpose = $2),
-                            (SELECT code_locked_until FROM users WHERE id = $1)",
-                )
-                .await?,
-                &[&req.user_id, &req.purpose.as_str()],
-            )
-            .await?;
-        let last: Option<DateTime<Utc>> = row.try_get(0)?;
-        let locked_until: Option<DateTime<Utc>> = row.try_get(1)?;
-        // Before the quotas: a locked account costs no SMS and no quota. (A lock
-        // taken while this runs is harmless: the code could not be entered.)
-        if let Some(until) = locked_until.filter(|u| *u > req.now) {
-            return Ok(IssueOutcome::Locked { until });
-        }
-        if let Some(last) = last {
-            let retry_after = last + req.cooldown;
-            // A clock that went backwards (another process) must not unlock resends.
-            if req.now < retry_after {
-                return Ok(IssueOutcome::TooSoon { retry_after });
+        // Shared quotas first, each unit taken in its own short statement. A
+        // refusal is reported only if nothing checked before it refuses (the
+        // order of the old single transaction: lock, cooldown, own quotas, shared).
+        let mut units = Vec::new();
+        let mut shared_refusal = None;
+        for q in req.shared {
+            match self.take_unit(&client, q, req.now).await {
+                Ok(Ok(unit)) => units.push(unit),
+                Ok(Err(refusal)) => {
+                    shared_refusal = Some(refusal);
+                    break;
+                }
+                Err(e) => {
+                    self.release_units(units);
+                    return Err(e);
+                }
             }
         }
-        if let Some((quota, retry_after)) = quotas::take(&tx, req.quotas, req.now).await? {
-            // Dropping the transaction rolls the counters back.
-            return Ok(IssueOutcome::QuotaExceeded { quota, retry_after });
-        }
-        tx.execute(
-            &tx.prepare_cached(
-                "UPDATE otp_codes SET state = 'superseded', finished_at = $3
-             WHERE user_id = $1 AND purpose = $2 AND state = 'live'",
-            )
-            .await?,
-            &[&req.user_id, &req.purpose.as_str(), &req.now],
-        )
-        .await?;
-        let hash = keys.otp_hash(&req.user_id, req.purpose.as_str(), req.code);
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO otp_codes (id, user_id, purpose, flow_id, code_hash, max_attempts, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)").await?,
-            &[
-                &Uuid::new_v4(),
-                &req.user_id,
-                &req.purpose.as_str(),
-                &req.flow_id,
-                &hash.as_slice(),
-                &req.max_attempts,
-                &req.now,
-                &req.expires_at,
-            ],
-        )
-        .await?;
-        outbox::enqueue(
-            &tx,
-            keys,
-            req.now,
-            NewSms {
-                to: req.phone,
-                body: req.sms_body,
-                purpose: req.purpose.as_str(),
-                expires_at: Some(req.expires_at),
+        let verdict = self
+            .issue_in_tx(&mut client, keys, &req, shared_refusal.is_none())
+            .await;
+        let outcome = match verdict {
+            Ok(Verdict::Done(outcome)) => outcome,
+            Ok(Verdict::SharedRefused) => match shared_refusal {
+                Some(r) => IssueOutcome::QuotaExceeded {
+                    quota: r.key,
+                    retry_after: r.retry_after,
+                },
+                None => {
+                    self.release_units(units);
+                    return Err(StoreError::Database(
+                        "issue refused for a shared quota that admitted".into(),
+                    ));
+                }
             },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(IssueOutcome::Issued)
+            Err(e) => {
+                self.release_units(units);
+                return Err(e);
+            }
+        };
+        if outcome != IssueOutcome::Issued {
+            self.release_units(units);
+        }
+        Ok(outcome)
+    }
+
+    fn release_units(&self, units: Vec<super::reserved::Unit>) {
+        for unit in units {
+            self.release_unit(unit);
+        }
+    }
+
+    /// The transaction of [`Store::issue_code`]. `shared_ok`: every shared
+    /// quota gave a unit; if not, nothing is written and the verdict says so
+    /// unless something checked earlier refused first.
+    async fn issue_in_tx(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        keys: &Keys,
+        req: &IssueRequest<'_>,
+        shared_ok: bool,
+    ) -> Result<Verdict, StoreError> {
+        let hash = keys.otp_hash(&req.user_id, req.purpose.as_str(), req.code);
+        let outbox_id = self.outbox_id(&*client).await?;
+        let sealed = keys.seal(
+            req.sms_body,
+            OutboxRow {
+                id: outbox_id,
+                recipient: req.phone.as_str(),
+            },
+        );
+        let q = req.quotas;
+        let q_keys: Vec<&str> = q.iter().map(|q| q.key.as_str()).collect();
+        let starts: Vec<DateTime<Utc>> = q
+            .iter()
+            .map(|q| quotas::window_start(req.now, q.window))
+            .collect();
+        let previous_starts: Vec<DateTime<Utc>> =
+            q.iter().zip(&starts).map(|(q, s)| *s - q.window).collect();
+        // Kept through the next window, where it is the previous one.
+        let expires: Vec<DateTime<Utc>> = q
+            .iter()
+            .zip(&starts)
+            .map(|(q, s)| *s + q.window + q.window)
+            .collect();
+        let limits: Vec<i32> = q.iter().map(|q| q.limit).collect();
+        let fractions: Vec<f64> = q
+            .iter()
+            .zip(&starts)
+            .map(|(q, s)| quotas::elapsed_fraction(req.now, *s, q.window))
+            .collect();
+        let cooldown = req.cooldown.num_milliseconds() as f64 / 1000.0;
+        let (purpose, hash) = (req.purpose.as_str(), hash.as_slice());
+        let (ip, user_agent) = (req.audit.ip(), req.audit.user_agent());
+        let params: [&(dyn ToSql + Sync); 23] = [
+            &req.user_id,
+            &purpose,
+            &req.flow_id,
+            &hash,
+            &req.max_attempts,
+            &req.now,
+            &req.expires_at,
+            &cooldown,
+            &Uuid::new_v4(),
+            &q_keys,
+            &starts,
+            &previous_starts,
+            &expires,
+            &limits,
+            &fractions,
+            &outbox_id,
+            &req.phone.as_str(),
+            &sealed,
+            &shared_ok,
+            &req.audit.kind,
+            &ip,
+            &user_agent,
+            req.audit.detail,
+        ];
+        let tx = client.transaction().await?;
+        let lock = tx
+            .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .await?;
+        let issue = tx.prepare_cached(ISSUE_SQL).await?;
+        let key = lock_key(&req.user_id, req.purpose);
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
+        // Pipelined: sent together, run in order. The statement's snapshot is
+        // taken after the lock is held, so it sees every earlier issuer's code.
+        let (_, row) = futures::try_join!(
+            tx.execute(&lock, &lock_params),
+            tx.query_one(&issue, &params)
+        )?;
+        let verdict: String = row.try_get("verdict")?;
+        let done = |outcome| Ok(Verdict::Done(outcome));
+        match verdict.as_str() {
+            "issued" => {
+                let written: i64 = row.try_get("written")?;
+                if written != 2 {
+                    return Err(StoreError::Database(
+                        format!("issue wrote {written} of its SMS and audit rows").into(),
+                    ));
+                }
+                tx.commit().await?;
+                done(IssueOutcome::Issued)
+            }
+            // Dropping the transaction rolls back whatever was counted.
+            "locked" => done(IssueOutcome::Locked {
+                until: row.try_get("locked_until")?,
+            }),
+            "too_soon" => {
+                let last: DateTime<Utc> = row.try_get("last_issued")?;
+                done(IssueOutcome::TooSoon {
+                    retry_after: last + req.cooldown,
+                })
+            }
+            "quota" => {
+                let current: Vec<i32> = row.try_get("currents")?;
+                let previous: Vec<i32> = row.try_get("previouses")?;
+                for (i, q) in q.iter().enumerate() {
+                    let (c, p) = (current[i], previous[i]);
+                    if !quotas::sliding_admits(p, c, fractions[i], q.limit) {
+                        let retry = quotas::sliding_retry_at(p, c, q.limit, starts[i], q.window);
+                        return done(IssueOutcome::QuotaExceeded {
+                            quota: q.key.clone(),
+                            retry_after: retry.max(req.now),
+                        });
+                    }
+                }
+                Err(StoreError::Database(
+                    "a quota refused in SQL admits in Rust".into(),
+                ))
+            }
+            "shared" => Ok(Verdict::SharedRefused),
+            other => Err(StoreError::Database(
+                format!("unknown issue verdict {other}").into(),
+            )),
+        }
     }
 
     /// Checks a submitted code against the newest code of (user, purpose), and of
@@ -219,17 +336,27 @@ impl Store {
         code: &str,
         now: DateTime<Utc>,
         guard: CodeGuard,
+        client_info: &ClientInfo,
         on_accept: Option<&OnAccept<'_>>,
     ) -> Result<(CheckOutcome, Option<User>), StoreError> {
         let candidate = keys.otp_hash(&user_id, purpose.as_str(), code);
         let client = self.client().await?;
-        let (ip, user_agent) =
-            on_accept.map_or((None, None), |a| (a.audit.ip(), a.audit.user_agent()));
+        // A wrong code's events carry who asked, the purpose and the flow.
+        let asker = AuditEntry {
+            kind: "code_failed",
+            client: client_info,
+            detail: &serde_json::Value::Null,
+        };
+        let (ip, user_agent) = (asker.ip(), asker.user_agent());
+        let mut failed = serde_json::json!({ "purpose": purpose.as_str() });
+        if let Some(flow_id) = flow_id {
+            failed["flowId"] = serde_json::json!(flow_id);
+        }
         let kind = on_accept.map(|a| a.audit.kind);
         let detail = on_accept.map(|a| a.audit.detail);
         let (purpose_str, hash) = (purpose.as_str(), candidate.as_slice());
         let (lock_base, lock_max) = (guard.lock_base.as_secs_f64(), guard.lock_max.as_secs_f64());
-        let base: [&(dyn ToSql + Sync); 8] = [
+        let base: [&(dyn ToSql + Sync); 11] = [
             &user_id,
             &purpose_str,
             &flow_id,
@@ -238,8 +365,11 @@ impl Store {
             &guard.max_failures,
             &lock_base,
             &lock_max,
+            &ip,
+            &user_agent,
+            &failed,
         ];
-        let effect: [&(dyn ToSql + Sync); 4] = [&kind, &ip, &user_agent, &detail];
+        let effect: [&(dyn ToSql + Sync); 2] = [&kind, &detail];
         let params: Vec<&(dyn ToSql + Sync)> = match on_accept {
             Some(_) => base.iter().chain(&effect).copied().collect(),
             None => base.to_vec(),
@@ -330,13 +460,90 @@ impl Store {
     }
 }
 
+/// What the issue transaction decided.
+enum Verdict {
+    Done(IssueOutcome),
+    /// Everything else admitted; a shared quota had refused beforehand.
+    SharedRefused,
+}
+
+/// The issue statement, run under the (user, purpose) lock. Parameters: $1
+/// user, $2 purpose, $3 flow or NULL, $4 the code's keyed hash, $5 its tries,
+/// $6 now, $7 its expiry, $8 the cooldown in seconds, $9 the new code's id;
+/// per-subject quotas as arrays: $10 keys, $11 window starts, $12 previous
+/// window starts, $13 counter expiries, $14 limits, $15 how far into its window
+/// now is; the SMS: $16 outbox id, $17 recipient, $18 sealed body; $19 the
+/// shared quotas gave their units; the audit event: $20 kind, $21 IP, $22 user
+/// agent, $23 detail.
+///
+/// The verdict is, in this order: `locked` (code entry locked: nothing counted),
+/// `too_soon` (inside the cooldown: nothing counted), `quota` (a per-subject
+/// quota refused: the caller rolls the counts back), `shared`, or `issued`
+/// (everything written). Data-modifying CTEs share one snapshot and run in an
+/// order PostgreSQL chooses, except that a CTE runs before one that reads it:
+/// `inserted` reads `superseded`, so the old live code is out of the one-live
+/// index before the new one goes in.
+const ISSUE_SQL: &str = "WITH seen AS (
+        SELECT (SELECT code_locked_until FROM users WHERE id = $1) AS locked_until,
+               (SELECT max(created_at) FROM otp_codes WHERE user_id = $1 AND purpose = $2) AS last_issued
+    ), gate AS (
+        SELECT CASE WHEN locked_until > $6 THEN 'locked'
+                    WHEN last_issued + make_interval(secs => $8) > $6 THEN 'too_soon'
+                    ELSE 'open' END AS state
+        FROM seen
+    ), q AS (
+        SELECT * FROM unnest($10::text[], $11::timestamptz[], $12::timestamptz[],
+                             $13::timestamptz[], $14::int[], $15::float8[])
+                 WITH ORDINALITY AS q(key, window_start, previous_start, expires_at, lim, fraction, ord)
+    ), counted AS (
+        INSERT INTO quota_counters (key, window_start, count, expires_at)
+        SELECT key, window_start, 1, expires_at FROM q WHERE (SELECT state FROM gate) = 'open'
+        ON CONFLICT (key, window_start) DO UPDATE SET count = quota_counters.count + 1
+        RETURNING key, count
+    ), judged AS (
+        SELECT q.ord, counted.count AS current, COALESCE(p.count, 0) AS previous,
+               COALESCE(p.count, 0) * (1 - q.fraction) + counted.count <= q.lim AS admits
+        FROM q JOIN counted ON counted.key = q.key
+        LEFT JOIN quota_counters p ON p.key = q.key AND p.window_start = q.previous_start
+    ), verdict AS (
+        SELECT CASE WHEN g.state <> 'open' THEN g.state
+                    WHEN NOT (SELECT COALESCE(bool_and(admits), true) FROM judged) THEN 'quota'
+                    WHEN NOT $19::bool THEN 'shared'
+                    ELSE 'issued' END AS v
+        FROM gate g
+    ), superseded AS (
+        UPDATE otp_codes SET state = 'superseded', finished_at = $6
+        WHERE user_id = $1 AND purpose = $2 AND state = 'live'
+          AND (SELECT v FROM verdict) = 'issued'
+        RETURNING id
+    ), inserted AS (
+        INSERT INTO otp_codes (id, user_id, purpose, flow_id, code_hash, max_attempts, created_at, expires_at)
+        SELECT $9, $1, $2, $3, $4, $5, $6, $7
+        WHERE (SELECT v FROM verdict) = 'issued' AND (SELECT count(*) FROM superseded) >= 0
+        RETURNING id
+    ), queued AS (
+        INSERT INTO sms_outbox (id, recipient, body_sealed, purpose, expires_at, next_attempt_at, created_at, updated_at)
+        SELECT $16, $17, $18, $2, $7, $6, $6, $6 FROM inserted
+        RETURNING id
+    ), logged AS (
+        INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
+        SELECT $1, $20, $21::text::inet, $22, $23, $6 FROM inserted
+        RETURNING id
+    )
+    SELECT v.v AS verdict, s.locked_until, s.last_issued,
+           (SELECT array_agg(current ORDER BY ord) FROM judged) AS currents,
+           (SELECT array_agg(previous ORDER BY ord) FROM judged) AS previouses,
+           (SELECT count(*) FROM queued) + (SELECT count(*) FROM logged) AS written
+    FROM verdict v, seen s";
+
 /// The check statement: lock the user row and read its code lock, find the
-/// newest code, try it unless locked, count the outcome on the account, and
-/// (with a change) apply the change and its audit event when the code was
-/// right. Parameters: $1 user, $2 purpose, $3 flow or NULL, $4 the candidate's
-/// keyed hash, $5 now, $6 wrong codes in a row that lock, $7 and $8 the first
-/// and the longest lock in seconds; with a change also $9 audit kind, $10 IP,
-/// $11 user agent, $12 detail.
+/// newest code, try it unless locked, count the outcome on the account, record
+/// a wrong code's events, and (with a change) apply the change and its audit
+/// event when the code was right: one statement, one commit. Parameters: $1
+/// user, $2 purpose, $3 flow or NULL, $4 the candidate's keyed hash, $5 now, $6
+/// wrong codes in a row that lock, $7 and $8 the first and the longest lock in
+/// seconds, $9 the asker's IP, $10 user agent, $11 the detail of a wrong code's
+/// event (purpose, flow); with a change also $12 its audit kind and $13 detail.
 ///
 /// Why it holds under concurrency: `gate` is `FOR UPDATE`, so a second check of
 /// the same account waits there and then reads the row as the first left it
@@ -362,7 +569,7 @@ fn check_sql(change: Option<AccountChange>) -> String {
                          SELECT {USER_COLUMNS} FROM settled WHERE applied
                      ), logged AS (
                          INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
-                         SELECT id, $9, $10::text::inet, $11, $12, $5 FROM changed
+                         SELECT id, $12, $9::text::inet, $10, $13, $5 FROM changed
                      )"
                 ),
                 ", changed.*",
@@ -396,7 +603,8 @@ fn check_sql(change: Option<AccountChange>) -> String {
              WHERE c.id = latest.id AND c.state = 'live' AND c.expires_at > $5
                AND c.attempts < c.max_attempts
                AND (gate.code_locked_until IS NULL OR gate.code_locked_until <= $5)
-             RETURNING c.state AS new_state, c.attempts AS new_attempts
+             RETURNING c.state AS new_state, c.attempts AS new_attempts,
+                       c.max_attempts AS new_max_attempts
          ), settled AS (
              UPDATE users u
              SET code_failures = CASE WHEN tried.new_state = 'used' OR u.code_failures + 1 >= $6
@@ -413,10 +621,27 @@ fn check_sql(change: Option<AccountChange>) -> String {
              FROM tried
              WHERE u.id = $1
              RETURNING u.code_locked_until AS locked_after{applied}
+         ), failed AS (
+             INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
+             SELECT $1, e.kind, $9::text::inet, $10, e.detail, $5
+             FROM tried, settled, LATERAL (VALUES
+                 ('code_failed',
+                  $11::jsonb || jsonb_build_object('attemptsLeft',
+                      GREATEST(tried.new_max_attempts - tried.new_attempts, 0)),
+                  true),
+                 ('locked_out',
+                  jsonb_build_object('what', 'code_entry', 'purpose', $2::text, 'until',
+                      to_char(settled.locked_after AT TIME ZONE 'UTC',
+                              'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')),
+                  settled.locked_after IS NOT NULL AND settled.locked_after > $5)
+             ) AS e(kind, detail, wanted)
+             WHERE tried.new_state <> 'used' AND e.wanted
+             RETURNING id
          ){effect}
          SELECT gate.code_locked_until AS locked_before, settled.locked_after,
                 latest.id AS code_id, latest.state, latest.attempts, latest.max_attempts,
-                latest.expires_at, tried.new_state, tried.new_attempts{columns}
+                latest.expires_at, tried.new_state, tried.new_attempts,
+                (SELECT count(*) FROM failed) AS failed_events{columns}
          FROM gate LEFT JOIN latest ON true LEFT JOIN tried ON true
               LEFT JOIN settled ON true{join}"
     )

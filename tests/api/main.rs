@@ -9,6 +9,7 @@ mod helpers;
 mod cli;
 mod fake_twilio;
 mod http_envelope;
+mod issuing;
 mod lockout;
 mod login;
 mod login_work;
