@@ -3,32 +3,62 @@
 //! and read its counters.
 //!
 //! It wakes on an in-process nudge (right after a transaction that queued a
-//! message commits), on PostgreSQL `NOTIFY authgate_outbox` (messages queued by
-//! any process), at the time the next retry or expired lease falls due, and on a
-//! periodic sweep as a safety net. Each wake claims a batch in one statement
-//! (`FOR UPDATE SKIP LOCKED`, so processes sharing the outbox never claim the same
-//! message), sends it with bounded concurrency under an outbound rate limit, and
-//! records every outcome while it still holds the claim.
+//! message commits), on PostgreSQL `NOTIFY authgate_outbox` from another
+//! process, at the time the next retry or expired lease falls due, and on a
+//! periodic sweep as a safety net.
 //!
-//! The batch runs in a task the actor owns, so the actor stays responsive:
-//! - stopped (shutdown): it stops starting sends, lets the ones in flight
-//!   finish, returns the rest to `pending`, and claims nothing more;
+//! Wake-ups. Queueing a message notifies no one: a NOTIFY inside the send
+//! transaction would serialise the commits of every code issued in the
+//! cluster (see `store::outbox`). The process that queued it nudges its own
+//! actor after commit. Other processes only need waking when there is more
+//! work than this one takes at once, so the actor sends one NOTIFY, in a
+//! transaction of its own, when a claim comes back full (a backlog), at most
+//! every [`BACKLOG_NOTIFY_GAP`]; idle processes' actors then claim alongside
+//! it. Its own notifications it ignores (the payload names the claimer). The
+//! sweep catches whatever no wake announced, such as a process that died
+//! after committing and before nudging.
+//!
+//! Work. A wake starts a drain task that the actor owns. It claims up to a
+//! batch in one statement (`FOR UPDATE SKIP LOCKED`, so processes sharing the
+//! outbox never claim the same message) and keeps up to `concurrency` sends in
+//! flight under the outbound rate limit. It claims the next batch as soon as
+//! every claimed message has been started and the last claim was full (or a
+//! wake came since, then no sooner than [`CLAIM_GAP`] after the last claim, so
+//! a stream of nudges does not become a stream of one-row claims): sends are
+//! never held back by the slowest request of the previous batch, and claimed
+//! messages never wait longer than one batch for a slot. It ends when a claim
+//! came back short and everything is sent and recorded.
+//!
+//! Outcomes go to a recorder running beside the sends, which writes them in
+//! one statement per chunk: a chunk closes when it holds a batch's worth of
+//! outcomes or [`FLUSH_AFTER`] after its first one, so one slow provider call
+//! delays no other message's recording, and a burst costs one commit per
+//! batch instead of one per message. Every outcome is recorded only while the
+//! claim still holds, so a lost claim is never overwritten.
+//!
+//! The actor stays responsive while a drain runs:
+//! - stopped (shutdown): the drain stops claiming and starting sends, lets the
+//!   ones in flight finish, returns the rest to `pending`, records everything
+//!   and ends;
 //! - killed or crashed: the task is aborted with the actor's state; its claims
 //!   lapse after the lease and the restarted actor (or another process) takes
 //!   the messages again. Nothing is lost; a message whose request was in flight
-//!   may be sent twice (at-least-once, as the Twilio contract recommends for codes).
+//!   or whose outcome was not yet recorded may be sent twice (at-least-once, as
+//!   the Twilio contract recommends for codes).
 
+use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::supervisor::{start_child, ChildSpec, Slot, SupervisorMsg};
 use crate::clock::Clock;
@@ -39,7 +69,7 @@ use crate::sms::console::ConsoleSender;
 use crate::sms::retry::{self, Decision, FailReason, RetryPolicy};
 use crate::sms::twilio::TwilioSender;
 use crate::sms::{delivery_rank, OutgoingSms, SendOutcome, SmsMetrics, SmsSender};
-use crate::store::outbox::{ClaimedSms, OutboxListener};
+use crate::store::outbox::{ClaimedSms, OutboxListener, SmsOutcome};
 use crate::store::{Store, StoreError};
 
 /// A send is started only if the claim outlives the request by this much more,
@@ -53,12 +83,21 @@ const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Shortest wait for a due time already in the past (rows another process holds
 /// locked for a moment): avoids a hot loop.
 const MIN_ALARM: Duration = Duration::from_millis(50);
+/// A claim prompted by a wake (not by a full claim) waits this long after the
+/// previous one: at hundreds of codes a second, a claim per nudge would cost
+/// as many statements as issuing the codes. Bounds a message's added latency.
+const CLAIM_GAP: Duration = Duration::from_millis(10);
+/// Outcomes wait at most this long for others to share their statement.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// Under a sustained backlog every claim is full; one NOTIFY per this period
+/// is enough to keep other processes' actors claiming.
+const BACKLOG_NOTIFY_GAP: Duration = Duration::from_millis(100);
 
 pub enum SmsMsg {
-    /// There may be work: claim a batch (or another one after the current).
+    /// There may be work: start a drain, or claim again in the running one.
     Wake,
-    /// The batch task ended; `full` when it claimed all it could (more may wait).
-    BatchDone { full: bool },
+    /// The drain task ended: its last claim was short and all is recorded.
+    BatchDone,
 }
 
 /// State shared by every incarnation of the actor and by the handle.
@@ -219,13 +258,16 @@ struct BatchCtx {
 
 struct Running {
     cancel: watch::Sender<bool>,
+    /// Tells the running drain to claim again.
+    more: Arc<Notify>,
     task: AbortOnDrop,
 }
 
 pub struct SmsState {
     ctx: Arc<BatchCtx>,
     batch: Option<Running>,
-    /// A wake arrived during the batch: run another one after it.
+    /// A wake arrived during the drain: start another after it, in case the
+    /// drain was already ending when it heard of the wake.
     again: bool,
     /// The LISTEN connection and the sweep ticker.
     background: Vec<AbortOnDrop>,
@@ -236,14 +278,6 @@ pub struct SmsState {
 impl BatchCtx {
     fn new(deps: Arc<SmsDeps>, shared: Arc<Shared>) -> BatchCtx {
         let c = &deps.config;
-        // Claim no more than can be sent well within the lease at the outbound
-        // rate; the rest stays pending for the next batch or another process.
-        let usable = c.lease.saturating_sub(c.request_timeout + LEASE_MARGIN);
-        let by_rate = (f64::from(c.rate_per_sec) * usable.as_secs_f64() / 2.0) as i64;
-        let claim_limit = c
-            .batch_size
-            .min(by_rate.max(i64::try_from(c.concurrency).unwrap_or(1)))
-            .max(1);
         BatchCtx {
             claimer: format!("sms-{}", uuid::Uuid::new_v4().simple()),
             policy: RetryPolicy {
@@ -251,11 +285,24 @@ impl BatchCtx {
                 max: c.backoff_max,
                 max_attempts: u32::try_from(c.max_attempts).unwrap_or(1).max(1),
             },
-            claim_limit,
+            claim_limit: claim_limit(c),
             deps,
             shared,
         }
     }
+}
+
+/// Messages one claim takes: the batch size, but no more than can be sent well
+/// within the lease at the outbound rate (the rest stays pending for the next
+/// claim or another process), and at least one. A drain holds at most one
+/// claim's worth of messages waiting besides the `concurrency` in flight, so
+/// a batch smaller than the concurrency does not cap the sends in flight.
+fn claim_limit(c: &SmsConfig) -> i64 {
+    let usable = c.lease.saturating_sub(c.request_timeout + LEASE_MARGIN);
+    let by_rate = (f64::from(c.rate_per_sec) * usable.as_secs_f64() / 2.0) as i64;
+    c.batch_size
+        .min(by_rate.max(i64::try_from(c.concurrency).unwrap_or(1)))
+        .max(1)
 }
 
 impl Actor for SmsActor {
@@ -274,6 +321,7 @@ impl Actor for SmsActor {
         if !shared.stopping.load(Ordering::Acquire) {
             background.push(AbortOnDrop(tokio::spawn(listen(
                 ctx.deps.pg.clone(),
+                ctx.claimer.clone(),
                 myself.clone(),
                 shared.clone(),
             ))));
@@ -321,9 +369,9 @@ impl Actor for SmsActor {
                     .store(false, Ordering::Release);
                 kick(&myself, state);
             }
-            SmsMsg::BatchDone { full } => {
+            SmsMsg::BatchDone => {
                 state.batch = None;
-                if std::mem::take(&mut state.again) || full {
+                if std::mem::take(&mut state.again) {
                     kick(&myself, state);
                 } else {
                     set_alarm(&myself, state);
@@ -368,25 +416,29 @@ impl Actor for SmsActor {
     }
 }
 
-/// Starts a batch, or asks for one more after the running one.
+/// Starts a drain, or asks the running one to claim again.
 fn kick(myself: &ActorRef<SmsMsg>, state: &mut SmsState) {
     if state.ctx.shared.stopping.load(Ordering::Acquire) {
         return;
     }
-    if state.batch.is_some() {
+    if let Some(running) = &state.batch {
+        running.more.notify_one();
         state.again = true;
         return;
     }
     state.alarm = None;
     let (cancel, cancelled) = watch::channel(false);
+    let more = Arc::new(Notify::new());
     let ctx = state.ctx.clone();
     let me = myself.clone();
+    let wanted = more.clone();
     let task = tokio::spawn(async move {
-        let full = run_batch(&ctx, cancelled).await;
-        let _ = me.cast(SmsMsg::BatchDone { full });
+        drain(&ctx, cancelled, &wanted).await;
+        let _ = me.cast(SmsMsg::BatchDone);
     });
     state.batch = Some(Running {
         cancel,
+        more,
         task: AbortOnDrop(task),
     });
 }
@@ -431,16 +483,24 @@ async fn sweep(every: Duration, actor: ActorRef<SmsMsg>) {
 }
 
 /// Keeps a LISTEN connection open, reconnecting with backoff, and wakes the actor
-/// on each notification (and after each reconnect, for what it may have missed).
-async fn listen(pg: tokio_postgres::Config, actor: ActorRef<SmsMsg>, shared: Arc<Shared>) {
+/// on each notification but its own (and after each reconnect, for what it may
+/// have missed).
+async fn listen(
+    pg: tokio_postgres::Config,
+    claimer: String,
+    actor: ActorRef<SmsMsg>,
+    shared: Arc<Shared>,
+) {
     let mut delay = LISTEN_RETRY_MIN;
     loop {
         match OutboxListener::connect(&pg).await {
             Ok(mut listener) => {
                 delay = LISTEN_RETRY_MIN;
                 wake(&shared, &actor);
-                while listener.next().await.is_some() {
-                    wake(&shared, &actor);
+                while let Some(from) = listener.next().await {
+                    if from != claimer {
+                        wake(&shared, &actor);
+                    }
                 }
                 tracing::warn!("SMS outbox LISTEN connection lost; reconnecting");
             }
@@ -453,45 +513,223 @@ async fn listen(pg: tokio_postgres::Config, actor: ActorRef<SmsMsg>, shared: Arc
     }
 }
 
-/// Claims one batch and processes it; true when the batch was full.
-async fn run_batch(ctx: &BatchCtx, cancelled: watch::Receiver<bool>) -> bool {
+/// One claimed message's outcome, on its way to the recorder.
+type Done = (i64, SmsOutcome);
+
+/// Claims, sends and records until a claim comes back short and everything
+/// claimed is recorded, or until stopped. Sending and recording run side by
+/// side in this one task (so aborting it stops both).
+async fn drain(ctx: &BatchCtx, cancelled: watch::Receiver<bool>, more: &Notify) {
+    let (done, outcomes) = mpsc::unbounded_channel();
+    tokio::join!(
+        send_all(ctx, cancelled, more, done),
+        record_all(ctx, outcomes)
+    );
+}
+
+/// The sending half of a drain; see the module doc for when it claims.
+async fn send_all(
+    ctx: &BatchCtx,
+    mut cancelled: watch::Receiver<bool>,
+    more: &Notify,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    let concurrency = ctx.deps.config.concurrency.max(1);
+    let mut queue: VecDeque<ClaimedSms> = VecDeque::new();
+    let mut inflight = FuturesUnordered::new();
+    // Claim (again) once every claimed message has been started.
+    let mut claim = true;
+    let mut last_full = false;
+    let mut last_claim: Option<Instant> = None;
+    let mut last_notify: Option<Instant> = None;
+    let mut stopped = false;
+    loop {
+        stopped |= *cancelled.borrow();
+        if stopped {
+            claim = false;
+            for msg in queue.drain(..) {
+                let _ = done.send((msg.id, SmsOutcome::Released));
+            }
+        }
+        while inflight.len() < concurrency {
+            let Some(msg) = queue.pop_front() else { break };
+            inflight.push(process(ctx, msg, cancelled.clone()));
+        }
+        if claim && queue.is_empty() {
+            claim = false;
+            let not_before = match last_claim {
+                Some(at) if !last_full => at + CLAIM_GAP,
+                _ => Instant::now(),
+            };
+            let claiming = async {
+                tokio::time::sleep_until(not_before).await;
+                claim_batch(ctx).await
+            };
+            tokio::pin!(claiming);
+            // Sends in flight keep finishing while the claim runs.
+            let claimed = loop {
+                tokio::select! {
+                    claimed = &mut claiming => break claimed,
+                    Some(d) = inflight.next(), if !inflight.is_empty() => {
+                        let _ = done.send(d);
+                    }
+                }
+            };
+            last_claim = Some(Instant::now());
+            let Some(claimed) = claimed else {
+                last_full = false;
+                continue;
+            };
+            last_full = i64::try_from(claimed.len()).unwrap_or(i64::MAX) >= ctx.claim_limit;
+            if last_full {
+                claim = true;
+                if last_notify.is_none_or(|at| at.elapsed() >= BACKLOG_NOTIFY_GAP) {
+                    last_notify = Some(Instant::now());
+                    notify_backlog(ctx);
+                }
+            }
+            queue.extend(claimed);
+            continue;
+        }
+        // Nothing waits to be started (else sends would be in flight) and
+        // nothing is to be claimed: done once the last sends are in.
+        if inflight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some(d) = inflight.next() => {
+                let _ = done.send(d);
+            }
+            _ = more.notified(), if !claim && !stopped => claim = true,
+            changed = cancelled.changed(), if !stopped => {
+                if changed.is_err() {
+                    // The actor's state is gone: stop as if told to.
+                    stopped = true;
+                }
+            }
+            else => break,
+        }
+    }
+}
+
+/// Claims one batch; None (logged) when the database failed.
+async fn claim_batch(ctx: &BatchCtx) -> Option<Vec<ClaimedSms>> {
     let now = ctx.deps.clock.now();
     let lease_until = now + chrono_duration(ctx.deps.config.lease);
-    let claimed = match ctx
+    SmsMetrics::bump(&ctx.shared.metrics.claim_statements);
+    match ctx
         .deps
         .store
         .claim_sms(&ctx.claimer, now, lease_until, ctx.claim_limit)
         .await
     {
-        Ok(c) => c,
+        Ok(claimed) => {
+            if !claimed.is_empty() {
+                tracing::debug!(claimed = claimed.len(), "SMS batch claimed");
+            }
+            Some(claimed)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not claim SMS from the outbox");
-            return false;
+            None
         }
-    };
-    let n = claimed.len();
-    if n > 0 {
-        tracing::debug!(claimed = n, "SMS batch claimed");
     }
-    futures::stream::iter(claimed)
-        .for_each_concurrent(ctx.deps.config.concurrency.max(1), |msg| {
-            process(ctx, msg, cancelled.clone())
-        })
-        .await;
-    i64::try_from(n).unwrap_or(i64::MAX) >= ctx.claim_limit
 }
 
-/// One claimed message: drop, fail, release or send it, and record the result.
-async fn process(ctx: &BatchCtx, msg: ClaimedSms, mut cancelled: watch::Receiver<bool>) {
+/// A full claim: wakes the other processes' actors, off the sending path.
+fn notify_backlog(ctx: &BatchCtx) {
+    let store = ctx.deps.store.clone();
+    let from = ctx.claimer.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.notify_sms_backlog(&from).await {
+            tracing::debug!(error = %e, "could not notify other processes of the SMS backlog");
+        }
+    });
+}
+
+/// The recording half of a drain: gathers outcomes into chunks (a batch's
+/// worth, or whatever came within `FLUSH_AFTER` of a chunk's first) and
+/// records each chunk with one statement, until the sending half is done.
+async fn record_all(ctx: &BatchCtx, mut outcomes: mpsc::UnboundedReceiver<Done>) {
+    let max = usize::try_from(ctx.claim_limit).unwrap_or(1).max(1);
+    let mut chunk = Vec::with_capacity(max);
+    while let Some(first) = outcomes.recv().await {
+        chunk.push(first);
+        let deadline = Instant::now() + FLUSH_AFTER;
+        let mut open = true;
+        while open && chunk.len() < max {
+            tokio::select! {
+                next = outcomes.recv() => match next {
+                    Some(d) => chunk.push(d),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        flush(ctx, std::mem::take(&mut chunk)).await;
+    }
+}
+
+/// Records a chunk of outcomes in one statement. Should the statement fail on
+/// one bad row (a provider sid seen before, say), records them one by one, so
+/// that row fails alone.
+async fn flush(ctx: &BatchCtx, chunk: Vec<Done>) {
+    let store = &ctx.deps.store;
+    let now = ctx.deps.clock.now();
+    SmsMetrics::bump(&ctx.shared.metrics.record_statements);
+    match store.record_sms_outcomes(&ctx.claimer, &chunk, now).await {
+        Ok(recorded) => log_recorded(&chunk, &recorded),
+        Err(StoreError::Database(e)) if chunk.len() > 1 => {
+            tracing::warn!(error = %e, outcomes = chunk.len(), "recording SMS outcomes together failed; recording them one by one");
+            for one in chunk.chunks(1) {
+                SmsMetrics::bump(&ctx.shared.metrics.record_statements);
+                match store.record_sms_outcomes(&ctx.claimer, one, now).await {
+                    Ok(recorded) => log_recorded(one, &recorded),
+                    Err(e) => log_not_recorded(one, &e),
+                }
+            }
+        }
+        Err(e) => log_not_recorded(&chunk, &e),
+    }
+}
+
+fn log_recorded(chunk: &[Done], recorded: &[i64]) {
+    if recorded.len() == chunk.len() {
+        return;
+    }
+    let recorded: HashSet<i64> = recorded.iter().copied().collect();
+    for (id, outcome) in chunk {
+        // A release that finds the claim gone has nothing to give back.
+        if !recorded.contains(id) && *outcome != SmsOutcome::Released {
+            tracing::warn!(
+                outbox_id = id,
+                "SMS claim was lost before its outcome was recorded"
+            );
+        }
+    }
+}
+
+fn log_not_recorded(chunk: &[Done], e: &StoreError) {
+    for (id, outcome) in chunk {
+        if *outcome == SmsOutcome::Released {
+            tracing::warn!(outbox_id = id, error = %e, "could not release an SMS; it returns after the lease");
+        } else {
+            tracing::warn!(outbox_id = id, error = %e, "could not record an SMS outcome; it returns after the lease");
+        }
+    }
+}
+
+/// One claimed message: drop, fail, release or send it; what became of it.
+async fn process(ctx: &BatchCtx, msg: ClaimedSms, mut cancelled: watch::Receiver<bool>) -> Done {
     let deps = &ctx.deps;
     let now = deps.clock.now();
     if retry::is_expired(now, msg.expires_at) {
-        return expire(ctx, &msg, now).await;
+        return (msg.id, expire(ctx, &msg));
     }
     let attempts = u32::try_from(msg.attempts).unwrap_or(0);
     if attempts > ctx.policy.max_attempts {
         // Claimed again after its sender died mid-attempt, too many times.
-        return fail(ctx, &msg, None, "out of attempts", now).await;
+        return (msg.id, fail(ctx, &msg, None, "out of attempts".to_owned()));
     }
     let row = crate::crypto::OutboxRow {
         id: msg.id,
@@ -503,7 +741,15 @@ async fn process(ctx: &BatchCtx, msg: ClaimedSms, mut cancelled: watch::Receiver
         .and_then(|b| deps.keys.open(b, row))
     else {
         // Sealed with another key (a changed JWT_SECRET) or damaged: unsendable.
-        return fail(ctx, &msg, None, "message body could not be opened", now).await;
+        return (
+            msg.id,
+            fail(
+                ctx,
+                &msg,
+                None,
+                "message body could not be opened".to_owned(),
+            ),
+        );
     };
     let stopped = tokio::select! {
         biased;
@@ -512,15 +758,15 @@ async fn process(ctx: &BatchCtx, msg: ClaimedSms, mut cancelled: watch::Receiver
         _ = ctx.shared.limiter.until_ready() => false,
     };
     if stopped || *cancelled.borrow() {
-        return release(ctx, &msg).await;
+        return (msg.id, SmsOutcome::Released);
     }
     let now = deps.clock.now();
     if retry::is_expired(now, msg.expires_at) {
-        return expire(ctx, &msg, now).await;
+        return (msg.id, expire(ctx, &msg));
     }
     if now + chrono_duration(deps.config.request_timeout + LEASE_MARGIN) > msg.claimed_until {
         // Too little of the claim is left to finish the request inside it.
-        return release(ctx, &msg).await;
+        return (msg.id, SmsOutcome::Released);
     }
     let outcome = deps
         .sender
@@ -532,13 +778,14 @@ async fn process(ctx: &BatchCtx, msg: ClaimedSms, mut cancelled: watch::Receiver
         })
         .await;
     drop(body);
-    record(ctx, &msg, attempts, outcome).await;
+    (msg.id, judge(ctx, &msg, attempts, outcome))
 }
 
-async fn record(ctx: &BatchCtx, msg: &ClaimedSms, attempts: u32, outcome: SendOutcome) {
-    let deps = &ctx.deps;
-    let now = deps.clock.now();
-    let result = match &outcome {
+/// What an attempt's outcome means for the message: counted and logged here,
+/// recorded by the drain's recorder.
+fn judge(ctx: &BatchCtx, msg: &ClaimedSms, attempts: u32, outcome: SendOutcome) -> SmsOutcome {
+    let now = ctx.deps.clock.now();
+    let failure = match outcome {
         SendOutcome::Accepted { sid, status } => {
             SmsMetrics::bump(&ctx.shared.metrics.sent);
             tracing::info!(
@@ -549,109 +796,111 @@ async fn record(ctx: &BatchCtx, msg: &ClaimedSms, attempts: u32, outcome: SendOu
                 "SMS accepted by the provider"
             );
             let rank = status.as_deref().and_then(delivery_rank);
-            deps.store
-                .record_sms_sent(
-                    msg.id,
-                    &ctx.claimer,
-                    sid.as_deref(),
-                    status.as_deref().filter(|_| rank.is_some()),
-                    rank,
-                    now,
-                )
-                .await
-        }
-        failure => {
-            let code = match failure {
-                SendOutcome::Rejected { code, .. } => *code,
-                _ => None,
+            return SmsOutcome::Sent {
+                provider_sid: sid,
+                delivery_status: status.filter(|_| rank.is_some()),
+                delivery_rank: rank,
             };
-            let why = failure.describe();
-            let class = retry::classify(failure);
-            let jitter: f64 = rand::random();
-            match retry::decide(&ctx.policy, class, attempts, now, msg.expires_at, jitter) {
-                Decision::Retry { at } => {
-                    SmsMetrics::bump(&ctx.shared.metrics.retried);
-                    tracing::warn!(outbox_id = msg.id, attempts, error = %why, retry_at = %at, "SMS attempt failed; will retry");
-                    deps.store
-                        .record_sms_retry(msg.id, &ctx.claimer, at, &why, code, now)
-                        .await
-                }
-                Decision::Fail { code: c, reason } => {
-                    let why = match reason {
-                        FailReason::Permanent => why,
-                        FailReason::OutOfAttempts => {
-                            format!("gave up after {attempts} attempts: {why}")
-                        }
-                    };
-                    if matches!(
-                        failure,
-                        SendOutcome::Rejected {
-                            http_status: 401 | 403,
-                            ..
-                        }
-                    ) || c == Some(retry::TWILIO_AUTH_FAILED)
-                    {
-                        tracing::error!(outbox_id = msg.id, error = %why, "Twilio refused authgate's credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN");
-                    }
-                    fail(ctx, msg, c.or(code), &why, now).await;
-                    return;
-                }
-                Decision::Expire => return expire(ctx, msg, now).await,
+        }
+        failure => failure,
+    };
+    let code = match &failure {
+        SendOutcome::Rejected { code, .. } => *code,
+        _ => None,
+    };
+    let why = failure.describe();
+    let class = retry::classify(&failure);
+    let jitter: f64 = rand::random();
+    match retry::decide(&ctx.policy, class, attempts, now, msg.expires_at, jitter) {
+        Decision::Retry { at } => {
+            SmsMetrics::bump(&ctx.shared.metrics.retried);
+            tracing::warn!(outbox_id = msg.id, attempts, error = %why, retry_at = %at, "SMS attempt failed; will retry");
+            SmsOutcome::Retry {
+                next_attempt_at: at,
+                last_error: why,
+                error_code: code,
             }
         }
-    };
-    log_record_result(msg.id, result);
+        Decision::Fail { code: c, reason } => {
+            let why = match reason {
+                FailReason::Permanent => why,
+                FailReason::OutOfAttempts => {
+                    format!("gave up after {attempts} attempts: {why}")
+                }
+            };
+            if matches!(
+                failure,
+                SendOutcome::Rejected {
+                    http_status: 401 | 403,
+                    ..
+                }
+            ) || c == Some(retry::TWILIO_AUTH_FAILED)
+            {
+                tracing::error!(outbox_id = msg.id, error = %why, "Twilio refused authgate's credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN");
+            }
+            fail(ctx, msg, c.or(code), why)
+        }
+        Decision::Expire => expire(ctx, msg),
+    }
 }
 
-async fn fail(ctx: &BatchCtx, msg: &ClaimedSms, code: Option<i32>, why: &str, now: DateTime<Utc>) {
+fn fail(ctx: &BatchCtx, msg: &ClaimedSms, code: Option<i32>, why: String) -> SmsOutcome {
     SmsMetrics::bump(&ctx.shared.metrics.failed);
     tracing::warn!(outbox_id = msg.id, purpose = %msg.purpose, error_code = ?code, error = %why, "SMS failed");
-    let result = ctx
-        .deps
-        .store
-        .record_sms_failed(msg.id, &ctx.claimer, code, why, now)
-        .await;
-    log_record_result(msg.id, result);
+    SmsOutcome::Failed {
+        error_code: code,
+        last_error: why,
+    }
 }
 
-async fn expire(ctx: &BatchCtx, msg: &ClaimedSms, now: DateTime<Utc>) {
+fn expire(ctx: &BatchCtx, msg: &ClaimedSms) -> SmsOutcome {
     SmsMetrics::bump(&ctx.shared.metrics.expired);
     tracing::info!(outbox_id = msg.id, purpose = %msg.purpose, "SMS content expired before sending; dropped");
-    let result = ctx
-        .deps
-        .store
-        .record_sms_expired(msg.id, &ctx.claimer, now)
-        .await;
-    log_record_result(msg.id, result);
-}
-
-async fn release(ctx: &BatchCtx, msg: &ClaimedSms) {
-    let ids = [msg.id];
-    if let Err(e) = ctx
-        .deps
-        .store
-        .release_sms(&ctx.claimer, Some(&ids), ctx.deps.clock.now())
-        .await
-    {
-        tracing::warn!(outbox_id = msg.id, error = %e, "could not release an SMS; it returns after the lease");
-    }
-}
-
-fn log_record_result(id: i64, result: Result<bool, StoreError>) {
-    match result {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(
-                outbox_id = id,
-                "SMS claim was lost before its outcome was recorded"
-            )
-        }
-        Err(e) => {
-            tracing::warn!(outbox_id = id, error = %e, "could not record an SMS outcome; it returns after the lease")
-        }
-    }
+    SmsOutcome::Expired
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
     crate::clock::span(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_tools_settings_claim_a_whole_batch() {
+        // AUTHGATE_SMS_RATE_PER_SEC=10000, AUTHGATE_SMS_CONCURRENCY=64, defaults
+        // otherwise: the rate allows far more than a batch within the lease.
+        let c = SmsConfig {
+            rate_per_sec: 10_000,
+            concurrency: 64,
+            ..SmsConfig::default()
+        };
+        assert_eq!(claim_limit(&c), 50);
+        assert_eq!(claim_limit(&SmsConfig::default()), 50);
+    }
+
+    #[test]
+    fn a_slow_rate_claims_only_what_the_lease_can_send() {
+        // One a second, 60 s lease less 11 s for the last request: 24 fit twice over.
+        let c = SmsConfig {
+            rate_per_sec: 1,
+            concurrency: 8,
+            ..SmsConfig::default()
+        };
+        assert_eq!(claim_limit(&c), 24);
+        // Never below the concurrency, nor below one.
+        let c = SmsConfig {
+            rate_per_sec: 1,
+            concurrency: 40,
+            lease: Duration::from_secs(12),
+            ..SmsConfig::default()
+        };
+        assert_eq!(claim_limit(&c), 40);
+        let c = SmsConfig {
+            batch_size: 0,
+            ..SmsConfig::default()
+        };
+        assert_eq!(claim_limit(&c), 1);
+    }
 }

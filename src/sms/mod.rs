@@ -133,6 +133,10 @@ pub struct SmsMetrics {
     pub failed: AtomicU64,
     /// Messages dropped unsent because their content expired.
     pub expired: AtomicU64,
+    /// Claim statements the SMS actor ran, and statements that recorded
+    /// outcomes (each records many): how well the outbox work is batched.
+    pub claim_statements: AtomicU64,
+    pub record_statements: AtomicU64,
 }
 
 /// A copy of the counters at one moment.

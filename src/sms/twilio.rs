@@ -48,7 +48,13 @@ struct ErrorBody {
 
 impl TwilioSender {
     pub fn new(config: &TwilioConfig, request_timeout: Duration) -> Result<TwilioSender, BoxError> {
+        // One client for every send: the SMS actor's concurrent requests share
+        // its HTTP/1.1 keep-alive pool. The pool keeps every idle connection
+        // (reqwest's default, spelled out: a cap below AUTHGATE_SMS_CONCURRENCY
+        // would close connections between batches and pay a TLS handshake
+        // for each message again).
         let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(usize::MAX)
             .connect_timeout(request_timeout.min(MAX_CONNECT_TIMEOUT))
             .timeout(request_timeout)
             .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))

@@ -2,14 +2,27 @@
 //! actor's claiming and outcome recording live here too (see `actors::sms`), as
 //! does the dedicated LISTEN connection that wakes it.
 //!
+//! Enqueueing sends no `NOTIFY`. PostgreSQL queues a transaction's
+//! notifications at commit under one cluster-wide lock held until the commit
+//! is durable, so transactions that notify commit one after another, never in
+//! a shared WAL flush: with a NOTIFY in every send transaction, every code
+//! issued in the cluster waited for every other (`scripts/pgbench/notify.sh`:
+//! about a fifth of the throughput of the same INSERT without it). The process
+//! that queued a message wakes its own SMS actor after commit instead
+//! (`SmsHandle::nudge`); other processes hear [`Store::notify_sms_backlog`],
+//! which the actor sends in a transaction of its own only when it claimed a
+//! full batch, and the actor's periodic sweep catches anything else.
+//!
 //! Every outcome is recorded only while the recorder still holds the claim
 //! (`state = 'sending' AND claimed_by = $claimer`), so a process whose lease ran
-//! out cannot overwrite what the process that reclaimed the message did.
+//! out cannot overwrite what the process that reclaimed the message did. The
+//! outcomes of many messages are recorded by one statement
+//! ([`Store::record_sms_outcomes`]): one commit per batch, not per message.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::StoreError;
+use super::{Store, StoreError};
 use crate::crypto::{Keys, OutboxRow};
 use crate::domain::phone::PhoneE164;
 
@@ -27,9 +40,9 @@ pub struct NewSms<'a> {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// Inserts a message using the caller's client or transaction, and notifies the
-/// SMS actors. Inside a transaction, the notification is delivered at commit, so
-/// no actor wakes for a message that was rolled back.
+/// Inserts a message using the caller's client or transaction. It notifies no
+/// one (see the module doc): after commit, the caller wakes its process's SMS
+/// actor (`SmsHandle::nudge`).
 pub async fn enqueue<C: GenericClient>(
     client: &C,
     keys: &Keys,
@@ -59,12 +72,6 @@ pub async fn enqueue<C: GenericClient>(
             &client.prepare_cached("INSERT INTO sms_outbox (id, recipient, body_sealed, purpose, expires_at, next_attempt_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $6, $6)").await?,
             &[&id, &msg.to.as_str(), &sealed, &msg.purpose, &msg.expires_at, &now],
-        )
-        .await?;
-    client
-        .execute(
-            &client.prepare_cached("SELECT pg_notify($1, '')").await?,
-            &[&OUTBOX_CHANNEL],
         )
         .await?;
     Ok(id)
@@ -103,12 +110,57 @@ pub struct DeliveryUpdate<'a> {
     pub error_code: Option<i32>,
 }
 
+/// What became of one claimed message, for [`Store::record_sms_outcomes`].
+/// Each variant keeps the meaning the per-message statements had: a retry or a
+/// release keeps the sealed body for the next attempt; sent, failed and
+/// expired erase it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmsOutcome {
+    /// The provider accepted it. The delivery status and rank fill only what no
+    /// status callback has set yet (a callback may beat the recording).
+    Sent {
+        provider_sid: Option<String>,
+        delivery_status: Option<String>,
+        delivery_rank: Option<i16>,
+    },
+    /// A transient failure: back to `pending` until `next_attempt_at`.
+    Retry {
+        next_attempt_at: DateTime<Utc>,
+        last_error: String,
+        error_code: Option<i32>,
+    },
+    /// A final failure, with the provider's error code when there is one.
+    Failed {
+        error_code: Option<i32>,
+        last_error: String,
+    },
+    /// The content expired before it could be sent: dropped.
+    Expired,
+    /// Never attempted (the actor is stopping, or too little of the claim was
+    /// left): back to `pending`, due at once, the claim's attempt given back.
+    Released,
+}
+
+impl SmsOutcome {
+    /// The `kind` column of the recording statement.
+    fn kind(&self) -> &'static str {
+        match self {
+            SmsOutcome::Sent { .. } => "sent",
+            SmsOutcome::Retry { .. } => "retry",
+            SmsOutcome::Failed { .. } => "failed",
+            SmsOutcome::Expired => "expired",
+            SmsOutcome::Released => "released",
+        }
+    }
+}
+
 /// Listens for `NOTIFY authgate_outbox` on a dedicated connection (a pooled one
 /// would be recycled, silently dropping the LISTEN).
 pub struct OutboxListener {
     /// Kept so the connection stays open; dropping it ends the session.
     _client: tokio_postgres::Client,
-    notifications: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// The payloads: who notified (see [`Store::notify_sms_backlog`]).
+    notifications: tokio::sync::mpsc::UnboundedReceiver<String>,
     driver: tokio::task::JoinHandle<()>,
 }
 
@@ -124,8 +176,8 @@ impl OutboxListener {
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(Ok(message)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(_) = message {
-                    if tx.send(()).is_err() {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    if tx.send(n.payload().to_owned()).is_err() {
                         break;
                     }
                 }
@@ -142,8 +194,8 @@ impl OutboxListener {
         })
     }
 
-    /// The next notification; None once the connection is gone.
-    pub async fn next(&mut self) -> Option<()> {
+    /// The next notification's payload; None once the connection is gone.
+    pub async fn next(&mut self) -> Option<String> {
         self.notifications.recv().await
     }
 }
@@ -166,7 +218,7 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> Result<ClaimedSms, tokio_postg
     })
 }
 
-impl super::Store {
+impl Store {
     /// Queues a message unless one of `quotas` is spent (counted in the same
     /// transaction, so a refused message costs nothing). False when refused.
     pub async fn enqueue_sms_within(
@@ -237,126 +289,134 @@ impl super::Store {
         Ok(claimed)
     }
 
-    /// The provider accepted the message. The body is no longer needed.
-    /// False when the claim was lost (another process reclaimed the message).
-    pub async fn record_sms_sent(
+    /// Records the outcomes of claimed messages, any mix of kinds, in one
+    /// statement (one commit however many there are). Each is applied only
+    /// while `claimer` still holds the message's claim; returns the ids that
+    /// were recorded, so a missing id is a claim lost to another process (whose
+    /// work is left as it is). An id must appear at most once.
+    pub async fn record_sms_outcomes(
         &self,
-        id: i64,
         claimer: &str,
-        provider_sid: Option<&str>,
-        delivery_status: Option<&str>,
-        delivery_rank: Option<i16>,
+        outcomes: &[(i64, SmsOutcome)],
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = outcomes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut sids: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut statuses: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut ranks: Vec<Option<i16>> = Vec::with_capacity(n);
+        let mut next_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+        let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut codes: Vec<Option<i32>> = Vec::with_capacity(n);
+        for (id, outcome) in outcomes {
+            ids.push(*id);
+            kinds.push(outcome.kind());
+            let (mut sid, mut status, mut rank, mut at, mut error, mut code) =
+                (None, None, None, None, None, None);
+            match outcome {
+                SmsOutcome::Sent {
+                    provider_sid,
+                    delivery_status,
+                    delivery_rank,
+                } => {
+                    sid = provider_sid.as_deref();
+                    status = delivery_status.as_deref();
+                    rank = *delivery_rank;
+                }
+                SmsOutcome::Retry {
+                    next_attempt_at,
+                    last_error,
+                    error_code,
+                } => {
+                    at = Some(*next_attempt_at);
+                    error = Some(last_error.as_str());
+                    code = *error_code;
+                }
+                SmsOutcome::Failed {
+                    error_code,
+                    last_error,
+                } => {
+                    error = Some(last_error.as_str());
+                    code = *error_code;
+                }
+                SmsOutcome::Expired | SmsOutcome::Released => {}
+            }
+            sids.push(sid);
+            statuses.push(status);
+            ranks.push(rank);
+            next_at.push(at);
+            errors.push(error);
+            codes.push(code);
+        }
         let client = self.client().await?;
-        let n = client
-            .execute(
+        // One row of `r` per outcome, joined to its message by primary key.
+        // Each SET column spells out, per kind, what the per-message statement
+        // of that kind did; a column a kind does not touch keeps its value.
+        let rows = client
+            .query(
                 &client
                     .prepare_cached(
-                        "UPDATE sms_outbox
-                 SET state = 'sent', body_sealed = NULL, provider_sid = $3,
-                     delivery_status = COALESCE(delivery_status, $4),
-                     delivery_rank = COALESCE(delivery_rank, $5),
-                     claimed_by = NULL, claimed_until = NULL, last_error = NULL, error_code = NULL,
-                     sent_at = $6, updated_at = $6
-                 WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
+                        "UPDATE sms_outbox o
+                 SET state = CASE WHEN r.kind IN ('retry', 'released') THEN 'pending' ELSE r.kind END,
+                     body_sealed = CASE WHEN r.kind IN ('retry', 'released') THEN o.body_sealed END,
+                     attempts = CASE WHEN r.kind = 'released' THEN GREATEST(o.attempts - 1, 0)
+                                     ELSE o.attempts END,
+                     next_attempt_at = CASE r.kind WHEN 'retry' THEN r.next_attempt_at
+                                                   WHEN 'released' THEN LEAST(o.next_attempt_at, $2)
+                                                   ELSE o.next_attempt_at END,
+                     provider_sid = CASE WHEN r.kind = 'sent' THEN r.sid ELSE o.provider_sid END,
+                     delivery_status = CASE WHEN r.kind = 'sent'
+                                            THEN COALESCE(o.delivery_status, r.status)
+                                            ELSE o.delivery_status END,
+                     delivery_rank = CASE WHEN r.kind = 'sent'
+                                          THEN COALESCE(o.delivery_rank, r.rank)
+                                          ELSE o.delivery_rank END,
+                     last_error = CASE r.kind WHEN 'sent' THEN NULL
+                                              WHEN 'retry' THEN r.error
+                                              WHEN 'failed' THEN r.error
+                                              ELSE o.last_error END,
+                     error_code = CASE r.kind WHEN 'sent' THEN NULL
+                                              WHEN 'retry' THEN r.code
+                                              WHEN 'failed' THEN r.code
+                                              ELSE o.error_code END,
+                     sent_at = CASE WHEN r.kind = 'sent' THEN $2 ELSE o.sent_at END,
+                     claimed_by = NULL, claimed_until = NULL, updated_at = $2
+                 FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::smallint[],
+                             $8::timestamptz[], $9::text[], $10::integer[])
+                      AS r(id, kind, sid, status, rank, next_attempt_at, error, code)
+                 WHERE o.id = r.id AND o.state = 'sending' AND o.claimed_by = $1
+                 RETURNING o.id",
                     )
                     .await?,
                 &[
-                    &id,
-                    &claimer,
-                    &provider_sid,
-                    &delivery_status,
-                    &delivery_rank,
-                    &now,
+                    &claimer, &now, &ids, &kinds, &sids, &statuses, &ranks, &next_at, &errors,
+                    &codes,
                 ],
             )
             .await?;
-        Ok(n == 1)
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<Vec<i64>, _>>()?)
     }
 
-    /// A transient failure: back to pending until `next_attempt_at`.
-    pub async fn record_sms_retry(
-        &self,
-        id: i64,
-        claimer: &str,
-        next_attempt_at: DateTime<Utc>,
-        last_error: &str,
-        error_code: Option<i32>,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    /// Wakes the SMS actors of every process (this one's too) on
+    /// `authgate_outbox`, in a transaction of its own: the actor calls it when it
+    /// claimed a full batch, so that idle processes help with the backlog.
+    /// `from` (the claimer) is the payload, so the sender can ignore its own.
+    pub async fn notify_sms_backlog(&self, from: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let n = client
+        client
             .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE sms_outbox
-                 SET state = 'pending', next_attempt_at = $3, last_error = $4,
-                     error_code = $5, claimed_by = NULL, claimed_until = NULL, updated_at = $6
-                 WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
-                    )
-                    .await?,
-                &[
-                    &id,
-                    &claimer,
-                    &next_attempt_at,
-                    &last_error,
-                    &error_code,
-                    &now,
-                ],
+                &client.prepare_cached("SELECT pg_notify($1, $2)").await?,
+                &[&OUTBOX_CHANNEL, &from],
             )
             .await?;
-        Ok(n == 1)
-    }
-
-    /// A final failure, with the provider's error code when there is one.
-    pub async fn record_sms_failed(
-        &self,
-        id: i64,
-        claimer: &str,
-        error_code: Option<i32>,
-        last_error: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE sms_outbox
-                 SET state = 'failed', body_sealed = NULL, error_code = $3, last_error = $4,
-                     claimed_by = NULL, claimed_until = NULL, updated_at = $5
-                 WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
-                    )
-                    .await?,
-                &[&id, &claimer, &error_code, &last_error, &now],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// The content expired before it could be sent: dropped, body erased.
-    pub async fn record_sms_expired(
-        &self,
-        id: i64,
-        claimer: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE sms_outbox
-                 SET state = 'expired', body_sealed = NULL,
-                     claimed_by = NULL, claimed_until = NULL, updated_at = $3
-                 WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
-                    )
-                    .await?,
-                &[&id, &claimer, &now],
-            )
-            .await?;
-        Ok(n == 1)
+        Ok(())
     }
 
     /// Returns claimed but unsent messages to pending, due at once. `ids` None:

@@ -23,4 +23,5 @@ mod rate_limits;
 mod sessions;
 mod signup;
 mod sms;
+mod sms_batching;
 mod webhooks;

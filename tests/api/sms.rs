@@ -18,10 +18,12 @@ use crate::helpers::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Queues a message the way the OTP code does (outside a transaction here).
+/// Queues a message the way the OTP code does (outside a transaction here),
+/// then wakes the app's SMS actor as the OTP code does after its commit.
 async fn enqueue(app: &TestApp, to: &str, body: &str, expires_at: Option<DateTime<Utc>>) -> i64 {
     let phone = PhoneE164::parse(to).unwrap();
-    app.state
+    let id = app
+        .state
         .store()
         .enqueue_sms(
             app.state.keys(),
@@ -34,7 +36,9 @@ async fn enqueue(app: &TestApp, to: &str, body: &str, expires_at: Option<DateTim
             },
         )
         .await
-        .unwrap()
+        .unwrap();
+    app.state.sms().nudge();
+    id
 }
 
 fn in_minutes(app: &TestApp, m: i64) -> Option<DateTime<Utc>> {
