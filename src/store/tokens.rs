@@ -244,41 +244,42 @@ impl Store {
         keep_session: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let ended = tx
-            .execute(
-                &tx.prepare_cached(
-                    "UPDATE sessions SET revoked_at = $3
-                     WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2",
-                )
-                .await?,
-                &[&user, &keep_session, &now],
+        // One statement. Other processes are told (NOTIFY, at commit) only when
+        // something changed: PostgreSQL commits notifying transactions one at a
+        // time, and a 2FA change of a user with no other session, the common
+        // case, changes nothing another process caches.
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "WITH ended AS (
+                             UPDATE sessions SET revoked_at = $3
+                             WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2
+                             RETURNING id
+                         ), tokens AS (
+                             UPDATE refresh_tokens SET revoked_at = $3
+                             WHERE user_id = $1 AND revoked_at IS NULL
+                               AND family_id IS DISTINCT FROM $2
+                             RETURNING id
+                         ), fenced AS (
+                             UPDATE users SET tokens_valid_after = greatest(tokens_valid_after, $3)
+                             WHERE id = $1 AND $2::uuid IS NULL
+                               AND tokens_valid_after IS DISTINCT FROM greatest(tokens_valid_after, $3)
+                             RETURNING id
+                         ), told AS (
+                             SELECT pg_notify($4, $1::text)
+                             WHERE EXISTS (SELECT 1 FROM ended) OR EXISTS (SELECT 1 FROM tokens)
+                                OR EXISTS (SELECT 1 FROM fenced)
+                         )
+                         SELECT (SELECT count(*) FROM ended), (SELECT count(*) FROM told)",
+                    )
+                    .await?,
+                &[&user, &keep_session, &now, &REVOCATION_CHANNEL],
             )
             .await?;
-        tx.execute(
-            &tx.prepare_cached(
-                "UPDATE refresh_tokens SET revoked_at = $3
-                 WHERE user_id = $1 AND revoked_at IS NULL AND family_id IS DISTINCT FROM $2",
-            )
-            .await?,
-            &[&user, &keep_session, &now],
-        )
-        .await?;
-        if keep_session.is_none() {
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE users SET tokens_valid_after = greatest(tokens_valid_after, $2)
-                     WHERE id = $1",
-                )
-                .await?,
-                &[&user, &now],
-            )
-            .await?;
-        }
-        notify(&tx, user).await?;
-        tx.commit().await?;
-        Ok(ended)
+        let ended: i64 = row.try_get(0)?;
+        Ok(u64::try_from(ended).unwrap_or(0))
     }
 
     /// The session a refresh token belongs to, and its user, if the token is known.

@@ -441,3 +441,52 @@ async fn a_retry_after_the_new_token_was_used_is_reuse() {
     expect_error(refresh(&app, &a.refresh).await, 401, "refresh_token_reused").await;
     expect_error(refresh(&app, &after).await, 401, "refresh_token_reused").await;
 }
+
+/// Collects the payloads of `NOTIFY authgate_revocation` until none came for
+/// 1.5 s.
+async fn revocations_heard(db: &tokio_postgres::Config) -> tokio::task::JoinHandle<Vec<String>> {
+    use futures::StreamExt;
+    let (client, mut connection) = db.connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client
+        .batch_execute("LISTEN authgate_revocation")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _client = client;
+        let mut heard = Vec::new();
+        while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await {
+            heard.push(p);
+        }
+        heard
+    })
+}
+
+/// Turning 2FA on ends the other sessions and tells every process; with no
+/// other session nothing changes, and no process is told (a NOTIFY makes
+/// PostgreSQL commit the transaction in line with every other notifying one).
+#[tokio::test]
+async fn a_2fa_change_notifies_other_processes_only_when_it_ended_a_session() {
+    let (app, fake) = spawn_app_with_twilio().await;
+    let alone = account(&app).await;
+    let busy = account(&app).await;
+    let _second = relogin(&app, &busy).await;
+    let heard = revocations_heard(&app.db).await;
+    enable_2fa(&app, &fake, &alone).await;
+    enable_2fa(&app, &fake, &busy).await;
+    let heard: Vec<String> = heard
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| !p.starts_with("ping:"))
+        .collect();
+    assert_eq!(heard, vec![busy.id.clone()], "alone {}", alone.id);
+}
