@@ -600,6 +600,21 @@ fn render_sms(out: &mut String, live: &Live) {
             "authgate_sms_outcomes_total{{outcome=\"{outcome}\"}} {n}"
         );
     }
+    header(
+        out,
+        "authgate_sms_outbox_statements_total",
+        "counter",
+        "Statements this process's SMS actor ran on the outbox: claim (each claims a batch) and record (each records many outcomes). Against outcomes, how well the work is batched.",
+    );
+    for (kind, n) in [
+        ("claim", s.claim_statements),
+        ("record", s.record_statements),
+    ] {
+        let _ = writeln!(
+            out,
+            "authgate_sms_outbox_statements_total{{kind=\"{kind}\"}} {n}"
+        );
+    }
 }
 
 fn render_pool(out: &mut String, live: &Live) {

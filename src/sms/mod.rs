@@ -146,6 +146,8 @@ pub struct SmsMetricsSnapshot {
     pub retried: u64,
     pub failed: u64,
     pub expired: u64,
+    pub claim_statements: u64,
+    pub record_statements: u64,
 }
 
 impl SmsMetrics {
@@ -155,6 +157,8 @@ impl SmsMetrics {
             retried: self.retried.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
+            claim_statements: self.claim_statements.load(Ordering::Relaxed),
+            record_statements: self.record_statements.load(Ordering::Relaxed),
         }
     }
 

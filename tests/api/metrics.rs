@@ -398,6 +398,11 @@ async fn counters_move_by_exactly_what_the_requests_did() {
     s.expect("authgate_sms_outcomes_total{outcome=\"expired\"}", 0.0);
     s.expect("authgate_sms_outbox_depth", 0.0);
     s.expect("authgate_sms_outbox_depth_known", 1.0);
+    // The 9 outcomes were recorded by 1 to 9 statements (one may serve
+    // several); claims also run on wakes that find nothing.
+    let record = s.get("authgate_sms_outbox_statements_total{kind=\"record\"}");
+    assert!((1.0..=9.0).contains(&record), "record statements: {record}");
+    assert!(s.get("authgate_sms_outbox_statements_total{kind=\"claim\"}") >= 1.0);
     s.expect("authgate_sms_quota_refusals_total{quota=\"cooldown\"}", 0.0);
 
     // argon2: three sign-up hashes, seven verifies (three password-only logins,
