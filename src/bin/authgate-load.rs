@@ -111,6 +111,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SMS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Latency samples kept per step and virtual user: bounds memory on long runs.
 const MAX_SAMPLES: usize = 200_000;
+/// Tries of one setup request the server answered 503 or 429.
+const SETUP_TRIES: u64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -624,15 +626,60 @@ impl Vu {
         body: Value,
         expect: u16,
     ) -> Step<Value> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let resp = self.send(path, bearer, &body).await;
+            // Setup is untimed preparation: a busy server (503 `overloaded`
+            // from a full hashing queue while 64 users sign up at once, 429)
+            // is waited for, not counted as a failed setup.
+            if let Ok(r) = &resp {
+                let status = r.status().as_u16();
+                if !self.measuring && (status == 503 || status == 429) && attempt < SETUP_TRIES {
+                    let wait = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .map_or(Duration::from_millis(100 * attempt), |s| {
+                            Duration::from_secs_f64(s.clamp(0.0, 2.0))
+                        });
+                    let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..100));
+                    tokio::time::sleep(wait.min(Duration::from_secs(2)) + jitter).await;
+                    continue;
+                }
+            }
+            return self.answer(step, started, resp, expect).await;
+        }
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        bearer: bool,
+        body: &Value,
+    ) -> Result<reqwest::Response, reqwest::Error> {
         let mut r = self
             .client
             .post(format!("{}/api/v1{path}", self.base))
-            .json(&body);
+            .json(body);
         if bearer {
             r = r.bearer_auth(&self.access);
         }
-        let started = Instant::now();
-        let resp = match r.send().await {
+        r.send().await
+    }
+
+    /// Records the answer to one request: its latency if it is `expect`,
+    /// otherwise an error by kind.
+    async fn answer(
+        &mut self,
+        step: &'static str,
+        started: Instant,
+        resp: Result<reqwest::Response, reqwest::Error>,
+        expect: u16,
+    ) -> Step<Value> {
+        let resp = match resp {
             Ok(resp) => resp,
             Err(e) => {
                 let kind = if e.is_timeout() {
