@@ -61,8 +61,8 @@ for k, v in env.items():
     print(f"export {k}={shlex.quote(v)}")
 EOF
 )" || die "DATABASE_URL is not a postgres:// URL"
-"${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}/psql" \
-  -d postgres -Atqc 'SELECT 1' >/dev/null ||
+PSQL="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}/psql"
+"$PSQL" -d postgres -Atqc 'SELECT 1' >/dev/null ||
   die "no PostgreSQL at $PGHOST:$PGPORT (user $PGUSER): set DATABASE_URL"
 
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
@@ -77,14 +77,38 @@ step=0
 total=12
 say() { step=$((step + 1)); printf '[%2d/%d] %-40s ' "$step" "$total" "$*"; }
 
-# pgbench CLIENTS -> OUT/pgbench-CLIENTS.txt
+# The PostgreSQL is shared (other test suites, max_connections): wait, up to
+# 2 minutes, until N client connections are free, so that a run is not refused
+# with "too many clients already" half-way.
+free_slots() {
+  "$PSQL" -d postgres -Atqc "SELECT current_setting('max_connections')::int
+    - current_setting('superuser_reserved_connections')::int - count(*)
+    FROM pg_stat_activity WHERE backend_type = 'client backend'" 2>/dev/null || echo 0
+}
+wait_for_slots() {
+  local need="$1" deadline=$(($(date +%s) + 120)) free
+  while free=$(free_slots); ((free < need)) && (($(date +%s) < deadline)); do
+    sleep 2
+  done
+  ((free >= need)) || printf '(only %s of %s connections free) ' "$free" "$need"
+}
+
+# pgbench CLIENTS -> OUT/pgbench-CLIENTS.txt; retried twice when refused.
 pgbench_run() {
   say "pgbench single-row UPDATE, $1 client(s)"
-  if CLIENTS="$1" DURATION="$SECS" bash scripts/pgbench/run.sh check >"$OUT/pgbench-$1.txt" 2>&1; then
-    grep -E '^(tps|latency average)' "$OUT/pgbench-$1.txt" | tr '\n' ' '; echo
-  else
-    echo "FAILED (see $OUT/pgbench-$1.txt)"; failed=1
-  fi
+  local try
+  for try in 1 2 3; do
+    wait_for_slots $(($1 + 2))
+    if CLIENTS="$1" DURATION="$SECS" bash scripts/pgbench/run.sh check >"$OUT/pgbench-$1.txt" 2>&1; then
+      grep -E '^(tps|latency average)' "$OUT/pgbench-$1.txt" | tr '\n' ' '
+      ((try > 1)) && printf '(try %s)' "$try"
+      echo
+      return
+    fi
+    grep -q 'too many clients' "$OUT/pgbench-$1.txt" || break
+    sleep 5
+  done
+  echo "FAILED (see $OUT/pgbench-$1.txt)"; failed=1
 }
 
 # load FLOW USERS -> OUT/FLOW-USERS.{txt,json}
@@ -98,14 +122,22 @@ load_run() {
     extra=(--check-users "$per")
   fi
   say "authgate-load $flow, $users user(s)"
-  rm -f "$OUT/$flow-$users.json"
-  if "$LOAD" --flow "$flow" --users "$users" --duration "$SECS" \
-      --database-url "$DATABASE_URL" --json "$OUT/$flow-$users.json" "${extra[@]}" \
-      >"$OUT/$flow-$users.txt" 2>&1; then
-    grep -E '^== ' "$OUT/$flow-$users.txt" | sed 's/^== //' | cut -d'|' -f4-
-  else
-    echo "FAILED (see $OUT/$flow-$users.txt)"; failed=1
-  fi
+  local try
+  for try in 1 2; do
+    # The server's pool (16) and the tool's own connections.
+    wait_for_slots 20
+    rm -f "$OUT/$flow-$users.json"
+    if "$LOAD" --flow "$flow" --users "$users" --duration "$SECS" \
+        --database-url "$DATABASE_URL" --json "$OUT/$flow-$users.json" "${extra[@]}" \
+        >"$OUT/$flow-$users.txt" 2>&1; then
+      grep -E '^== ' "$OUT/$flow-$users.txt" | sed 's/^== //' | cut -d'|' -f4- | tr -d '\n'
+      ((try > 1)) && printf ' (try %s)' "$try"
+      echo
+      return
+    fi
+    cp "$OUT/$flow-$users.txt" "$OUT/$flow-$users.failed-$try.txt"
+  done
+  echo "FAILED (see $OUT/$flow-$users.txt)"; failed=1
 }
 
 # argon2 NAME -> OUT/NAME.{txt,json}
@@ -121,6 +153,7 @@ argon2_run() {
 echo "ratios: ${SECS} s per run, ${ARGON2_SECS} s per argon2 bound, 1 and $MANY users;" \
   "pgbench and authgate on the same PostgreSQL, $PGHOST:$PGPORT; raw output in $OUT"
 started=$(date +%s)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # Each ratio's figures are taken next to each other: the machine drifts.
 pgbench_run 1
 for flow in code-check check login 2fa-login; do load_run "$flow" 1; done
@@ -129,14 +162,15 @@ for flow in code-check check 2fa-login; do load_run "$flow" "$MANY"; done
 argon2_run argon2-before
 load_run login "$MANY"
 argon2_run argon2-after
-echo "runs took $(($(date +%s) - started)) s"
+echo "runs took $(($(date +%s) - started)) s; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 {
   echo
   echo "authgate ratios, $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n) ($(nproc) cores)," \
     "code $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock migrations 2>/dev/null || echo '+changes')," \
-    "$("${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}/psql" -d postgres -Atqc 'SHOW server_version' 2>/dev/null | sed 's/^/PostgreSQL /; s/ (.*//')" \
-    "at $PGHOST:$PGPORT for pgbench and authgate, $SECS s per run"
+    "$("$PSQL" -d postgres -Atqc 'SHOW server_version' 2>/dev/null | sed 's/^/PostgreSQL /; s/ (.*//')" \
+    "at $PGHOST:$PGPORT for pgbench and authgate, $SECS s per run," \
+    "load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
   echo
   python3 scripts/bench/ratios_table.py "$OUT" "$MANY"
 } | tee "$OUT/table.md"
