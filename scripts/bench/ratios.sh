@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every ratio of issue 15 in one sitting, back to back, as one table
 # (README, "Performance"):
-#   - pgbench's single-row UPDATE (scripts/pgbench/run.sh, check) at 1 and 64
-#     clients: tps and average latency, the database bound;
+#   - pgbench's single-row UPDATE (scripts/pgbench/run.sh, check) at 1 client
+#     (before and after the 1-user runs) and at 64 clients: tps and average
+#     latency, the database bound;
 #   - authgate-load's flows code-check, check, login and 2fa-login at 1 and at
 #     64 virtual users, each run on a server of its own (fresh database);
 #   - the argon2 bound (authgate-load --argon2-bound), just before and just
@@ -74,7 +75,7 @@ fi
 
 failed=0
 step=0
-total=12
+total=13
 say() { step=$((step + 1)); printf '[%2d/%d] %-40s ' "$step" "$total" "$*"; }
 
 # The PostgreSQL is shared (other test suites, max_connections): wait, up to
@@ -93,22 +94,23 @@ wait_for_slots() {
   ((free >= need)) || printf '(only %s of %s connections free) ' "$free" "$need"
 }
 
-# pgbench CLIENTS -> OUT/pgbench-CLIENTS.txt; retried twice when refused.
+# pgbench CLIENTS [SUFFIX] -> OUT/pgbench-CLIENTS[SUFFIX].txt; retried twice
+# when refused.
 pgbench_run() {
-  say "pgbench single-row UPDATE, $1 client(s)"
-  local try
+  local out="$OUT/pgbench-$1${2:-}.txt" try
+  say "pgbench single-row UPDATE, $1 client(s)${2:+ (${2#-})}"
   for try in 1 2 3; do
     wait_for_slots $(($1 + 2))
-    if CLIENTS="$1" DURATION="$SECS" bash scripts/pgbench/run.sh check >"$OUT/pgbench-$1.txt" 2>&1; then
-      grep -E '^(tps|latency average)' "$OUT/pgbench-$1.txt" | tr '\n' ' '
+    if CLIENTS="$1" DURATION="$SECS" bash scripts/pgbench/run.sh check >"$out" 2>&1; then
+      grep -E '^(tps|latency average)' "$out" | sed 's/ (without.*//' | tr '\n' ' '
       ((try > 1)) && printf '(try %s)' "$try"
       echo
       return
     fi
-    grep -q 'too many clients' "$OUT/pgbench-$1.txt" || break
+    grep -q 'too many clients' "$out" || break
     sleep 5
   done
-  echo "FAILED (see $OUT/pgbench-$1.txt)"; failed=1
+  echo "FAILED (see $out)"; failed=1
 }
 
 # load FLOW USERS -> OUT/FLOW-USERS.{txt,json}
@@ -155,8 +157,11 @@ echo "ratios: ${SECS} s per run, ${ARGON2_SECS} s per argon2 bound, 1 and $MANY 
 started=$(date +%s)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # Each ratio's figures are taken next to each other: the machine drifts.
+# One client's latency is mostly the commit's fsync on a shared disk and moves
+# with other people's I/O: taken before and after the 1-user runs.
 pgbench_run 1
 for flow in code-check check login 2fa-login; do load_run "$flow" 1; done
+pgbench_run 1 -after
 pgbench_run "$MANY"
 for flow in code-check check 2fa-login; do load_run "$flow" "$MANY"; done
 argon2_run argon2-before
