@@ -6,16 +6,20 @@
 #   bash scripts/pgbench/run.sh confirm    # otp_confirm.sql: authgate's own check
 #                                          # statement (code, user, audit row)
 #   CLIENTS=64 DURATION=10 bash scripts/pgbench/run.sh
+# The server: PGHOST, PGPORT, PGUSER (PGPASSWORD if needed), default
+# 127.0.0.1:5432 as postgres. scripts/bench/ratios.sh sets them from the
+# DATABASE_URL it also gives authgate-load, so both measure the same PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")"
 PGBIN="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
 HOST="${PGHOST:-127.0.0.1}"
+PORT="${PGPORT:-5432}"
 USER_="${PGUSER:-postgres}"
 DB=authgate_pgbench_$$
 clients="${CLIENTS:-64}"
 seconds="${DURATION:-10}"
 which="${1:-check}"
-psql() { "$PGBIN/psql" -h "$HOST" -U "$USER_" -v ON_ERROR_STOP=1 -q "$@"; }
+psql() { "$PGBIN/psql" -h "$HOST" -p "$PORT" -U "$USER_" -v ON_ERROR_STOP=1 -q "$@"; }
 psql -d postgres -c "CREATE DATABASE $DB"
 trap 'psql -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"' EXIT
 case "$which" in
@@ -29,6 +33,7 @@ case "$which" in
     script=otp_confirm.sql ;;
   *) echo "usage: run.sh [check|confirm]" >&2; exit 2 ;;
 esac
-# -M prepared: authgate's driver prepares its statements too; -j 2: two cores.
-"$PGBIN/pgbench" -h "$HOST" -U "$USER_" -n -M prepared -c "$clients" -j 2 \
+# -M prepared: authgate's driver prepares its statements too; -j 2: two cores
+# (pgbench lowers it to the number of clients).
+"$PGBIN/pgbench" -h "$HOST" -p "$PORT" -U "$USER_" -n -M prepared -c "$clients" -j 2 \
   -T "$seconds" -f "$script" "$DB"

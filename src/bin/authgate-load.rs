@@ -8,8 +8,22 @@
 //! with local rate limits off and SMS quotas raised) or target a running one,
 //! creates its users, runs V virtual users for D seconds through each chosen
 //! flow, and prints per flow: completed flows per second, p50/p95/p99 latency per
-//! step, errors by kind, and the server's peak resident memory (VmHWM, when it
-//! started the server).
+//! step, errors by kind, the server's peak resident memory (VmHWM, when it
+//! started the server) and the depth of its SMS outbox (`authgate_sms_outbox_depth`
+//! from `GET /metrics`, sampled once per second while the flow runs and once at
+//! its end: "outbox depth: max N, at end M").
+//!
+//! `--json FILE` also writes all of it as one JSON document, for scripts
+//! (`scripts/bench/ratios.sh`): `{"tool": "authgate-load", "format": 1,
+//! "flows": [...], "error": null}`, one entry per flow run with `flow`, `users`,
+//! `seconds`, `completed`, `flows_per_s`, `steps` (per step: `count`, `per_s`,
+//! `p50_ms`, `p95_ms`, `p99_ms`), `step_groups` (the same figures over the
+//! samples of several steps merged: `send` and `confirm`, see `step_group`),
+//! `errors` (by kind) and `errors_total`, `server_memory` (`vmhwm_kib`,
+//! `vmrss_kib`, or null) and `outbox_depth` (`samples`, `max`, `end`, or null
+//! when `/metrics` had no depth). With `--argon2-bound` it holds `argon2_bound`
+//! (`verifies`, `seconds`, `threads`, `per_s`, `params`) instead of `flows`.
+//! Latencies are measured at the client, over loopback, HTTP included.
 //!
 //! Everything is bounded: at most 1,024 virtual users, at most 600 s per flow,
 //! 10 s per request and per awaited SMS, loopback addresses only.
@@ -88,6 +102,7 @@ Options:
                         `check` flow (default 1500)
   --argon2-bound S      no server: password verifies per second on every core
                         for S seconds (1 to 60), with the server's parameters
+  --json FILE           also write the figures as JSON to FILE (for scripts)
   -h, --help            this help";
 
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
@@ -96,6 +111,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SMS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Latency samples kept per step and virtual user: bounds memory on long runs.
 const MAX_SAMPLES: usize = 200_000;
+/// Tries of one setup request the server answered 503 or 429.
+const SETUP_TRIES: u64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -166,6 +183,7 @@ struct Args {
     check_users: usize,
     argon2_bound: Option<u64>,
     samples: usize,
+    json: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -184,6 +202,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         check_users: 1500,
         argon2_bound: None,
         samples: 300,
+        json: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -211,6 +230,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 a.capture_port = value()?.parse().map_err(|_| "--capture-port: a port")?
             }
             "--binary" => a.binary = PathBuf::from(value()?),
+            "--json" => a.json = Some(PathBuf::from(value()?)),
             "--database-url" => a.database_url = value()?,
             "--embedded" => a.embedded = true,
             "--keep-db" => a.keep_db = true,
@@ -606,15 +626,60 @@ impl Vu {
         body: Value,
         expect: u16,
     ) -> Step<Value> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let resp = self.send(path, bearer, &body).await;
+            // Setup is untimed preparation: a busy server (503 `overloaded`
+            // from a full hashing queue while 64 users sign up at once, 429)
+            // is waited for, not counted as a failed setup.
+            if let Ok(r) = &resp {
+                let status = r.status().as_u16();
+                if !self.measuring && (status == 503 || status == 429) && attempt < SETUP_TRIES {
+                    let wait = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .map_or(Duration::from_millis(100 * attempt), |s| {
+                            Duration::from_secs_f64(s.clamp(0.0, 2.0))
+                        });
+                    let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..100));
+                    tokio::time::sleep(wait.min(Duration::from_secs(2)) + jitter).await;
+                    continue;
+                }
+            }
+            return self.answer(step, started, resp, expect).await;
+        }
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        bearer: bool,
+        body: &Value,
+    ) -> Result<reqwest::Response, reqwest::Error> {
         let mut r = self
             .client
             .post(format!("{}/api/v1{path}", self.base))
-            .json(&body);
+            .json(body);
         if bearer {
             r = r.bearer_auth(&self.access);
         }
-        let started = Instant::now();
-        let resp = match r.send().await {
+        r.send().await
+    }
+
+    /// Records the answer to one request: its latency if it is `expect`,
+    /// otherwise an error by kind.
+    async fn answer(
+        &mut self,
+        step: &'static str,
+        started: Instant,
+        resp: Result<reqwest::Response, reqwest::Error>,
+        expect: u16,
+    ) -> Step<Value> {
+        let resp = match resp {
             Ok(resp) => resp,
             Err(e) => {
                 let kind = if e.is_timeout() {
@@ -857,7 +922,7 @@ async fn run_flow(
     capture: &Arc<Capture>,
     server: Option<&Server>,
     run: u32,
-) -> Result<(Recorder, Duration), String> {
+) -> Result<(Recorder, Duration, OutboxDepth), String> {
     let mut seeded = if flow == Flow::Check {
         let server = server
             .filter(|s| s.database_url.is_some())
@@ -916,6 +981,7 @@ async fn run_flow(
     }
     barrier.wait().await;
     let started = Instant::now();
+    let (stop, sampler) = sample_outbox(base);
     let mut total = Recorder::default();
     for t in tasks {
         match t.await {
@@ -923,7 +989,80 @@ async fn run_flow(
             Err(e) => *total.errors.entry(format!("task: {e}")).or_default() += 1,
         }
     }
-    Ok((total, started.elapsed()))
+    let elapsed = started.elapsed();
+    let _ = stop.send(true);
+    let mut depth = sampler.await.unwrap_or_default();
+    // One more sample once every virtual user has stopped: the depth "at end".
+    depth.add(scrape_outbox_depth(&metrics_client(), base).await);
+    Ok((total, elapsed, depth))
+}
+
+/// The server's SMS outbox depth (messages pending or being sent), from
+/// `authgate_sms_outbox_depth` in `GET /metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+struct OutboxDepth {
+    /// Scrapes that had a depth.
+    samples: u64,
+    max: Option<i64>,
+    /// The latest depth seen.
+    end: Option<i64>,
+}
+
+impl OutboxDepth {
+    fn add(&mut self, depth: Option<i64>) {
+        if let Some(d) = depth {
+            self.samples += 1;
+            self.max = Some(self.max.map_or(d, |m| m.max(d)));
+            self.end = Some(d);
+        }
+    }
+}
+
+fn metrics_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default()
+}
+
+/// The value of `authgate_sms_outbox_depth` in a Prometheus text exposition
+/// (absent when the server could not read it: then it reports
+/// `authgate_sms_outbox_depth_known 0` only).
+fn parse_outbox_depth(metrics: &str) -> Option<i64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("authgate_sms_outbox_depth "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .map(|v| v as i64)
+}
+
+async fn scrape_outbox_depth(client: &reqwest::Client, base: &str) -> Option<i64> {
+    let resp = client.get(format!("{base}/metrics")).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    parse_outbox_depth(&resp.text().await.ok()?)
+}
+
+/// Scrapes the outbox depth once per second until told to stop.
+fn sample_outbox(base: &str) -> (watch::Sender<bool>, tokio::task::JoinHandle<OutboxDepth>) {
+    let (stop, mut stopped) = watch::channel(false);
+    let base = base.to_owned();
+    let sampler = tokio::spawn(async move {
+        let client = metrics_client();
+        let mut depth = OutboxDepth::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => depth.add(scrape_outbox_depth(&client, &base).await),
+                _ = stopped.changed() => break,
+            }
+        }
+        depth
+    });
+    (stop, sampler)
 }
 
 /// Seeds `--check-users` users per virtual user, each with an unverified phone,
@@ -1010,7 +1149,14 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[rank - 1]) / 1000.0
 }
 
-fn report(flow: Flow, args: &Args, rec: &mut Recorder, elapsed: Duration, server: Option<&Server>) {
+fn report(
+    flow: Flow,
+    args: &Args,
+    rec: &mut Recorder,
+    elapsed: Duration,
+    server: Option<&Server>,
+    depth: &OutboxDepth,
+) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!(
         "\n== {} | {} virtual users | {:.1} s | {} flows completed | {:.1} flows/s",
@@ -1052,6 +1198,94 @@ fn report(flow: Flow, args: &Args, rec: &mut Recorder, elapsed: Duration, server
         ),
         None => println!("   server memory: n/a (not started by this tool)"),
     }
+    match (depth.max, depth.end) {
+        (Some(max), Some(end)) => println!("   outbox depth: max {max}, at end {end}"),
+        _ => println!("   outbox depth: n/a (no authgate_sms_outbox_depth in /metrics)"),
+    }
+}
+
+/// The steps whose samples are merged into one figure in the JSON summary:
+/// the sends of a code (the request that issues it and queues its SMS, not the
+/// SMS's delivery, which is the step `sms`) and the confirms (the code check).
+fn step_group(flow: Flow, step: &str) -> Option<&'static str> {
+    match (flow, step) {
+        (Flow::CodeCheck, "enable" | "disable") | (Flow::PhoneVerify, "verify-send") => {
+            Some("send")
+        }
+        (Flow::CodeCheck, "enable-confirm" | "disable-confirm")
+        | (Flow::PhoneVerify, "verify-confirm")
+        | (Flow::Check, "check") => Some("confirm"),
+        _ => None,
+    }
+}
+
+/// Count, rate and percentiles of sorted latency samples (microseconds).
+fn step_json(sorted: &[u32], secs: f64) -> Value {
+    json!({
+        "count": sorted.len(),
+        "per_s": sorted.len() as f64 / secs,
+        "p50_ms": percentile(sorted, 0.50),
+        "p95_ms": percentile(sorted, 0.95),
+        "p99_ms": percentile(sorted, 0.99),
+    })
+}
+
+/// One flow run for `--json`; `rec`'s samples sorted (by `report`).
+fn flow_json(
+    flow: Flow,
+    args: &Args,
+    rec: &Recorder,
+    elapsed: Duration,
+    server: Option<&Server>,
+    depth: &OutboxDepth,
+) -> Value {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let steps: serde_json::Map<String, Value> = rec
+        .steps
+        .iter()
+        .map(|(step, samples)| ((*step).to_owned(), step_json(samples, secs)))
+        .collect();
+    let mut grouped: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (step, samples) in &rec.steps {
+        if let Some(group) = step_group(flow, step) {
+            grouped.entry(group).or_default().extend_from_slice(samples);
+        }
+    }
+    let groups: serde_json::Map<String, Value> = grouped
+        .into_iter()
+        .map(|(group, mut samples)| {
+            samples.sort_unstable();
+            (group.to_owned(), step_json(&samples, secs))
+        })
+        .collect();
+    let memory = server
+        .and_then(Server::memory_kib)
+        .map(|(hwm, rss)| json!({"vmhwm_kib": hwm, "vmrss_kib": rss}));
+    let outbox = depth
+        .max
+        .map(|max| json!({"samples": depth.samples, "max": max, "end": depth.end}));
+    json!({
+        "flow": flow.name(),
+        "users": args.users,
+        "seconds": secs,
+        "completed": rec.completed,
+        "flows_per_s": rec.completed as f64 / secs,
+        "steps": steps,
+        "step_groups": groups,
+        "errors": rec.errors,
+        "errors_total": rec.errors.values().sum::<u64>(),
+        "server_memory": memory,
+        "outbox_depth": outbox,
+    })
+}
+
+/// Writes the `--json` document, if asked for.
+fn write_json(args: &Args, doc: &Value) -> Result<(), String> {
+    let Some(path) = &args.json else {
+        return Ok(());
+    };
+    let text = serde_json::to_string_pretty(doc).map_err(|e| format!("JSON: {e}"))?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -1072,6 +1306,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
     let mut result = Ok(());
+    let mut flows_json = Vec::new();
     for &flow in &args.flows {
         // Fresh users per flow: e-mail addresses and phones never repeat.
         let run_id = rand::random::<u32>();
@@ -1083,20 +1318,37 @@ async fn run(args: Args) -> Result<(), String> {
             continue;
         }
         match run_flow(flow, &args, &base, &capture, server.as_ref(), run_id).await {
-            Ok((mut rec, elapsed)) => report(flow, &args, &mut rec, elapsed, server.as_ref()),
+            Ok((mut rec, elapsed, depth)) => {
+                report(flow, &args, &mut rec, elapsed, server.as_ref(), &depth);
+                flows_json.push(flow_json(
+                    flow,
+                    &args,
+                    &rec,
+                    elapsed,
+                    server.as_ref(),
+                    &depth,
+                ));
+            }
             Err(e) => {
                 result = Err(e);
                 break;
             }
         }
     }
-    println!(
-        "\nSMS captured: {}",
-        capture.messages.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    let captured = capture.messages.load(std::sync::atomic::Ordering::Relaxed);
+    println!("\nSMS captured: {captured}");
     if let Some(s) = server {
         s.stop(args.keep_db).await;
     }
+    let doc = json!({
+        "tool": "authgate-load",
+        "format": 1,
+        "target": base,
+        "flows": flows_json,
+        "sms_captured": captured,
+        "error": result.as_ref().err(),
+    });
+    write_json(&args, &doc)?;
     result
 }
 
@@ -1247,7 +1499,7 @@ async fn login_timing(args: &Args, base: &str, run: u32) -> Result<(), String> {
 
 /// Password verifies per second on every core: the most password logins the
 /// machine can do, whatever else the server does.
-fn argon2_bound(duration: Duration) -> Result<(), String> {
+fn argon2_bound(args: &Args, duration: Duration) -> Result<(), String> {
     use authgate::domain::password::{self, Password};
     let pw = Password::parse_new(PASSWORD).map_err(|e| e.message())?;
     let phc = password::hash(&pw).map_err(|e| format!("argon2: {e}"))?;
@@ -1273,13 +1525,27 @@ fn argon2_bound(duration: Duration) -> Result<(), String> {
         workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
     });
     let secs = started.elapsed().as_secs_f64();
+    let params = phc.split('$').nth(3).unwrap_or("?");
     println!(
         "argon2 bound: {total} verifies in {secs:.1} s on {threads} threads = {:.1} verifies/s \
-         (parameters of domain::password: {phc_params})",
+         (parameters of domain::password: {params})",
         total as f64 / secs,
-        phc_params = phc.split('$').nth(3).unwrap_or("?")
     );
-    Ok(())
+    write_json(
+        args,
+        &json!({
+            "tool": "authgate-load",
+            "format": 1,
+            "argon2_bound": {
+                "verifies": total,
+                "seconds": secs,
+                "threads": threads,
+                "per_s": total as f64 / secs,
+                "params": params,
+            },
+            "error": null,
+        }),
+    )
 }
 
 fn main() -> ExitCode {
@@ -1295,7 +1561,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(secs) = args.argon2_bound {
-        return match argon2_bound(Duration::from_secs(secs)) {
+        return match argon2_bound(&args, Duration::from_secs(secs)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("authgate-load: {e}");
@@ -1316,5 +1582,60 @@ fn main() -> ExitCode {
             eprintln!("authgate-load: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_depth_is_read_from_the_exposition() {
+        let text = "# HELP authgate_sms_outbox_depth Messages not yet final.\n\
+                    # TYPE authgate_sms_outbox_depth gauge\n\
+                    authgate_sms_outbox_depth 17\n\
+                    # TYPE authgate_sms_outbox_depth_known gauge\n\
+                    authgate_sms_outbox_depth_known 1\n";
+        assert_eq!(parse_outbox_depth(text), Some(17));
+        // Unknown depth: only the `_known` gauge, which must not be taken for it.
+        assert_eq!(
+            parse_outbox_depth("authgate_sms_outbox_depth_known 0\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn outbox_depth_keeps_max_and_last() {
+        let mut d = OutboxDepth::default();
+        for v in [Some(3), None, Some(9), Some(2)] {
+            d.add(v);
+        }
+        assert_eq!((d.samples, d.max, d.end), (3, Some(9), Some(2)));
+    }
+
+    #[test]
+    fn sends_and_confirms_of_code_check_are_grouped() {
+        let groups: Vec<_> = [
+            "enable",
+            "sms",
+            "enable-confirm",
+            "disable",
+            "disable-confirm",
+        ]
+        .iter()
+        .map(|s| step_group(Flow::CodeCheck, s))
+        .collect();
+        assert_eq!(
+            groups,
+            [
+                Some("send"),
+                None,
+                Some("confirm"),
+                Some("send"),
+                Some("confirm")
+            ]
+        );
+        assert_eq!(step_group(Flow::Check, "check"), Some("confirm"));
+        assert_eq!(step_group(Flow::Login, "login"), None);
     }
 }
