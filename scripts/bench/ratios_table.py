@@ -127,10 +127,23 @@ ratio_row(f"p99 of a send, {MANY} users (`code-check`: 2fa/enable, 2fa/disable)"
           latN, f"pgbench avg latency at {MANY}", "≤", 3, digits=2)
 ratio_row(f"p99 of a confirm, {MANY} users (`code-check`: …/confirm)", group(ccN, "confirm", "p99_ms"), "ms",
           latN, f"pgbench avg latency at {MANY}", "≤", 3, digits=2)
-ratio_row("p50 of a send, 1 user (`code-check`)", group(cc1, "send", "p50_ms"), "ms",
-          lat1, "pgbench latency at 1 (mean)", "≤", 3, digits=2, note=errors_note(cc1))
-ratio_row("p50 of a confirm, 1 user (`code-check`)", group(cc1, "confirm", "p50_ms"), "ms",
-          lat1, "pgbench latency at 1 (mean)", "≤", 2, digits=2)
+def server_mean(run, name):
+    try:
+        return run["server_mean_ms"][name]
+    except (TypeError, KeyError):
+        return None
+
+
+def client_p50(run, name):
+    p50 = group(run, name, "p50_ms")
+    return f" (p50 at the client, HTTP over loopback included: {num(p50, 2)} ms)" if p50 is not None else ""
+
+
+ratio_row("server-side mean of a send, 1 user (`code-check`)", server_mean(cc1, "send"), "ms",
+          lat1, "pgbench latency at 1 (mean)", "≤", 3, digits=2,
+          note=client_p50(cc1, "send") + errors_note(cc1))
+ratio_row("server-side mean of a confirm, 1 user (`code-check`)", server_mean(cc1, "confirm"), "ms",
+          lat1, "pgbench latency at 1 (mean)", "≤", 2, digits=2, note=client_p50(cc1, "confirm"))
 ratio_row(f"password logins/s, {MANY} users (`login`)", loginN and loginN["flows_per_s"], "/s",
           bound, "argon2 bound (mean)", "≥", 0.9, note=errors_note(loginN))
 
@@ -166,7 +179,9 @@ missed = sum(1 for v in verdicts if v is False)
 unknown = sum(1 for v in verdicts if v is None)
 print(f"\nTargets: {met} met, {missed} missed" + (f", {unknown} not measured" if unknown else "") + ".")
 print(
-    "authgate latencies are measured at the client (authgate-load), over loopback, HTTP included; "
+    "authgate's one-user latencies are the server's own mean (authgate_http_request_duration_seconds, "
+    "receiving a request to its response); the 64-user p99s are measured at the client (authgate-load), "
+    "over loopback, HTTP included; "
     "pgbench's are its average per transaction over TCP to the same PostgreSQL. "
     "A send is the request that issues a code and queues its SMS (202), not the SMS's delivery (step `sms`); "
     "a confirm is the request that checks it. A pair is one successful confirm after its send."

@@ -922,7 +922,7 @@ async fn run_flow(
     capture: &Arc<Capture>,
     server: Option<&Server>,
     run: u32,
-) -> Result<(Recorder, Duration, OutboxDepth), String> {
+) -> Result<(Recorder, Duration, OutboxDepth, ServerTimes), String> {
     let mut seeded = if flow == Flow::Check {
         let server = server
             .filter(|s| s.database_url.is_some())
@@ -994,7 +994,8 @@ async fn run_flow(
     let mut depth = sampler.await.unwrap_or_default();
     // One more sample once every virtual user has stopped: the depth "at end".
     depth.add(scrape_outbox_depth(&metrics_client(), base).await);
-    Ok((total, elapsed, depth))
+    let times = scrape_server_times(&metrics_client(), base, flow).await;
+    Ok((total, elapsed, depth, times))
 }
 
 /// The server's SMS outbox depth (messages pending or being sent), from
@@ -1016,6 +1017,93 @@ impl OutboxDepth {
             self.end = Some(d);
         }
     }
+}
+
+/// The server's own mean time for the sends and the confirms of codes: sum
+/// over count of `authgate_http_request_duration_seconds`, from receiving a
+/// request to its response. Loopback and this tool's own time are not in it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ServerTimes {
+    /// (seconds in all, requests) of 202 answers to a code send.
+    send: (f64, u64),
+    /// (seconds in all, requests) of 200 answers to a code confirm.
+    confirm: (f64, u64),
+}
+
+impl ServerTimes {
+    fn mean_ms((sum, count): (f64, u64)) -> Option<f64> {
+        (count > 0).then(|| sum * 1000.0 / count as f64)
+    }
+}
+
+/// The value of label `name` in a Prometheus label set (`a="x",b="y"`).
+fn label_value<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    labels.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.trim_matches('"'))
+    })
+}
+
+/// The routes whose times are the flow's sends and confirms: only routes its
+/// setup does not use (`code-check` verifies the phone before it measures).
+fn timed_routes(flow: Flow) -> (&'static [&'static str], &'static [&'static str]) {
+    match flow {
+        Flow::CodeCheck => (
+            &["/api/v1/account/2fa/enable", "/api/v1/account/2fa/disable"],
+            &[
+                "/api/v1/account/2fa/enable/confirm",
+                "/api/v1/account/2fa/disable/confirm",
+            ],
+        ),
+        Flow::PhoneVerify | Flow::Check => (
+            &["/api/v1/account/phone/verify/send"],
+            &["/api/v1/account/phone/verify/confirm"],
+        ),
+        _ => (&[], &[]),
+    }
+}
+
+fn parse_server_times(metrics: &str, flow: Flow) -> ServerTimes {
+    let (sends, confirms) = timed_routes(flow);
+    let mut t = ServerTimes::default();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("authgate_http_request_duration_seconds_") else {
+            continue;
+        };
+        let Some((kind, rest)) = rest.split_once('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let (Some(route), Some(status)) =
+            (label_value(labels, "route"), label_value(labels, "status"))
+        else {
+            continue;
+        };
+        let slot = match status {
+            "202" if sends.contains(&route) => &mut t.send,
+            "200" if confirms.contains(&route) => &mut t.confirm,
+            _ => continue,
+        };
+        match kind {
+            "sum" => slot.0 += value,
+            "count" => slot.1 += value as u64,
+            _ => {}
+        }
+    }
+    t
+}
+
+async fn scrape_server_times(client: &reqwest::Client, base: &str, flow: Flow) -> ServerTimes {
+    let text = match client.get(format!("{base}/metrics")).send().await {
+        Ok(resp) if resp.status().is_success() => resp.text().await.unwrap_or_default(),
+        _ => String::new(),
+    };
+    parse_server_times(&text, flow)
 }
 
 fn metrics_client() -> reqwest::Client {
@@ -1204,6 +1292,22 @@ fn report(
     }
 }
 
+fn report_server_times(t: &ServerTimes) {
+    let part = |name: &str, v: (f64, u64)| {
+        ServerTimes::mean_ms(v).map(|ms| format!("{name} {ms:.2} ms ({} requests)", v.1))
+    };
+    let parts: Vec<String> = [part("send", t.send), part("confirm", t.confirm)]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !parts.is_empty() {
+        println!(
+            "   server-side mean (authgate_http_request_duration_seconds): {}",
+            parts.join(", ")
+        );
+    }
+}
+
 /// The steps whose samples are merged into one figure in the JSON summary:
 /// the sends of a code (the request that issues it and queues its SMS, not the
 /// SMS's delivery, which is the step `sms`) and the confirms (the code check).
@@ -1318,16 +1422,15 @@ async fn run(args: Args) -> Result<(), String> {
             continue;
         }
         match run_flow(flow, &args, &base, &capture, server.as_ref(), run_id).await {
-            Ok((mut rec, elapsed, depth)) => {
+            Ok((mut rec, elapsed, depth, times)) => {
                 report(flow, &args, &mut rec, elapsed, server.as_ref(), &depth);
-                flows_json.push(flow_json(
-                    flow,
-                    &args,
-                    &rec,
-                    elapsed,
-                    server.as_ref(),
-                    &depth,
-                ));
+                report_server_times(&times);
+                let mut doc = flow_json(flow, &args, &rec, elapsed, server.as_ref(), &depth);
+                doc["server_mean_ms"] = json!({
+                    "send": ServerTimes::mean_ms(times.send),
+                    "confirm": ServerTimes::mean_ms(times.confirm),
+                });
+                flows_json.push(doc);
             }
             Err(e) => {
                 result = Err(e);
@@ -1588,6 +1691,26 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_times_are_the_flow_routes_sum_over_count() {
+        let text = "# TYPE authgate_http_request_duration_seconds histogram\n\
+            authgate_http_request_duration_seconds_bucket{route=\"/api/v1/account/2fa/enable\",status=\"202\",le=\"0.001\"} 1\n\
+            authgate_http_request_duration_seconds_sum{route=\"/api/v1/account/2fa/enable\",status=\"202\"} 0.003\n\
+            authgate_http_request_duration_seconds_count{route=\"/api/v1/account/2fa/enable\",status=\"202\"} 2\n\
+            authgate_http_request_duration_seconds_sum{route=\"/api/v1/account/2fa/disable\",status=\"202\"} 0.001\n\
+            authgate_http_request_duration_seconds_count{route=\"/api/v1/account/2fa/disable\",status=\"202\"} 2\n\
+            authgate_http_request_duration_seconds_sum{route=\"/api/v1/account/2fa/enable/confirm\",status=\"401\"} 9\n\
+            authgate_http_request_duration_seconds_count{route=\"/api/v1/account/2fa/enable/confirm\",status=\"401\"} 1\n\
+            authgate_http_request_duration_seconds_sum{route=\"/api/v1/account/phone/verify/confirm\",status=\"200\"} 5\n\
+            authgate_http_request_duration_seconds_count{route=\"/api/v1/account/phone/verify/confirm\",status=\"200\"} 1\n";
+        let t = parse_server_times(text, Flow::CodeCheck);
+        assert_eq!(ServerTimes::mean_ms(t.send), Some(1.0));
+        // Refused confirms and the setup's phone verification are not counted.
+        assert_eq!(ServerTimes::mean_ms(t.confirm), None);
+        let t = parse_server_times(text, Flow::Check);
+        assert_eq!(ServerTimes::mean_ms(t.confirm), Some(5000.0));
+    }
 
     #[test]
     fn outbox_depth_is_read_from_the_exposition() {
