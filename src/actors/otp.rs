@@ -207,6 +207,25 @@ impl Actor for OtpActor {
     }
 }
 
+/// The quotas every SMS to `region` shares with every other send in the
+/// cluster (the region's hourly ceiling, the global per-minute one): taken in
+/// blocks, so no row that every sender shares is locked until a commit
+/// (`store::reserved`). Codes and notices alike count against them.
+pub fn shared_quotas(q: &crate::config::QuotaConfig, region: &str) -> [Quota; 2] {
+    [
+        Quota {
+            key: format!("sms:region:{region}:h"),
+            window: chrono::Duration::hours(1),
+            limit: q.sms_region_limit(region),
+        },
+        Quota {
+            key: "sms:global:m".to_owned(),
+            window: chrono::Duration::minutes(1),
+            limit: q.sms_global_per_minute,
+        },
+    ]
+}
+
 fn chrono_of(d: Duration) -> chrono::Duration {
     crate::clock::span(d)
 }
@@ -246,20 +265,7 @@ async fn issue(
             limit: q.sms_per_account_hour,
         },
     ];
-    // Every send to a region, every send at all: taken in blocks, so no row
-    // that every sender shares is locked until a commit (`store::reserved`).
-    let shared = [
-        Quota {
-            key: format!("sms:region:{region}:h"),
-            window: chrono::Duration::hours(1),
-            limit: q.sms_region_limit(&region),
-        },
-        Quota {
-            key: "sms:global:m".to_owned(),
-            window: chrono::Duration::minutes(1),
-            limit: q.sms_global_per_minute,
-        },
-    ];
+    let shared = shared_quotas(q, &region);
     let now = s.clock.now();
     let code = otp::generate_code(&mut rand::rngs::OsRng, s.code_length);
     let minutes = s.ttl.as_secs().div_ceil(60);

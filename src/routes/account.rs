@@ -448,6 +448,16 @@ fn notify_owner(state: &AppState, holder: Holder, now: DateTime<Utc>) {
             purpose: "signup_notice",
             expires_at: Some(now + SIGNUP_NOTICE_TTL),
         };
+        // A notice is an SMS like a code: it counts against the region's and
+        // the global ceilings, or sign-ups with taken details could pump SMS
+        // past them.
+        let units = match notice_units(&state, &phone, now).await {
+            Ok(units) => units,
+            Err(why) => {
+                tracing::info!(user_id = %holder.id, why, "sign-up notice skipped");
+                return;
+            }
+        };
         match state
             .store()
             .enqueue_sms_within(state.keys(), now, msg, std::slice::from_ref(&quota))
@@ -455,11 +465,50 @@ fn notify_owner(state: &AppState, holder: Holder, now: DateTime<Utc>) {
         {
             Ok(true) => state.sms().nudge(),
             Ok(false) => {
+                release(&state, units);
                 tracing::info!(user_id = %holder.id, "sign-up notice skipped: daily notices spent")
             }
-            Err(e) => tracing::warn!(user_id = %holder.id, error = %e, "sign-up notice not queued"),
+            Err(e) => {
+                release(&state, units);
+                tracing::warn!(user_id = %holder.id, error = %e, "sign-up notice not queued")
+            }
         }
     });
+}
+
+/// A unit of each shared SMS quota for a notice to `phone`, or why not.
+async fn notice_units(
+    state: &AppState,
+    phone: &PhoneE164,
+    now: DateTime<Utc>,
+) -> Result<Vec<crate::store::reserved::Unit>, &'static str> {
+    let q = &state.config().quotas;
+    let region = phone
+        .sms_destination(&q.sms_destinations)
+        .map_err(|_| "destination no longer allowed")?;
+    let store = state.store();
+    let client = store.client().await.map_err(|_| "database unavailable")?;
+    let mut units = Vec::new();
+    for quota in crate::actors::otp::shared_quotas(q, &region) {
+        match store.take_unit(&client, &quota, now).await {
+            Ok(Ok(unit)) => units.push(unit),
+            Ok(Err(_)) => {
+                release(state, units);
+                return Err("regional or global SMS ceiling reached");
+            }
+            Err(_) => {
+                release(state, units);
+                return Err("database unavailable");
+            }
+        }
+    }
+    Ok(units)
+}
+
+fn release(state: &AppState, units: Vec<crate::store::reserved::Unit>) {
+    for unit in units {
+        state.store().release_unit(unit);
+    }
 }
 
 /// The answer when a password was right and 2FA is on.

@@ -500,3 +500,41 @@ async fn measure_signup_latency_taken_vs_free() {
         );
     }
 }
+
+/// A notice is an SMS like any code: it waits for room under the global
+/// ceiling (sign-ups with taken details must not pump SMS past it).
+#[tokio::test]
+async fn a_notice_counts_against_the_global_sms_ceiling() {
+    use crate::accounts::*;
+    let (app, fake) = spawn_app_with_twilio_and(|c| c.quotas.sms_global_per_minute = 1).await;
+    let owner = account(&app).await;
+    verify_phone(&app, &fake, &owner).await; // the minute's one SMS
+    let before = count_to(&fake, &owner.phone);
+
+    let mut by_email = valid_signup();
+    by_email["email"] = json!(owner.email);
+    expect_json(app.signup(&by_email).await, 201).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        count_to(&fake, &owner.phone),
+        before,
+        "a notice passed the ceiling"
+    );
+    let queued: i64 = app
+        .db_client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM sms_outbox WHERE purpose = 'signup_notice'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+
+    // Two minutes on, the ceiling has room again and the owner is told.
+    app.clock.advance(std::time::Duration::from_secs(120));
+    expect_json(app.signup(&by_email).await, 201).await;
+    fake.wait_for_message_to(&owner.phone, before, std::time::Duration::from_secs(20))
+        .await;
+}
