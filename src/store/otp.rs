@@ -477,7 +477,9 @@ enum Verdict {
 /// agent, $23 detail.
 ///
 /// The verdict is, in this order: `locked` (code entry locked: nothing counted),
-/// `too_soon` (inside the cooldown: nothing counted), `quota` (a per-subject
+/// `too_soon` (inside the cooldown of a code still live: a used, dead or expired
+/// code delays nothing, so a second login right after a finished one gets its
+/// code; nothing counted), `quota` (a per-subject
 /// quota refused: the caller rolls the counts back), `shared`, or `issued`
 /// (everything written). Data-modifying CTEs share one snapshot and run in an
 /// order PostgreSQL chooses, except that a CTE runs before one that reads it:
@@ -485,7 +487,8 @@ enum Verdict {
 /// index before the new one goes in.
 const ISSUE_SQL: &str = "WITH seen AS (
         SELECT (SELECT code_locked_until FROM users WHERE id = $1) AS locked_until,
-               (SELECT max(created_at) FROM otp_codes WHERE user_id = $1 AND purpose = $2) AS last_issued
+               (SELECT max(created_at) FROM otp_codes
+                WHERE user_id = $1 AND purpose = $2 AND state = 'live' AND expires_at > $6) AS last_issued
     ), gate AS (
         SELECT CASE WHEN locked_until > $6 THEN 'locked'
                     WHEN last_issued + make_interval(secs => $8) > $6 THEN 'too_soon'

@@ -613,3 +613,32 @@ async fn a_flow_whose_process_is_gone_still_expires_on_time() {
         .await;
     expect_error(r, 410, "flow_expired").await;
 }
+
+/// Issue 16: the resend cooldown holds only while the previous code is live.
+/// A second login right after a finished one (another device, a re-login) gets
+/// its code at once; a login while a code is still live waits.
+#[tokio::test]
+async fn a_used_code_does_not_delay_the_next_login_but_a_live_one_does() {
+    let (app, fake) = spawn_app_with_twilio().await;
+    let a = account(&app).await;
+    enable_2fa(&app, &fake, &a).await;
+
+    let before = count_to(&fake, &a.phone);
+    let first = expect_json(login(&app, &a).await, 200).await;
+    let code = code_for(&fake, &a.phone, before).await;
+    let flow = first["flowId"].as_str().unwrap();
+    expect_json(
+        app.post_json(VERIFY, &json!({"flowId": flow, "code": code}))
+            .await,
+        200,
+    )
+    .await;
+
+    // Used: no cooldown for the next login.
+    let second = expect_json(login(&app, &a).await, 200).await;
+    assert_eq!(second["status"], "otp_required", "{second}");
+    // Its code is live: a third login within the cooldown waits.
+    let r = login(&app, &a).await;
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+}
