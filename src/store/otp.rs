@@ -196,18 +196,11 @@ impl Store {
         );
         let q = req.quotas;
         let q_keys: Vec<&str> = q.iter().map(|q| q.key.as_str()).collect();
-        let starts: Vec<DateTime<Utc>> = q
-            .iter()
-            .map(|q| quotas::window_start(req.now, q.window))
-            .collect();
+        let windows: Vec<quotas::Windows> = q.iter().map(|q| q.windows(req.now)).collect();
+        let starts: Vec<DateTime<Utc>> = windows.iter().map(|w| w.start).collect();
         let previous_starts: Vec<DateTime<Utc>> =
-            q.iter().zip(&starts).map(|(q, s)| *s - q.window).collect();
-        // Kept through the next window, where it is the previous one.
-        let expires: Vec<DateTime<Utc>> = q
-            .iter()
-            .zip(&starts)
-            .map(|(q, s)| *s + q.window + q.window)
-            .collect();
+            windows.iter().map(|w| w.previous_start).collect();
+        let expires: Vec<DateTime<Utc>> = windows.iter().map(|w| w.expires_at).collect();
         let limits: Vec<i32> = q.iter().map(|q| q.limit).collect();
         let fractions: Vec<f64> = q
             .iter()

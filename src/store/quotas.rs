@@ -24,6 +24,29 @@ pub struct Quota {
     pub limit: i32,
 }
 
+/// The fixed window of a quota holding one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub start: DateTime<Utc>,
+    /// The window before, read (closed) by the sliding estimate.
+    pub previous_start: DateTime<Utc>,
+    /// When the counter row may go: kept through the next window, where it is
+    /// the previous one.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Quota {
+    /// The window holding `now`.
+    pub fn windows(&self, now: DateTime<Utc>) -> Windows {
+        let start = window_start(now, self.window);
+        Windows {
+            start,
+            previous_start: start - self.window,
+            expires_at: start + self.window + self.window,
+        }
+    }
+}
+
 /// The start of the fixed window holding `now` (windows are aligned to the epoch).
 pub fn window_start(now: DateTime<Utc>, window: chrono::Duration) -> DateTime<Utc> {
     let w = window.num_seconds().max(1);
@@ -83,10 +106,11 @@ pub async fn take<C: GenericClient>(
     now: DateTime<Utc>,
 ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
     for q in quotas {
-        let start = window_start(now, q.window);
-        let previous_start = start - q.window;
-        // Kept through the next window, where it is the previous one.
-        let expires_at = start + q.window + q.window;
+        let Windows {
+            start,
+            previous_start,
+            expires_at,
+        } = q.windows(now);
         let row = client
             .query_one(
                 &client

@@ -170,6 +170,28 @@ struct Returned {
     units: i32,
 }
 
+/// A counter row's count (0 when there is none).
+async fn counted<C: GenericClient>(
+    client: &C,
+    key: &str,
+    window_start: DateTime<Utc>,
+) -> Result<i32, StoreError> {
+    let row = client
+        .query_opt(
+            &client
+                .prepare_cached(
+                    "SELECT count FROM quota_counters WHERE key = $1 AND window_start = $2",
+                )
+                .await?,
+            &[&key, &window_start],
+        )
+        .await?;
+    Ok(row
+        .map(|r| r.try_get::<_, i32>(0))
+        .transpose()?
+        .unwrap_or(0))
+}
+
 impl Store {
     /// Takes one unit of the shared quota `q` for a send at `now`: from this
     /// process's block, or a new block from the counter row (one statement,
@@ -180,38 +202,26 @@ impl Store {
         q: &Quota,
         now: DateTime<Utc>,
     ) -> Result<Result<Unit, SharedRefusal>, StoreError> {
-        let start = quotas::window_start(now, q.window);
+        let quotas::Windows {
+            start,
+            previous_start,
+            expires_at,
+        } = q.windows(now);
         if self.reserved.take_local(&q.key, start).is_some() {
             return Ok(Ok(Unit {
                 quota: q.clone(),
                 window_start: start,
             }));
         }
-        let previous_start = start - q.window;
         let previous = match self.reserved.previous(&q.key, start) {
             Some(p) => p,
-            None => {
-                // The previous window is closed: its count no longer changes.
-                let row = client
-                    .query_opt(
-                        &client
-                            .prepare_cached(
-                                "SELECT count FROM quota_counters WHERE key = $1 AND window_start = $2",
-                            )
-                            .await?,
-                        &[&q.key, &previous_start],
-                    )
-                    .await?;
-                row.map(|r| r.try_get::<_, i32>(0))
-                    .transpose()?
-                    .unwrap_or(0)
-            }
+            // The previous window is closed: its count no longer changes.
+            None => counted(client, &q.key, previous_start).await?,
         };
         let fraction = quotas::elapsed_fraction(now, start, q.window);
         // The sliding estimate's room before this window's own count.
         let room = f64::from(q.limit) - f64::from(previous) * (1.0 - fraction);
         let block = block_size(q.limit);
-        let expires_at = start + q.window + q.window;
         // The grant is `grant_for` evaluated in SQL against the row's latest
         // count, under the row lock the upsert takes. The statement commits
         // without waiting for its WAL flush (`synchronous_commit` off for this
@@ -254,19 +264,7 @@ impl Store {
             }
             None => {
                 self.reserved.add(q, start, Some(previous), 0);
-                let current: i32 = client
-                    .query_opt(
-                        &client
-                            .prepare_cached(
-                                "SELECT count FROM quota_counters WHERE key = $1 AND window_start = $2",
-                            )
-                            .await?,
-                        &[&q.key, &start],
-                    )
-                    .await?
-                    .map(|r| r.try_get::<_, i32>(0))
-                    .transpose()?
-                    .unwrap_or(0);
+                let current = counted(client, &q.key, start).await?;
                 // As if this send had been counted and refused.
                 let retry =
                     quotas::sliding_retry_at(previous, current + 1, q.limit, start, q.window);
