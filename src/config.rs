@@ -114,6 +114,10 @@ pub struct Config {
     /// presented again (a client retrying a lost answer) and get the same new
     /// token, instead of counting as reuse (default 10 s; 0 turns it off).
     pub refresh_grace: Duration,
+    /// `AUTHGATE_STEP_UP_WINDOW`: how recent a login with a second factor (an
+    /// SMS code or a recovery code) must be for the actions that need one on an
+    /// account with 2FA (changing the phone, new recovery codes); default 10 min.
+    pub step_up_window: Duration,
     /// SMS delivery: Twilio (when configured) or the console, and the outbox tuning.
     pub sms: SmsConfig,
     /// Local per-IP rate limits (governor), per process.
@@ -437,6 +441,7 @@ impl Default for Config {
             refresh_ttl: Duration::from_secs(30 * 86_400),
             session_idle_timeout: Duration::from_secs(7 * 86_400),
             refresh_grace: Duration::from_secs(10),
+            step_up_window: Duration::from_secs(10 * 60),
             sms: SmsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             quotas: QuotaConfig::default(),
@@ -586,6 +591,11 @@ impl Config {
         set!(
             cfg.session_idle_timeout,
             "AUTHGATE_SESSION_IDLE_TIMEOUT",
+            parse_duration
+        );
+        set!(
+            cfg.step_up_window,
+            "AUTHGATE_STEP_UP_WINDOW",
             parse_duration
         );
         set!(cfg.refresh_grace, "AUTHGATE_REFRESH_GRACE", |s| {
@@ -844,6 +854,12 @@ impl Config {
                 "must be positive",
             ));
         }
+        if cfg.step_up_window.is_zero() {
+            errors.push(ConfigError::new(
+                "AUTHGATE_STEP_UP_WINDOW",
+                "must be positive",
+            ));
+        }
         if cfg.purge.interval < Duration::from_secs(1) {
             errors.push(ConfigError::new(
                 "AUTHGATE_PURGE_INTERVAL",
@@ -900,6 +916,10 @@ impl Config {
             (
                 "AUTHGATE_REFRESH_GRACE",
                 format!("{:?}", self.refresh_grace),
+            ),
+            (
+                "AUTHGATE_STEP_UP_WINDOW",
+                format!("{:?}", self.step_up_window),
             ),
             (
                 "OTP_EXPIRATION_MINUTES",

@@ -36,6 +36,11 @@ pub enum AppError {
     /// 401: a refresh token that is unknown, expired or revoked.
     #[error("invalid refresh token")]
     InvalidRefreshToken,
+    /// 401: the action needs a login with a second factor (SMS code or recovery
+    /// code) within the step-up window; log in again (RFC 9470's
+    /// `insufficient_user_authentication`, as an error code).
+    #[error("step-up required")]
+    StepUpRequired,
     /// 401: a refresh token presented again after rotation; its family is revoked.
     #[error("refresh token reused")]
     RefreshTokenReused,
@@ -45,6 +50,9 @@ pub enum AppError {
     /// 404: no such route.
     #[error("not found")]
     NotFound,
+    /// 404: no live session of the caller has this id.
+    #[error("session not found")]
+    SessionNotFound,
     /// 404: no code was issued for this action; ask for one first.
     #[error("no active code")]
     NoActiveCode,
@@ -139,9 +147,12 @@ impl AppError {
             | AppError::InvalidToken
             | AppError::InvalidCode { .. }
             | AppError::InvalidRefreshToken
+            | AppError::StepUpRequired
             | AppError::RefreshTokenReused => StatusCode::UNAUTHORIZED,
             AppError::Forbidden => StatusCode::FORBIDDEN,
-            AppError::NotFound | AppError::NoActiveCode => StatusCode::NOT_FOUND,
+            AppError::NotFound | AppError::NoActiveCode | AppError::SessionNotFound => {
+                StatusCode::NOT_FOUND
+            }
             AppError::State(_) => StatusCode::CONFLICT,
             AppError::Gone(_) => StatusCode::GONE,
             AppError::SmsRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -169,9 +180,11 @@ impl AppError {
             AppError::InvalidCode { .. } => "invalid_code",
             AppError::InvalidRefreshToken => "invalid_refresh_token",
             AppError::RefreshTokenReused => "refresh_token_reused",
+            AppError::StepUpRequired => "step_up_required",
             AppError::Forbidden => "invalid_signature",
             AppError::NotFound => "not_found",
             AppError::NoActiveCode => "no_active_code",
+            AppError::SessionNotFound => "session_not_found",
             AppError::State(StateConflict::PhoneNotVerified) => "phone_not_verified",
             AppError::State(StateConflict::PhoneAlreadyVerified) => "phone_already_verified",
             AppError::State(StateConflict::TwoFaAlreadyEnabled) => "two_fa_already_enabled",
@@ -228,8 +241,14 @@ impl AppError {
                 "this refresh token was already used; every session of this login is revoked"
                     .to_owned()
             }
+            AppError::StepUpRequired => {
+                "this action needs a recent login with a second factor (an SMS code or a recovery code); log in again".to_owned()
+            }
             AppError::Forbidden => "the request signature is missing or invalid".to_owned(),
             AppError::NotFound => "no such route".to_owned(),
+            AppError::SessionNotFound => {
+                "no live session of yours has this id".to_owned()
+            }
             AppError::NoActiveCode => {
                 "no code was sent for this action; ask for one first".to_owned()
             }

@@ -6,14 +6,12 @@
 //!   failure as the JSON error envelope.
 //! - `actors`: the supervised actor tree (ractor) that owns stateful work: login
 //!   flows, one-time codes, SMS delivery.
+//! - [`service`]: the use cases routes and actors share (password check, sessions,
+//!   account lifecycle), below both; it never calls a route.
 //! - [`store`]: persistence (tokio-postgres over a deadpool pool). The only module
 //!   that speaks SQL; cross-process rules are atomic statements here.
 //! - PostgreSQL: the one source of truth, external (`DATABASE_URL`) or the private
 //!   server of [`store::private_pg`].
-//!
-//! [`login`] is the password check every login runs (atomic admission, one
-//! verify, settlement) and the device tokens that exempt an owner's device from
-//! the lockout.
 //!
 //! [`domain`] holds the pure rules (parsing, validation, password hashing) used by
 //! every layer; [`config`] the typed configuration; [`error`] the one error type;
@@ -29,10 +27,10 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod hasher;
-pub mod login;
 pub mod metrics;
 pub mod revocation;
 pub mod routes;
+pub mod service;
 pub mod sms;
 pub mod startup;
 pub mod state;

@@ -52,11 +52,25 @@ const HASH_WAIT_BOUNDS: &[f64] = &[
 ];
 
 /// The slot of a request path in [`ROUTES`], or `ROUTES.len()` for unmatched.
+/// A `{name}` segment of a pattern matches any one segment, so
+/// `/api/v1/account/sessions/<uuid>` counts under its pattern, never as itself.
 pub fn route_index(path: &str) -> usize {
     ROUTES
         .iter()
-        .position(|(_, p)| *p == path)
+        .position(|(_, p)| matches_pattern(p, path))
         .unwrap_or(ROUTES.len())
+}
+
+fn matches_pattern(pattern: &str, path: &str) -> bool {
+    let (mut a, mut b) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s))
+                if p == s || (p.starts_with('{') && p.ends_with('}') && !s.is_empty()) => {}
+            _ => return false,
+        }
+    }
 }
 
 fn status_index(status: u16) -> usize {
@@ -669,6 +683,10 @@ mod tests {
             "/api/v1/account/login"
         );
         assert_eq!(route_index("/api/v1/users/123"), ROUTES.len());
+        let one = route_index("/api/v1/account/sessions/0b5a3c4e-6f1d-4e21-9d7a-2f0c8a1b3d5e");
+        assert_eq!(ROUTES[one].1, "/api/v1/account/sessions/{id}");
+        assert_eq!(route_index("/api/v1/account/sessions/"), ROUTES.len());
+        assert_eq!(route_index("/api/v1/account/sessions/a/b"), ROUTES.len());
         assert_eq!(route_index("/api/v1/account/login?x=1"), ROUTES.len());
         let m = Metrics::new();
         for i in 0..100 {

@@ -37,7 +37,8 @@ use crate::domain::otp::Purpose;
 use crate::domain::phone::PhoneE164;
 use crate::error::{AppError, GoneReason};
 use crate::metrics::FlowEvent;
-use crate::routes::auth::{issue_tokens, TokensBody};
+use crate::service::codes::{check_failure, code_lock_started};
+use crate::service::session::{issue_tokens, TokensBody};
 use crate::state::AppState;
 use crate::store::flows::SweptState;
 use crate::store::otp::CheckOutcome;
@@ -339,22 +340,21 @@ async fn verify(s: &mut FlowActorState, code: String) -> Result<TokensBody, AppE
         // The account's code entry is locked: the flow stays as it is (it
         // expires on its own), and every verify answers the lock.
         locked @ CheckOutcome::Locked { .. } => {
-            crate::routes::account::code_lock_started(s.user_id, locked);
-            return Err(crate::routes::account::check_failure(
-                locked,
-                s.app.clock().now(),
-            ));
+            code_lock_started(s.user_id, locked);
+            return Err(check_failure(locked, s.app.clock().now()));
         }
         other => {
             let now = s.app.clock().now();
-            return Err(crate::routes::account::check_failure(other, now));
+            return Err(check_failure(other, now));
         }
     };
     let step = apply(s, Event::CodeSubmitted { correct }).await?;
     match step.reply {
         Ok(Reply::Tokens(amr)) => {
-            let mut tokens = issue_tokens(&s.app, s.user_id, amr.as_strs(), Uuid::new_v4()).await?;
-            tokens.device_token = Some(crate::login::issue_device_token(&s.app, s.user_id).await?);
+            let mut tokens =
+                issue_tokens(&s.app, s.user_id, amr.as_strs(), Uuid::new_v4(), &s.client).await?;
+            tokens.device_token =
+                Some(crate::service::login::issue_device_token(&s.app, s.user_id).await?);
             Ok(tokens)
         }
         Ok(_) => Err(AppError::internal("code step answered without tokens")),

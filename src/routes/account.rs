@@ -8,23 +8,22 @@ use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::Filter;
 
-use super::auth::{bearer, issue_tokens, AuthUser};
+use super::auth::{bearer, AuthUser};
 use super::body::{json_object, Fields};
 use super::limits::{limit, RouteClass};
 use super::{client_info, json, with_state, Outcome};
-use crate::actors::otp::Confirms;
 use crate::audit::{self, AuditKind, ClientInfo};
 use crate::domain::email::Email;
 use crate::domain::login_flow::{self, Event, Reply};
 use crate::domain::name::PersonName;
-use crate::domain::otp::{Purpose, Unusable};
 use crate::domain::password::Password;
 use crate::domain::phone::PhoneE164;
 use crate::domain::user::{NewUser, User};
-use crate::error::{AppError, GoneReason, StateConflict};
+use crate::error::AppError;
+use crate::service::account::{self, CodeAction};
+use crate::service::session::issue_tokens;
 use crate::state::AppState;
-use crate::store::otp::CheckOutcome;
-use crate::store::users::{AccountChange, Holder, Signup, Taken};
+use crate::store::users::{Holder, Signup, Taken};
 
 pub fn routes(
     state: AppState,
@@ -50,7 +49,7 @@ pub fn routes(
         .and(with_state(state.clone()))
         .then(|user: AuthUser, state: AppState| async move { me(state, user).await });
     // "Send a code" endpoints: no body.
-    let send = |path: warp::filters::BoxedFilter<()>, action: SendAction| {
+    let send = |path: warp::filters::BoxedFilter<()>, action: CodeAction| {
         path.and(warp::post())
             .and(limit(state.limits(), RouteClass::CodeSend))
             .and(bearer(state.clone()))
@@ -61,7 +60,7 @@ pub fn routes(
             })
     };
     // "Confirm with a code" endpoints: `{ "code": "123456" }`.
-    let confirm = |path: warp::filters::BoxedFilter<()>, purpose: Purpose| {
+    let confirm = |path: warp::filters::BoxedFilter<()>, action: CodeAction| {
         path.and(warp::post())
             .and(limit(state.limits(), RouteClass::CodeCheck))
             .and(bearer(state.clone()))
@@ -70,33 +69,33 @@ pub fn routes(
             .and(client_info(state.clone()))
             .then(
                 move |user: AuthUser, body, state: AppState, client| async move {
-                    confirm_code(state, client, user, purpose, body).await
+                    confirm_code(state, client, user, action, body).await
                 },
             )
     };
     let phone_send = send(
         warp::path!("account" / "phone" / "verify" / "send").boxed(),
-        SendAction::VerifyPhone,
+        CodeAction::VerifyPhone,
     );
     let phone_confirm = confirm(
         warp::path!("account" / "phone" / "verify" / "confirm").boxed(),
-        Purpose::PhoneVerify,
+        CodeAction::VerifyPhone,
     );
     let enable = send(
         warp::path!("account" / "2fa" / "enable").boxed(),
-        SendAction::Enable2fa,
+        CodeAction::Enable2fa,
     );
     let enable_confirm = confirm(
         warp::path!("account" / "2fa" / "enable" / "confirm").boxed(),
-        Purpose::Enable2fa,
+        CodeAction::Enable2fa,
     );
     let disable = send(
         warp::path!("account" / "2fa" / "disable").boxed(),
-        SendAction::Disable2fa,
+        CodeAction::Disable2fa,
     );
     let disable_confirm = confirm(
         warp::path!("account" / "2fa" / "disable" / "confirm").boxed(),
-        Purpose::Disable2fa,
+        CodeAction::Disable2fa,
     );
     let login = warp::path!("account" / "login")
         .and(warp::post())
@@ -151,24 +150,11 @@ pub struct AuditTrailBody {
     pub events: Vec<crate::store::audit::AuditRow>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum SendAction {
-    VerifyPhone,
-    Enable2fa,
-    Disable2fa,
-}
-
-/// The current user, or 401 if the token outlived its account.
-async fn current_user(state: &AppState, user: &AuthUser) -> Result<User, AppError> {
-    state
-        .store()
-        .user_by_id(user.id)
-        .await?
-        .ok_or(AppError::InvalidToken)
-}
-
 async fn me(state: AppState, user: AuthUser) -> Outcome {
-    Ok(json(StatusCode::OK, &current_user(&state, &user).await?))
+    Ok(json(
+        StatusCode::OK,
+        &account::current_user(&state, user.id).await?,
+    ))
 }
 
 /// The answer to "a code was sent".
@@ -188,36 +174,9 @@ async fn send_code(
     state: AppState,
     client: ClientInfo,
     user: AuthUser,
-    action: SendAction,
+    action: CodeAction,
 ) -> Outcome {
-    let u = current_user(&state, &user).await?;
-    let purpose = match action {
-        SendAction::VerifyPhone if u.is_phone_verified => {
-            return Err(AppError::State(StateConflict::PhoneAlreadyVerified))
-        }
-        SendAction::VerifyPhone => Purpose::PhoneVerify,
-        SendAction::Enable2fa if u.two_fa => {
-            return Err(AppError::State(StateConflict::TwoFaAlreadyEnabled))
-        }
-        SendAction::Enable2fa if !u.is_phone_verified => {
-            return Err(AppError::State(StateConflict::PhoneNotVerified))
-        }
-        SendAction::Enable2fa => Purpose::Enable2fa,
-        SendAction::Disable2fa if !u.two_fa => {
-            return Err(AppError::State(StateConflict::TwoFaNotEnabled))
-        }
-        SendAction::Disable2fa => Purpose::Disable2fa,
-    };
-    let issued = state
-        .otp()
-        .issue(
-            u.id,
-            purpose,
-            None,
-            PhoneE164::from_trusted(u.phone),
-            client,
-        )
-        .await?;
+    let issued = account::send_code(&state, user.id, action, client).await?;
     Ok(json(
         StatusCode::ACCEPTED,
         &CodeSentBody {
@@ -238,86 +197,16 @@ pub fn parse_code_body(body: Map<String, Value>, length: u8) -> Result<String, A
     code.ok_or_else(|| AppError::internal("code missing after validation"))
 }
 
-/// Maps a failed check to the error the client sees.
-pub fn check_failure(outcome: CheckOutcome, now: DateTime<Utc>) -> AppError {
-    match outcome {
-        CheckOutcome::Accepted => AppError::internal("accepted code mapped to a failure"),
-        CheckOutcome::Rejected { attempts_left } => AppError::InvalidCode { attempts_left },
-        CheckOutcome::NoCode => AppError::NoActiveCode,
-        CheckOutcome::Locked { until, .. } => AppError::CodeEntryLocked {
-            retry_after: (until - now)
-                .to_std()
-                .unwrap_or(std::time::Duration::from_secs(1)),
-        },
-        CheckOutcome::Unusable(facts) => match crate::domain::otp::usable(&facts, now) {
-            Err(Unusable::Expired) => AppError::Gone(GoneReason::CodeExpired),
-            Err(Unusable::Used) => AppError::Gone(GoneReason::CodeUsed),
-            Err(Unusable::Exhausted) => AppError::Gone(GoneReason::CodeAttemptsExhausted),
-            Err(Unusable::Superseded) => AppError::Gone(GoneReason::CodeSuperseded),
-            // Changed under us to a usable state: ask the client to retry.
-            Ok(()) => AppError::Unavailable("code changed concurrently; retry".into()),
-        },
-    }
-}
-
-/// Logs the wrong code that locked code entry for the account (its
-/// `locked_out` event was written by the check's own statement).
-pub fn code_lock_started(user_id: Uuid, outcome: CheckOutcome) {
-    if let CheckOutcome::Locked {
-        until,
-        by_this_try: true,
-    } = outcome
-    {
-        tracing::warn!(%user_id, %until, "code entry locked after too many wrong codes");
-    }
-}
-
 async fn confirm_code(
     state: AppState,
     client: ClientInfo,
     user: AuthUser,
-    purpose: Purpose,
+    action: CodeAction,
     body: Map<String, Value>,
 ) -> Outcome {
     let code = parse_code_body(body, state.config().otp_length)?;
-    let keep_session = user.claims.sid;
-    let (change, kind) = match purpose {
-        Purpose::PhoneVerify => (AccountChange::PhoneVerified, AuditKind::PhoneVerified),
-        Purpose::Enable2fa => (AccountChange::TwoFa(true), AuditKind::TwoFaEnabled),
-        Purpose::Disable2fa => (AccountChange::TwoFa(false), AuditKind::TwoFaDisabled),
-        Purpose::Login2fa => return Err(AppError::internal("login codes are confirmed by flows")),
-    };
-    let confirms = Confirms {
-        change,
-        audit: kind,
-        client: client.clone(),
-    };
-    let (outcome, updated) = state
-        .otp()
-        .confirm(user.id, purpose, code, confirms)
-        .await?;
-    if outcome != CheckOutcome::Accepted {
-        code_lock_started(user.id, outcome);
-        return Err(check_failure(outcome, state.clock().now()));
-    }
-    let user = match (updated, change) {
-        (Some(u), _) => u,
-        (None, AccountChange::TwoFa(true)) => {
-            return Err(AppError::State(StateConflict::PhoneNotVerified))
-        }
-        // The guard refused: another account verified this phone first.
-        (None, AccountChange::PhoneVerified)
-            if state.store().user_by_id(user.id).await?.is_some() =>
-        {
-            return Err(AppError::PhoneTaken)
-        }
-        (None, _) => return Err(AppError::InvalidToken),
-    };
-    if let AccountChange::TwoFa(_) = change {
-        // A session opened under the old rule must not outlive the change.
-        super::auth::end_other_sessions(&state, user.id, keep_session).await?;
-    }
-    tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "code confirmed");
+    let user =
+        account::confirm_code(&state, user.id, user.claims.sid, action, code, client).await?;
     Ok(json(StatusCode::OK, &user))
 }
 
@@ -559,12 +448,12 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
     let (Some(email), Some(password)) = (email, password) else {
         return Err(AppError::internal("login fields missing after validation"));
     };
-    let attempt = crate::login::Attempt {
+    let attempt = crate::service::login::Attempt {
         email,
         password: password.clone(),
         device_token,
     };
-    let verified = crate::login::check_password(&state, &client, attempt).await?;
+    let verified = crate::service::login::check_password(&state, &client, attempt).await?;
     let now = state.clock().now();
     let limits = crate::actors::flow::limits(state.config());
     let flow = login_flow::start(now, &limits);
@@ -606,10 +495,16 @@ async fn login(state: AppState, client: ClientInfo, body: Map<String, Value>) ->
                 json!({ "amr": amr.as_strs() }),
             )
             .await;
-            let mut tokens =
-                issue_tokens(&state, creds.user_id, amr.as_strs(), Uuid::new_v4()).await?;
+            let mut tokens = issue_tokens(
+                &state,
+                creds.user_id,
+                amr.as_strs(),
+                Uuid::new_v4(),
+                &client,
+            )
+            .await?;
             tokens.device_token =
-                Some(crate::login::issue_device_token(&state, creds.user_id).await?);
+                Some(crate::service::login::issue_device_token(&state, creds.user_id).await?);
             Ok(json(StatusCode::OK, &tokens))
         }
         Reply::OtpRequired { .. } => {

@@ -1,9 +1,7 @@
 //! Authentication plumbing at the edge: the bearer-token guard every account
-//! endpoint uses (signature, then revocation), starting and ending sessions, and
-//! `/auth/refresh` and `/auth/logout`.
+//! endpoint uses (signature, then revocation), `/auth/refresh` and
+//! `/auth/logout`.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 use warp::http::StatusCode;
@@ -14,11 +12,11 @@ use super::{json, with_state, Outcome};
 use crate::audit::{AuditKind, ClientInfo};
 use crate::clock::after;
 use crate::error::AppError;
+use crate::service::session::{end_other_sessions, tokens_body};
 use crate::state::AppState;
-use crate::store::tokens::{NewSession, Presented, RotateOutcome};
+use crate::store::tokens::{Presented, RotateOutcome};
 use crate::tokens::{
-    looks_like_refresh_token, new_refresh_token, refresh_token_hash, successor_refresh_token,
-    Claims,
+    looks_like_refresh_token, refresh_token_hash, successor_refresh_token, Claims,
 };
 
 /// The caller, as proven by a valid access token.
@@ -72,102 +70,6 @@ async fn authenticate(
     Ok(AuthUser {
         id: claims.sub,
         claims,
-    })
-}
-
-/// Ends every session of `user` but `keep` (the caller's, if its token names
-/// one): on 2FA on or off, and on any change of credentials. Their refresh and
-/// access tokens stop working at once, in every process.
-pub async fn end_other_sessions(
-    state: &AppState,
-    user: Uuid,
-    keep: Option<Uuid>,
-) -> Result<(), AppError> {
-    let now = state.clock().now();
-    let ended = state.store().revoke_other_sessions(user, keep, now).await?;
-    state.revocations().forget(user);
-    tracing::info!(%user, ended, "other sessions ended");
-    Ok(())
-}
-
-/// The tokens answer of the REST contract.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(example = json!({"status": "authenticated", "accessToken": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIzYzkzMWY2ZCJ9.c2lnbmF0dXJl", "refreshToken": "Jx2lqM8yKQ0u3m9p5vXcN7bR1sT4wZ6aD8fG0hJ2kL4", "tokenType": "Bearer", "expiresIn": 900}))]
-pub struct TokensBody {
-    #[schema(pattern = "^authenticated$")]
-    pub status: &'static str,
-    /// An HS256 JWT with `sub`, `iat`, `exp`, `jti`, `iss`, `aud`, `amr`, `sid`
-    /// (the session) and `iat_us` (issue time in microseconds).
-    pub access_token: String,
-    /// 43 URL-safe base64 characters (256 bits); send it to `/auth/refresh`.
-    pub refresh_token: String,
-    #[schema(pattern = "^Bearer$")]
-    pub token_type: &'static str,
-    /// Seconds until the access token expires.
-    pub expires_in: i64,
-    /// With a login (not a refresh): this device's token, 43 URL-safe base64
-    /// characters. Send it back as `deviceToken` with later logins of this
-    /// account: other clients' failed passwords then never lock this device out.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub device_token: Option<String>,
-}
-
-/// Starts a session (`session_id`, new per login) and issues its first tokens.
-/// The session is stored first, by a statement that re-reads the account's 2FA
-/// state: if 2FA was turned on while a password-only login was being checked,
-/// nothing is stored or issued and the login answers 401 `invalid_credentials`,
-/// like any login that did not complete (the client logs in again and meets
-/// the 2FA step).
-pub async fn issue_tokens(
-    state: &AppState,
-    user_id: Uuid,
-    amr: &[&str],
-    session_id: Uuid,
-) -> Result<TokensBody, AppError> {
-    let now = state.clock().now();
-    let refresh = new_refresh_token();
-    let config = state.config();
-    let expires_at = after(now, config.refresh_ttl);
-    let created = state
-        .store()
-        .create_session(NewSession {
-            session_id,
-            user_id,
-            token_hash: &refresh_token_hash(&refresh),
-            amr,
-            now,
-            expires_at,
-            token_expires_at: after(now, config.session_idle_timeout).min(expires_at),
-        })
-        .await?;
-    if !created {
-        tracing::warn!(%user_id, "login refused: 2FA turned on while the password was checked");
-        return Err(AppError::InvalidCredentials);
-    }
-    tokens_body(state, user_id, amr, session_id, refresh, now)
-}
-
-fn tokens_body(
-    state: &AppState,
-    user_id: Uuid,
-    amr: &[&str],
-    session_id: Uuid,
-    refresh: String,
-    now: DateTime<Utc>,
-) -> Result<TokensBody, AppError> {
-    let access = state
-        .tokens()
-        .issue_for_session(user_id, amr, session_id, now)
-        .map_err(AppError::internal)?;
-    Ok(TokensBody {
-        status: "authenticated",
-        access_token: access,
-        refresh_token: refresh,
-        token_type: "Bearer",
-        expires_in: state.tokens().access_ttl_secs(),
-        device_token: None,
     })
 }
 

@@ -38,12 +38,12 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use super::account::{AuditTrailBody, CodeSentBody, OtpRequiredBody};
-use super::auth::TokensBody;
 use super::health::{HealthBody, ReadyBody};
 use super::{json, ErrorBody, Outcome, ROUTES};
 use crate::domain::user::User;
 use crate::domain::FieldError;
 use crate::error::{AppError, GoneReason, SmsRefusal, StateConflict};
+use crate::service::session::{EndedBody, SessionBody, SessionsBody, TokensBody};
 use crate::store::audit::AuditRow;
 
 /// Where the document is served (also one of `ROUTES`).
@@ -437,6 +437,58 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             )],
             errors: concat(vec![vec![E::InvalidToken], server_errors()]),
         },
+        ("GET", "/api/v1/account/sessions") => Spec {
+            id: "sessionsList",
+            tag: "sessions",
+            summary: "The current user's live sessions",
+            description: Some(
+                "One session per login (its refresh-token family), most recently used first: \
+                 when it began and was last refreshed, the client's address and user agent \
+                 at login, how it was authenticated (`amr`), and whether it is the caller's.",
+            ),
+            auth: Auth::Bearer,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "The live sessions.",
+                Reply::Json("SessionsBody"),
+            )],
+            errors: concat(vec![vec![E::InvalidToken], server_errors()]),
+        },
+        ("DELETE", "/api/v1/account/sessions/{id}") => Spec {
+            id: "sessionEnd",
+            tag: "sessions",
+            summary: "End one session",
+            description: Some(
+                "Its refresh tokens are refused and its access tokens fail at once, in every \
+                 process. The caller's own session may be ended too (a logout). An id that is \
+                 not a UUID matches no route.",
+            ),
+            auth: Auth::Bearer,
+            body: Body::None,
+            ok: vec![(StatusCode::NO_CONTENT, "Ended.", Reply::Empty)],
+            errors: concat(vec![
+                vec![E::InvalidToken, E::SessionNotFound],
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/account/sessions/revoke-others") => Spec {
+            id: "sessionsRevokeOthers",
+            tag: "sessions",
+            summary: "End every session but the caller's",
+            description: Some(
+                "\"Log out my other devices\": every other session's refresh and access tokens \
+                 stop working at once. Answers how many sessions ended.",
+            ),
+            auth: Auth::Bearer,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "The number of sessions ended.",
+                Reply::Json("EndedBody"),
+            )],
+            errors: concat(vec![vec![E::InvalidToken], server_errors()]),
+        },
         ("POST", "/api/v1/account/phone/verify/send") => send(
             "phoneVerifySend",
             "Send a phone verification code",
@@ -715,6 +767,20 @@ fn operation(path: &str, spec: Spec) -> utoipa::openapi::path::Operation {
                 .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
         ),
     };
+    if path.contains("{id}") {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name("id")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some("The session id (a UUID; the access tokens' `sid`)."))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String).format(
+                    Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Uuid,
+                    )),
+                ))),
+        );
+    }
     let body = |media: &str, name: &str, required: Required| {
         RequestBodyBuilder::new()
             .required(Some(required))
@@ -797,6 +863,9 @@ const CLOSED_SCHEMAS: &[&str] = &[
     "OtpRequiredBody",
     "AuditRow",
     "AuditTrailBody",
+    "SessionBody",
+    "SessionsBody",
+    "EndedBody",
     "ErrorBody",
     "FieldError",
     "HealthBody",
@@ -811,6 +880,9 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<OtpRequiredBody>()
         .schema_from::<AuditRow>()
         .schema_from::<AuditTrailBody>()
+        .schema_from::<SessionBody>()
+        .schema_from::<SessionsBody>()
+        .schema_from::<EndedBody>()
         .schema_from::<ErrorBody>()
         .schema_from::<FieldError>()
         .schema_from::<HealthBody>()
@@ -870,6 +942,10 @@ pub fn document() -> OpenApi {
         .tags(Some([
             tag("account", "Sign-up, login, phone verification and 2FA."),
             tag("auth", "Refresh tokens and logout."),
+            tag(
+                "sessions",
+                "The current user's sessions: list, end one, end the others.",
+            ),
             tag("webhooks", "Callbacks from Twilio."),
             tag("operations", "Health, readiness and this document."),
         ]))

@@ -12,6 +12,7 @@ pub mod docs;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod sessions;
 pub mod webhooks;
 
 use std::convert::Infallible;
@@ -39,6 +40,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/account/login/resend"),
     ("GET", "/api/v1/account/me"),
     ("GET", "/api/v1/account/audit"),
+    ("GET", "/api/v1/account/sessions"),
+    ("DELETE", "/api/v1/account/sessions/{id}"),
+    ("POST", "/api/v1/account/sessions/revoke-others"),
     ("POST", "/api/v1/account/phone/verify/send"),
     ("POST", "/api/v1/account/phone/verify/confirm"),
     ("POST", "/api/v1/account/2fa/enable"),
@@ -145,6 +149,8 @@ pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infall
         account::routes(state.clone())
             .boxed()
             .or(auth::routes(state.clone()).boxed())
+            .unify()
+            .or(sessions::routes(state.clone()).boxed())
             .unify()
             .or(webhooks::routes(state.clone()).boxed())
             .unify()

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
+use crate::audit::ClientInfo;
 
 /// The channel revocations are announced on, to this and every other process.
 pub const REVOCATION_CHANNEL: &str = "authgate_revocation";
@@ -32,6 +33,27 @@ pub struct NewSession<'a> {
     pub expires_at: DateTime<Utc>,
     /// When this token ends if unused: the idle limit, capped by `expires_at`.
     pub token_expires_at: DateTime<Utc>,
+    /// The client that logged in, shown in the list of sessions.
+    pub client: &'a ClientInfo,
+}
+
+/// A session's login: when, and by which methods (RFC 8176 `amr`).
+#[derive(Debug, Clone)]
+pub struct SessionLogin {
+    pub created_at: DateTime<Utc>,
+    pub amr: Vec<String>,
+}
+
+/// One live session, as the user's list of sessions shows it.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub amr: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// A refresh token presented to `/auth/refresh`.
@@ -90,11 +112,11 @@ impl Store {
                     .prepare_cached(
                         "WITH u AS (
                              SELECT id FROM users
-                             WHERE id = $2 AND NOT (two_fa AND NOT ('sms' = ANY($5::text[])))
+                             WHERE id = $2 AND NOT (two_fa AND NOT ($5::text[] && ARRAY['sms', 'otp']))
                              FOR SHARE
                          ), s AS (
-                             INSERT INTO sessions (id, user_id, amr, created_at, expires_at, last_used_at)
-                             SELECT $1, u.id, $5, $6, $7, $6 FROM u
+                             INSERT INTO sessions (id, user_id, amr, created_at, expires_at, last_used_at, ip, user_agent)
+                             SELECT $1, u.id, $5, $6, $7, $6, $9, $10 FROM u
                              RETURNING id
                          )
                          INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, amr, created_at, expires_at)
@@ -111,10 +133,40 @@ impl Store {
                     &s.now,
                     &s.expires_at,
                     &s.token_expires_at,
+                    &s.client.ip,
+                    &s.client.user_agent,
                 ],
             )
             .await?;
         Ok(created.is_some())
+    }
+
+    /// When a live session of `user` began and how it was authenticated (the
+    /// step-up check); None when it is unknown, another user's or ended.
+    pub async fn session_login(
+        &self,
+        user: Uuid,
+        session: Uuid,
+    ) -> Result<Option<SessionLogin>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT created_at, amr FROM sessions
+                         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                    )
+                    .await?,
+                &[&session, &user],
+            )
+            .await?;
+        Ok(match row {
+            Some(r) => Some(SessionLogin {
+                created_at: r.try_get("created_at")?,
+                amr: r.try_get("amr")?,
+            }),
+            None => None,
+        })
     }
 
     /// Rotates a current token (storing its successor), recognises a retry
@@ -232,6 +284,84 @@ impl Store {
         notify(&tx, user_id).await?;
         tx.commit().await?;
         Ok(Some(user_id))
+    }
+
+    /// Ends one session of `user` (none of another user's): its refresh
+    /// tokens are refused and its access tokens fail the bearer guard, in every
+    /// process. One statement; false when no live session of `user` has that id.
+    pub async fn end_session_of(
+        &self,
+        user: Uuid,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "WITH ended AS (
+                             UPDATE sessions SET revoked_at = $3
+                             WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL
+                             RETURNING id
+                         ), tokens AS (
+                             UPDATE refresh_tokens SET revoked_at = $3
+                             WHERE family_id IN (SELECT id FROM ended) AND revoked_at IS NULL
+                             RETURNING id
+                         ), told AS (
+                             SELECT pg_notify($4, $1::text) WHERE EXISTS (SELECT 1 FROM ended)
+                         )
+                         SELECT (SELECT count(*) FROM ended), (SELECT count(*) FROM tokens),
+                                (SELECT count(*) FROM told)",
+                    )
+                    .await?,
+                &[&user, &session_id, &now, &REVOCATION_CHANNEL],
+            )
+            .await?;
+        let ended: i64 = row.try_get(0)?;
+        Ok(ended > 0)
+    }
+
+    /// The live sessions of `user`, most recently used first: not ended, not
+    /// past their absolute lifetime, and holding a refresh token that is
+    /// neither used, revoked nor idle past its end.
+    pub async fn sessions_of(
+        &self,
+        user: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT s.id, s.amr, s.created_at, s.last_used_at, s.expires_at,
+                                host(s.ip) AS ip, s.user_agent
+                         FROM sessions s
+                         WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2
+                           AND EXISTS (SELECT 1 FROM refresh_tokens r
+                                       WHERE r.family_id = s.id AND r.revoked_at IS NULL
+                                         AND r.rotated_at IS NULL AND r.expires_at > $2)
+                         ORDER BY s.last_used_at DESC, s.created_at DESC
+                         LIMIT 100",
+                    )
+                    .await?,
+                &[&user, &now],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionRow {
+                    id: r.try_get("id")?,
+                    amr: r.try_get("amr")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    ip: r.try_get("ip")?,
+                    user_agent: r.try_get("user_agent")?,
+                })
+            })
+            .collect()
     }
 
     /// Ends every session of `user` but `keep` (the caller's own, from its

@@ -7,7 +7,7 @@ use std::time::Duration;
 use authgate::audit::ClientInfo;
 use authgate::domain::password::Password;
 use authgate::hasher::HashStats;
-use authgate::login::{check_password, Attempt};
+use authgate::service::login::{check_password, Attempt};
 use serde_json::{json, Value};
 
 use crate::accounts::*;

@@ -10,6 +10,7 @@ mod cli;
 mod fake_twilio;
 mod http_envelope;
 mod issuing;
+mod layers;
 mod lockout;
 mod login;
 mod login_work;

@@ -490,3 +490,179 @@ async fn a_2fa_change_notifies_other_processes_only_when_it_ended_a_session() {
         .collect();
     assert_eq!(heard, vec![busy.id.clone()], "alone {}", alone.id);
 }
+
+// --- The user's own view of their sessions (issue 16) ---
+
+const SESSIONS: &str = "/api/v1/account/sessions";
+const REVOKE_OTHERS: &str = "/api/v1/account/sessions/revoke-others";
+
+/// A password login from a client that names itself `agent`.
+async fn login_as(app: &TestApp, a: &Account, agent: &str) -> (String, String) {
+    let t = expect_json(
+        app.http
+            .post(app.url(LOGIN))
+            .header("user-agent", agent)
+            .json(&json!({"email": a.email, "password": a.password}))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    (
+        t["accessToken"].as_str().unwrap().to_owned(),
+        t["refreshToken"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn sessions_of(app: &TestApp, access: &str) -> Vec<Value> {
+    let r = app
+        .http
+        .get(app.url(SESSIONS))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    expect_json(r, 200).await["sessions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn end_session(app: &TestApp, access: &str, id: &str) -> reqwest::Response {
+    app.http
+        .delete(app.url(&format!("{SESSIONS}/{id}")))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn sid(access: &str) -> String {
+    claims(access)["sid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_sessions_list_shows_each_login_with_its_client_and_marks_the_current_one() {
+    let app = spawn_app().await;
+    let a = account(&app).await;
+    // The account's sign-up login is a session too; end it to count exactly.
+    logout_session(&app, &a.refresh).await;
+    let (laptop, _) = login_as(&app, &a, "laptop-browser/1.0").await;
+    app.clock.advance(Duration::from_secs(60));
+    let (phone_before, phone_refresh) = login_as(&app, &a, "phone-app/2.0").await;
+    app.clock.advance(Duration::from_secs(60));
+    // A refresh keeps the session and moves it to the top by last use.
+    let (phone, _) = refreshed(&app, &phone_refresh).await;
+    assert_eq!(sid(&phone), sid(&phone_before));
+
+    let list = sessions_of(&app, &laptop).await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["id"], sid(&phone));
+    assert_eq!(list[0]["userAgent"], "phone-app/2.0");
+    assert_eq!(list[0]["current"], false);
+    assert_ne!(list[0]["lastUsedAt"], list[0]["createdAt"]);
+    assert_eq!(list[1]["id"], sid(&laptop));
+    assert_eq!(list[1]["userAgent"], "laptop-browser/1.0");
+    assert_eq!(list[1]["current"], true);
+    assert_eq!(list[1]["lastUsedAt"], list[1]["createdAt"]);
+    for s in &list {
+        assert_eq!(s["ip"], "127.0.0.1");
+        assert_eq!(s["amr"], json!(["pwd"]));
+        assert!(s["expiresAt"].is_string());
+    }
+    // Another user sees only their own.
+    let b = account(&app).await;
+    let theirs = sessions_of(&app, &b.access).await;
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0]["id"], sid(&b.access));
+}
+
+#[tokio::test]
+async fn ending_one_session_refuses_its_tokens_at_once_and_leaves_the_others() {
+    let app = spawn_app().await;
+    let a = account(&app).await;
+    let (other, other_refresh) = login(&app, &a).await;
+    let r = end_session(&app, &a.access, &sid(&other)).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(me_status(&app, &other).await, 401);
+    assert_eq!(refresh(&app, &other_refresh).await.status(), 401);
+    assert_eq!(me_status(&app, &a.access).await, 200);
+    let list = sessions_of(&app, &a.access).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], sid(&a.access));
+
+    // Twice, or a made-up id: nothing to end.
+    expect_error(
+        end_session(&app, &a.access, &sid(&other)).await,
+        404,
+        "session_not_found",
+    )
+    .await;
+    let made_up = uuid::Uuid::new_v4().to_string();
+    expect_error(
+        end_session(&app, &a.access, &made_up).await,
+        404,
+        "session_not_found",
+    )
+    .await;
+    expect_error(
+        end_session(&app, &a.access, "not-a-uuid").await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    // Another user's session can be neither ended nor told apart from none.
+    let b = account(&app).await;
+    let body = expect_error(
+        end_session(&app, &a.access, &sid(&b.access)).await,
+        404,
+        "session_not_found",
+    )
+    .await;
+    assert_eq!(body["message"], "no live session of yours has this id");
+    assert_eq!(me_status(&app, &b.access).await, 200);
+
+    // Ending one's own session is a logout.
+    assert_eq!(
+        end_session(&app, &a.access, &sid(&a.access)).await.status(),
+        204
+    );
+    assert_eq!(me_status(&app, &a.access).await, 401);
+}
+
+#[tokio::test]
+async fn revoke_others_keeps_only_the_callers_session_across_processes() {
+    let app = spawn_app().await;
+    let second = spawn_on(app.db.clone(), |_| {}).await;
+    let a = account(&app).await;
+    let (two, two_refresh) = login(&app, &a).await;
+    let (three, _) = login(&second, &a).await;
+    // The second process has seen both tokens work (and may cache that).
+    assert_eq!(me_status(&second, &two).await, 200);
+    assert_eq!(me_status(&second, &three).await, 200);
+
+    let r = app
+        .http
+        .post(app.url(REVOKE_OTHERS))
+        .bearer_auth(&a.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expect_json(r, 200).await, json!({"ended": 2}));
+    assert_eq!(me_status(&app, &two).await, 401);
+    assert_eq!(refresh(&app, &two_refresh).await.status(), 401);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while me_status(&second, &three).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the second process still accepts an ended session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(me_status(&app, &a.access).await, 200);
+    let list = sessions_of(&app, &a.access).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["current"], true);
+}

@@ -1,0 +1,50 @@
+//! `/account/sessions`: the caller's sessions (one per login, its refresh-token
+//! family), listed, ended one at a time, or all but the caller's own.
+
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::Filter;
+
+use super::auth::{bearer, AuthUser};
+use super::{json, with_state, Outcome};
+use crate::service::session::{end_other_sessions, end_session, list_sessions, EndedBody};
+use crate::state::AppState;
+
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+    let list = warp::path!("account" / "sessions")
+        .and(warp::get())
+        .and(bearer(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|user: AuthUser, state: AppState| async move {
+            let body = list_sessions(&state, user.id, user.claims.sid).await?;
+            Ok(json(StatusCode::OK, &body))
+        });
+    // A segment that is not a UUID matches no route (404 `not_found`).
+    let end_one = warp::path!("account" / "sessions" / Uuid)
+        .and(warp::delete())
+        .and(bearer(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|id: Uuid, user: AuthUser, state: AppState| async move {
+            end_session(&state, user.id, id).await?;
+            Ok(no_content())
+        });
+    let end_others = warp::path!("account" / "sessions" / "revoke-others")
+        .and(warp::post())
+        .and(bearer(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|user: AuthUser, state: AppState| async move {
+            // A token from before sessions had ids keeps none: every session
+            // ends, its own included.
+            let ended = end_other_sessions(&state, user.id, user.claims.sid).await?;
+            Ok(json(StatusCode::OK, &EndedBody { ended }))
+        });
+    end_others.or(list).unify().or(end_one).unify()
+}
+
+fn no_content() -> warp::reply::Response {
+    let mut r = warp::reply::Response::new(warp::hyper::Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
