@@ -107,7 +107,9 @@ if len(steps) < 10:
 
 # Values that differ on every run: checked for presence and type, not value.
 VOLATILE = {"id", "flowId", "accessToken", "refreshToken", "deviceToken", "createdAt", "updatedAt",
-            "expiresAt", "resendAfter", "timestamp"}
+            "expiresAt", "resendAfter", "timestamp", "lastUsedAt"}
+# Lists of values that differ on every run: checked for their length only.
+VOLATILE_LISTS = {"recoveryCodes"}
 
 def normalise(answer):
     """The answer's lines, with volatile JSON values replaced by a placeholder."""
@@ -120,7 +122,9 @@ def normalise(answer):
             continue
         def scrub(v):
             if isinstance(v, dict):
-                return {k: (f"<{k}>" if k in VOLATILE and isinstance(x, str) else scrub(x))
+                return {k: (f"<{k}>" if k in VOLATILE and isinstance(x, str)
+                            else f"<{len(x)} {k}>" if k in VOLATILE_LISTS and isinstance(x, list)
+                            else scrub(x))
                         for k, x in v.items()}
             if isinstance(v, list):
                 return [scrub(x) for x in v]
@@ -138,7 +142,7 @@ def sms_codes():
     return [SMS.match(line).group(1) for line in sms_lines()]
 
 env = dict(os.environ)
-env.update({"ACCESS": "", "REFRESH": "", "FLOW": "", "CODE": ""})
+env.update({"ACCESS": "", "REFRESH": "", "FLOW": "", "CODE": "", "RECOVERY": ""})
 seen_codes = len(sms_codes())
 failed = False
 for n, (command, expected) in enumerate(steps, 1):
@@ -168,8 +172,11 @@ for n, (command, expected) in enumerate(steps, 1):
             for key, var in (("accessToken", "ACCESS"), ("refreshToken", "REFRESH"), ("flowId", "FLOW")):
                 if isinstance(value.get(key), str):
                     env[var] = value[key]
+            codes = value.get("recoveryCodes")
+            if isinstance(codes, list) and codes and isinstance(codes[0], str):
+                env["RECOVERY"] = codes[0]
     # A step that sent a code: wait for it on the console, as the reader does.
-    if '"code_sent"' in actual or '"otp_required"' in actual:
+    if '"code_sent' in actual or '"otp_required"' in actual:
         deadline = time.time() + 15
         while len(sms_codes()) <= seen_codes:
             if time.time() > deadline:
