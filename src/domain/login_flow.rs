@@ -875,10 +875,16 @@ mod tests {
             Ok(Reply::Tokens(Amr::PwdOtp))
         );
         let wrong = transition(&s, RECOVERY_WRONG, late, &l);
-        assert_eq!(wrong.reply, Err(FlowError::InvalidCode { attempts_left: 4 }));
+        assert_eq!(
+            wrong.reply,
+            Err(FlowError::InvalidCode { attempts_left: 4 })
+        );
         let expired = transition(&s, RECOVERY_RIGHT, t0() + secs(900), &l);
         assert_eq!(expired.reply, Err(FlowError::Expired));
-        assert!(!expired.effects.iter().any(|e| matches!(e, Effect::IssueTokens(_))));
+        assert!(!expired
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::IssueTokens(_))));
     }
 
     #[test]
@@ -891,7 +897,12 @@ mod tests {
         {
             let step = transition(&s, event, t0() + secs(1), &l);
             let left = 4 - u32::try_from(i).unwrap();
-            assert_eq!(step.reply, Err(FlowError::InvalidCode { attempts_left: left }));
+            assert_eq!(
+                step.reply,
+                Err(FlowError::InvalidCode {
+                    attempts_left: left
+                })
+            );
             assert_eq!(step.effects, vec![Effect::Audit(AuditKind::CodeRejected)]);
             s = step.state;
         }

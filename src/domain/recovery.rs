@@ -43,9 +43,7 @@ impl RecoveryCode {
     /// ignored. Whether it is one of the account's is the store's business.
     pub fn parse(raw: &str) -> Result<RecoveryCode, String> {
         let message = || {
-            format!(
-                "recoveryCode must be {CODE_CHARS} letters and digits, as shown (xxxxx-xxxxx)"
-            )
+            format!("recoveryCode must be {CODE_CHARS} letters and digits, as shown (xxxxx-xxxxx)")
         };
         if raw.len() > MAX_INPUT {
             return Err(message());
@@ -120,7 +118,12 @@ mod tests {
     #[test]
     fn parsing_ignores_case_spaces_and_hyphens() {
         let c = RecoveryCode::parse("abcde-fghjk").unwrap();
-        for variant in ["ABCDE-FGHJK", " abcde fghjk ", "abcdefghjk", "a-b-c-d-e-f-g-h-j-k"] {
+        for variant in [
+            "ABCDE-FGHJK",
+            " abcde fghjk ",
+            "abcdefghjk",
+            "a-b-c-d-e-f-g-h-j-k",
+        ] {
             assert_eq!(RecoveryCode::parse(variant).unwrap(), c, "{variant}");
         }
         assert_eq!(c.as_str(), "abcdefghjk");

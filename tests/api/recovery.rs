@@ -120,7 +120,13 @@ async fn audit(app: &TestApp, user: &str, kind: &str) -> Vec<Value> {
 async fn database_text(app: &TestApp) -> String {
     let db = app.db_client().await;
     let mut out = String::new();
-    for table in ["recovery_codes", "audit_events", "users", "sessions", "login_flows"] {
+    for table in [
+        "recovery_codes",
+        "audit_events",
+        "users",
+        "sessions",
+        "login_flows",
+    ] {
         let rows = db
             .query(&format!("SELECT t::text FROM {table} t"), &[])
             .await
@@ -321,14 +327,24 @@ async fn verify_takes_exactly_one_of_code_and_recovery_code() {
     assert_eq!(body["details"][0]["field"], "recoveryCode", "{body}");
 
     let neither = json!({"flowId": flow});
-    let body = expect_error(app.post_json(VERIFY, &neither).await, 400, "validation_failed").await;
+    let body = expect_error(
+        app.post_json(VERIFY, &neither).await,
+        400,
+        "validation_failed",
+    )
+    .await;
     assert_eq!(body["details"][0]["field"], "code", "{body}");
     assert!(body["details"][0]["message"]
         .as_str()
         .unwrap()
         .contains("recoveryCode"));
 
-    for bad in [json!("abcde-fghj"), json!("0oO1l-iIuUu"), json!(12345), json!("")] {
+    for bad in [
+        json!("abcde-fghj"),
+        json!("0oO1l-iIuUu"),
+        json!(12345),
+        json!(""),
+    ] {
         let r = app
             .post_json(VERIFY, &json!({"flowId": flow, "recoveryCode": bad}))
             .await;
@@ -510,7 +526,12 @@ async fn wrong_recovery_codes_cost_flow_tries_and_lock_code_entry_at_the_ceiling
     // A login's five tries: four answered with what is left, the fifth locks it.
     let (flow1, _) = start_flow(&app, &fake, &a).await;
     for left in (1..5).rev() {
-        let body = expect_error(recover(&app, &flow1, &wrong_code).await, 401, "invalid_code").await;
+        let body = expect_error(
+            recover(&app, &flow1, &wrong_code).await,
+            401,
+            "invalid_code",
+        )
+        .await;
         assert_eq!(body["attemptsLeft"], left, "{body}");
     }
     expect_error(recover(&app, &flow1, &wrong_code).await, 410, "flow_locked").await;
@@ -521,12 +542,22 @@ async fn wrong_recovery_codes_cost_flow_tries_and_lock_code_entry_at_the_ceiling
     // The account ceiling (7 here) counts them all: two more lock code entry.
     app.clock.advance(Duration::from_secs(31));
     let (flow2, sms2) = start_flow(&app, &fake, &a).await;
-    expect_error(recover(&app, &flow2, &wrong_code).await, 401, "invalid_code").await;
+    expect_error(
+        recover(&app, &flow2, &wrong_code).await,
+        401,
+        "invalid_code",
+    )
+    .await;
     let r = recover(&app, &flow2, &wrong_code).await;
     assert!(r.headers().contains_key("retry-after"));
     expect_error(r, 429, "code_entry_locked").await;
     // Locked: a right recovery code and the right SMS code are not compared.
-    expect_error(recover(&app, &flow2, &codes[0]).await, 429, "code_entry_locked").await;
+    expect_error(
+        recover(&app, &flow2, &codes[0]).await,
+        429,
+        "code_entry_locked",
+    )
+    .await;
     expect_error(
         app.post_json(VERIFY, &json!({"flowId": flow2, "code": sms2}))
             .await,
@@ -580,8 +611,7 @@ async fn the_same_code_at_once_on_two_processes_succeeds_once() {
         .get::<_, i64>(0)
     };
 
-    for round in 0..3 {
-        let code = &codes[round];
+    for (round, code) in codes.iter().enumerate().take(3) {
         app.clock.advance(Duration::from_secs(31));
         let (flow1, _) = start_flow(&app, &fake, &a).await;
         app.clock.advance(Duration::from_secs(31));
@@ -597,8 +627,7 @@ async fn the_same_code_at_once_on_two_processes_succeeds_once() {
     }
     assert_eq!(otp_sessions().await, 3);
 
-    for round in 3..6 {
-        let code = &codes[round];
+    for (round, code) in codes.iter().enumerate().take(6).skip(3) {
         app.clock.advance(Duration::from_secs(31));
         let (flow, _) = start_flow(&app, &fake, &a).await;
         let (r1, r2) = tokio::join!(recover(&app, &flow, code), recover(&other, &flow, code));
@@ -636,9 +665,15 @@ async fn recovery_codes_never_reach_the_logs() {
     expect_error(recover(&app, &flow, &codes[1]).await, 401, "invalid_code").await;
 
     let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    assert!(text.contains("recovery code used"), "logs were not captured");
+    assert!(
+        text.contains("recovery code used"),
+        "logs were not captured"
+    );
     for c in codes.iter().chain(&new) {
-        assert!(!text.contains(c.as_str()), "a recovery code appears in the logs");
+        assert!(
+            !text.contains(c.as_str()),
+            "a recovery code appears in the logs"
+        );
         assert!(
             !text.contains(&canonical(c)),
             "a recovery code appears in the logs"
