@@ -34,6 +34,10 @@ pub enum AuditKind {
     TwoFaEnabled,
     TwoFaDisabled,
     RefreshReuseDetected,
+    /// A recovery code finished a login (detail: how many remain, the flow).
+    RecoveryCodeUsed,
+    /// The recovery codes were replaced by a new set.
+    RecoveryCodesReplaced,
 }
 
 impl AuditKind {
@@ -50,6 +54,8 @@ impl AuditKind {
             AuditKind::TwoFaEnabled => "two_fa_enabled",
             AuditKind::TwoFaDisabled => "two_fa_disabled",
             AuditKind::RefreshReuseDetected => "refresh_reuse_detected",
+            AuditKind::RecoveryCodeUsed => "recovery_code_used",
+            AuditKind::RecoveryCodesReplaced => "recovery_codes_replaced",
         }
     }
 }

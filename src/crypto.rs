@@ -5,7 +5,10 @@
 //! - `outbox`: ChaCha20-Poly1305 key sealing SMS bodies at rest (they carry codes),
 //!   each bound to its row (id and recipient) so it opens nowhere else;
 //! - `jwt`: the HS256 key of access tokens;
-//! - `refresh`: HMAC-SHA256 key deriving a refresh token's successor from it.
+//! - `refresh`: HMAC-SHA256 key deriving a refresh token's successor from it;
+//! - `recovery`: HMAC-SHA256 key for recovery codes (stored only as keyed
+//!   hashes, bound to their user), apart from `otp` so neither kind of hash
+//!   can ever stand in for the other.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -42,6 +45,7 @@ pub struct Keys {
     outbox: [u8; 32],
     jwt: Vec<u8>,
     refresh: [u8; 32],
+    recovery: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -72,6 +76,7 @@ impl Keys {
             outbox: hmac(s, &[b"authgate/outbox/v1"]),
             jwt: s.to_vec(),
             refresh: hmac(s, &[b"authgate/refresh-successor/v1"]),
+            recovery: hmac(s, &[b"authgate/recovery-code/v1"]),
         }
     }
 
@@ -82,6 +87,12 @@ impl Keys {
             &self.otp,
             &[user_id.as_bytes(), purpose.as_bytes(), code.as_bytes()],
         )
+    }
+
+    /// The stored form of a recovery code (canonical form): bound to its user,
+    /// so a hash copied to another account never matches.
+    pub fn recovery_hash(&self, user_id: &uuid::Uuid, code: &str) -> [u8; 32] {
+        hmac(&self.recovery, &[user_id.as_bytes(), code.as_bytes()])
     }
 
     /// Encrypts an outbox body with a fresh random nonce: `nonce (12 bytes) ||
@@ -173,6 +184,20 @@ mod tests {
         assert_eq!(k.open(&sealed, other_id), None);
         assert_eq!(k.open(&sealed, other_to), None);
         assert_eq!(k.open(&sealed, ROW).as_deref(), Some("Your code is 123456"));
+    }
+
+    #[test]
+    fn recovery_hash_is_bound_to_user_and_key_and_apart_from_otp() {
+        let k = keys("a-secret-of-at-least-thirty-two-bytes!!");
+        let u = uuid::Uuid::new_v4();
+        let h = k.recovery_hash(&u, "abcdefghjk");
+        assert_eq!(h, k.recovery_hash(&u, "abcdefghjk"));
+        assert_ne!(h, k.recovery_hash(&uuid::Uuid::new_v4(), "abcdefghjk"));
+        assert_ne!(h, k.recovery_hash(&u, "abcdefghjm"));
+        let other = keys("another-secret-of-thirty-two-bytes-long");
+        assert_ne!(h, other.recovery_hash(&u, "abcdefghjk"));
+        // Not the OTP key under another name, whatever the purpose string.
+        assert_ne!(h, k.otp_hash(&u, "", "abcdefghjk"));
     }
 
     #[test]

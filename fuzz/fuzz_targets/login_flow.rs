@@ -25,12 +25,14 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks(2).skip(3) {
         let (kind, dt) = (chunk[0], chunk.get(1).copied().unwrap_or(0));
         now += Duration::seconds(i64::from(dt as i8));
-        let event = match kind % 6 {
+        let event = match kind % 8 {
             0 => Event::PasswordChecked { ok: false, two_fa: kind & 8 != 0 },
             1 => Event::PasswordChecked { ok: true, two_fa: kind & 8 != 0 },
             2 => Event::CodeSubmitted { correct: false },
             3 => Event::CodeSubmitted { correct: true },
             4 => Event::ResendRequested,
+            5 => Event::RecoveryCodeSubmitted { correct: false },
+            6 => Event::RecoveryCodeSubmitted { correct: true },
             _ => Event::Tick,
         };
         let was_terminal = state.is_terminal();
@@ -50,7 +52,11 @@ fuzz_target!(|data: &[u8]| {
                 tokens += 1;
                 assert!(password_ok, "tokens without a right password");
                 if two_fa {
-                    assert_eq!(event, Event::CodeSubmitted { correct: true });
+                    assert!(
+                        event == Event::CodeSubmitted { correct: true }
+                            || event == Event::RecoveryCodeSubmitted { correct: true },
+                        "2FA tokens without a right code"
+                    );
                 }
             }
         }

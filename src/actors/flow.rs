@@ -35,6 +35,7 @@ use crate::audit::{AuditKind, ClientInfo};
 use crate::domain::login_flow::{self, Effect, Event, FlowError, FlowState, Limits, Reply};
 use crate::domain::otp::Purpose;
 use crate::domain::phone::PhoneE164;
+use crate::domain::recovery::RecoveryCode;
 use crate::error::{AppError, GoneReason};
 use crate::metrics::FlowEvent;
 use crate::service::codes::{check_failure, code_lock_started};
@@ -88,6 +89,12 @@ pub enum FlowMsg {
     Resend {
         client: ClientInfo,
         reply: RpcReplyPort<Result<Resent, AppError>>,
+    },
+    /// A recovery code instead of the SMS code.
+    Recover {
+        code: RecoveryCode,
+        client: ClientInfo,
+        reply: RpcReplyPort<Result<TokensBody, AppError>>,
     },
     /// From the sweeper: no request looked this flow up since `since`; stop
     /// unless one did meanwhile.
@@ -212,6 +219,14 @@ impl Actor for FlowActor {
                 s.client = client;
                 let _ = reply.send(resend(s).await);
             }
+            FlowMsg::Recover {
+                code,
+                client,
+                reply,
+            } => {
+                s.client = client;
+                let _ = reply.send(recover(s, code).await);
+            }
             FlowMsg::Idle { since } => {
                 if s.registry.unused_since(s.flow_id, &myself, since) {
                     myself.stop(Some("idle".into()));
@@ -288,7 +303,17 @@ async fn audit(s: &FlowActorState, step: &login_flow::Step) {
         }
         tracing::info!(flow = %flow_tag(&s.flow_id), user_id = %s.user_id, event = ?kind, "login flow");
         let (kind, mut detail) = match kind {
-            Flow::LoginSucceeded => (AuditKind::LoginSucceeded, json!({ "amr": ["pwd", "sms"] })),
+            Flow::LoginSucceeded => {
+                let amr = step
+                    .effects
+                    .iter()
+                    .find_map(|e| match e {
+                        Effect::IssueTokens(amr) => Some(*amr),
+                        _ => None,
+                    })
+                    .unwrap_or(login_flow::Amr::PwdSms);
+                (AuditKind::LoginSucceeded, json!({ "amr": amr.as_strs() }))
+            }
             Flow::PasswordRejected => (
                 AuditKind::LoginFailed,
                 json!({ "reason": "wrong_password" }),
@@ -358,6 +383,64 @@ async fn verify(s: &mut FlowActorState, code: String) -> Result<TokensBody, AppE
             Ok(tokens)
         }
         Ok(_) => Err(AppError::internal("code step answered without tokens")),
+        Err(e) => Err(flow_error(e, s.app.clock().now())),
+    }
+}
+
+/// Finishes the login with a recovery code: the code is spent in one statement
+/// (`service::recovery::use_code`), then the machine moves on as for an SMS
+/// code, with amr `["pwd","otp"]`. A wrong one costs one of the flow's tries
+/// (the answer's `attemptsLeft`) and counts toward the account's ceiling.
+async fn recover(s: &mut FlowActorState, code: RecoveryCode) -> Result<TokensBody, AppError> {
+    use crate::store::recovery::RecoveryUse;
+    let tick = apply(s, Event::Tick).await?;
+    if let Err(e) = tick.reply {
+        return Err(flow_error(e, s.app.clock().now()));
+    }
+    // A flow that would refuse any code (no tries left) spends none.
+    let now = s.app.clock().now();
+    let preview = login_flow::transition(
+        &s.state,
+        Event::RecoveryCodeSubmitted { correct: true },
+        now,
+        &limits(s.app.config()),
+    );
+    if !matches!(preview.reply, Ok(Reply::Tokens(_))) {
+        let step = apply(s, Event::RecoveryCodeSubmitted { correct: false }).await?;
+        return Err(step.reply.err().map_or_else(
+            || AppError::internal("refused recovery step answered"),
+            |e| flow_error(e, s.app.clock().now()),
+        ));
+    }
+    let used =
+        crate::service::recovery::use_code(&s.app, s.user_id, s.flow_id, &code, &s.client).await?;
+    let remaining = match used {
+        RecoveryUse::Used { remaining } => remaining,
+        RecoveryUse::Wrong => {
+            let step = apply(s, Event::RecoveryCodeSubmitted { correct: false }).await?;
+            return Err(match step.reply {
+                Err(e) => flow_error(e, s.app.clock().now()),
+                Ok(_) => AppError::internal("wrong recovery code answered"),
+            });
+        }
+        // As with an SMS code: the flow stays as it is, every try answers the lock.
+        RecoveryUse::Locked { until, by_this_try } => {
+            let locked = CheckOutcome::Locked { until, by_this_try };
+            code_lock_started(s.user_id, locked);
+            return Err(check_failure(locked, s.app.clock().now()));
+        }
+    };
+    let step = apply(s, Event::RecoveryCodeSubmitted { correct: true }).await?;
+    match step.reply {
+        Ok(Reply::Tokens(amr)) => {
+            let mut tokens =
+                issue_tokens(&s.app, s.user_id, amr.as_strs(), Uuid::new_v4(), &s.client).await?;
+            tokens.device_token =
+                Some(crate::service::login::issue_device_token(&s.app, s.user_id).await?);
+            tokens.recovery_codes_left = Some(remaining);
+            Ok(tokens)
+        }
+        Ok(_) => Err(AppError::internal("recovery step answered without tokens")),
         Err(e) => Err(flow_error(e, s.app.clock().now())),
     }
 }
@@ -602,6 +685,34 @@ impl FlowRegistry {
             match ractor::call_t!(
                 actor,
                 |reply| FlowMsg::Verify {
+                    code,
+                    client,
+                    reply
+                },
+                CALL_TIMEOUT_MS
+            ) {
+                Ok(r) => return r,
+                Err(ractor::RactorErr::Timeout) => break,
+                Err(_) => self.forget(flow_id, &actor),
+            }
+        }
+        Err(AppError::Unavailable("login flow did not answer".into()))
+    }
+
+    /// Submits a recovery code to a flow.
+    pub async fn verify_recovery(
+        &self,
+        app: &AppState,
+        flow_id: Uuid,
+        code: RecoveryCode,
+        client: ClientInfo,
+    ) -> Result<TokensBody, AppError> {
+        for _ in 0..3 {
+            let actor = self.actor_for(app, flow_id).await?;
+            let (code, client) = (code.clone(), client.clone());
+            match ractor::call_t!(
+                actor,
+                |reply| FlowMsg::Recover {
                     code,
                     client,
                     reply

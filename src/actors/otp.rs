@@ -77,6 +77,9 @@ pub struct Confirms {
     pub change: AccountChange,
     pub audit: AuditKind,
     pub client: ClientInfo,
+    /// The keyed hashes the account's recovery codes become when the change
+    /// applies (see `OnAccept::recovery_set`).
+    pub recovery_set: Option<Vec<Vec<u8>>>,
 }
 
 /// Settings the shards share.
@@ -166,6 +169,7 @@ impl Actor for OtpActor {
                         client: &c.client,
                         detail: &detail,
                     },
+                    recovery_set: c.recovery_set.as_deref(),
                 });
                 let result = s
                     .store

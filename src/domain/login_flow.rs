@@ -1,5 +1,5 @@
-//! The login flow as a pure state machine: password, then (with 2FA) an SMS code,
-//! then tokens.
+//! The login flow as a pure state machine: password, then (with 2FA) an SMS code
+//! or one of the account's recovery codes, then tokens.
 //!
 //! [`transition`] maps `(state, event, now, limits)` to the next state, the effects
 //! the caller must carry out (send a code, issue tokens, write an audit record) and
@@ -105,6 +105,11 @@ pub enum Event {
     PasswordChecked { ok: bool, two_fa: bool },
     /// The caller compared a submitted code with the newest issued one.
     CodeSubmitted { correct: bool },
+    /// The caller tried to consume a recovery code of the account instead of
+    /// the SMS code (`correct`: it was unused and is now used). A wrong one
+    /// costs one of the flow's tries like a wrong SMS code; the SMS code's own
+    /// expiry does not apply (a user without their phone never sees it).
+    RecoveryCodeSubmitted { correct: bool },
     /// The client asked for a new code.
     ResendRequested,
     /// Time passed; lets the actor notice expiry without client input.
@@ -118,6 +123,9 @@ pub enum Amr {
     Pwd,
     /// Password, then an SMS code.
     PwdSms,
+    /// Password, then a recovery code: RFC 8176's `otp`, a one-time password
+    /// (it proves the user holds something only they were shown, not the phone).
+    PwdOtp,
 }
 
 impl Amr {
@@ -126,6 +134,7 @@ impl Amr {
         match self {
             Amr::Pwd => &["pwd"],
             Amr::PwdSms => &["pwd", "sms"],
+            Amr::PwdOtp => &["pwd", "otp"],
         }
     }
 }
@@ -332,9 +341,9 @@ fn password_pending(
                 }),
             }
         }
-        Event::CodeSubmitted { .. } | Event::ResendRequested => {
-            Step::unchanged(state, Err(FlowError::OutOfOrder))
-        }
+        Event::CodeSubmitted { .. }
+        | Event::RecoveryCodeSubmitted { .. }
+        | Event::ResendRequested => Step::unchanged(state, Err(FlowError::OutOfOrder)),
         Event::Tick => Step::unchanged(state, Ok(Reply::Unchanged)),
     }
 }
@@ -362,30 +371,43 @@ fn otp_pending(
             reply: Err(FlowError::Locked),
         },
         Event::CodeSubmitted { correct: true } => authenticated(now, Amr::PwdSms),
-        Event::CodeSubmitted { correct: false } => {
-            let attempts_left = otp.attempts_left.saturating_sub(1);
-            if attempts_left == 0 {
-                Step {
-                    state: FlowState::Locked { at: now },
-                    effects: vec![
-                        Effect::Audit(AuditKind::CodeRejected),
-                        Effect::Audit(AuditKind::FlowLocked),
-                    ],
-                    reply: Err(FlowError::Locked),
-                }
-            } else {
-                Step {
-                    state: Otp {
-                        attempts_left,
-                        ..otp
-                    }
-                    .into_state(),
-                    effects: vec![Effect::Audit(AuditKind::CodeRejected)],
-                    reply: Err(FlowError::InvalidCode { attempts_left }),
-                }
-            }
-        }
+        Event::CodeSubmitted { correct: false } => wrong_try(otp, now),
+        // The same tries as an SMS code (so the flow's lock bounds guessing
+        // whichever kind is sent), but no SMS code expiry: the flow's own
+        // expiry, checked above, is the bound.
+        Event::RecoveryCodeSubmitted { .. } if otp.attempts_left == 0 => Step {
+            state: FlowState::Locked { at: now },
+            effects: vec![Effect::Audit(AuditKind::FlowLocked)],
+            reply: Err(FlowError::Locked),
+        },
+        Event::RecoveryCodeSubmitted { correct: true } => authenticated(now, Amr::PwdOtp),
+        Event::RecoveryCodeSubmitted { correct: false } => wrong_try(otp, now),
         Event::ResendRequested => resend(state, otp, now, limits),
+    }
+}
+
+/// A wrong code (SMS or recovery) costs one try; the last one locks the flow.
+fn wrong_try(otp: Otp, now: DateTime<Utc>) -> Step {
+    let attempts_left = otp.attempts_left.saturating_sub(1);
+    if attempts_left == 0 {
+        Step {
+            state: FlowState::Locked { at: now },
+            effects: vec![
+                Effect::Audit(AuditKind::CodeRejected),
+                Effect::Audit(AuditKind::FlowLocked),
+            ],
+            reply: Err(FlowError::Locked),
+        }
+    } else {
+        Step {
+            state: Otp {
+                attempts_left,
+                ..otp
+            }
+            .into_state(),
+            effects: vec![Effect::Audit(AuditKind::CodeRejected)],
+            reply: Err(FlowError::InvalidCode { attempts_left }),
+        }
     }
 }
 
@@ -471,7 +493,7 @@ mod tests {
         }
     }
 
-    const ALL_EVENTS: [Event; 8] = [
+    const ALL_EVENTS: [Event; 10] = [
         Event::PasswordChecked {
             ok: false,
             two_fa: false,
@@ -490,6 +512,8 @@ mod tests {
         },
         Event::CodeSubmitted { correct: true },
         Event::CodeSubmitted { correct: false },
+        Event::RecoveryCodeSubmitted { correct: true },
+        Event::RecoveryCodeSubmitted { correct: false },
         Event::ResendRequested,
         Event::Tick,
     ];
@@ -500,6 +524,8 @@ mod tests {
     };
     const WRONG: Event = Event::CodeSubmitted { correct: false };
     const RIGHT: Event = Event::CodeSubmitted { correct: true };
+    const RECOVERY_WRONG: Event = Event::RecoveryCodeSubmitted { correct: false };
+    const RECOVERY_RIGHT: Event = Event::RecoveryCodeSubmitted { correct: true };
 
     /// A flow in OtpPending, code sent at t0.
     fn otp_state(l: &Limits) -> FlowState {
@@ -544,6 +570,7 @@ mod tests {
     fn amr_values_follow_rfc_8176() {
         assert_eq!(Amr::Pwd.as_strs(), &["pwd"]);
         assert_eq!(Amr::PwdSms.as_strs(), &["pwd", "sms"]);
+        assert_eq!(Amr::PwdOtp.as_strs(), &["pwd", "otp"]);
     }
 
     #[test]
@@ -818,10 +845,95 @@ mod tests {
     }
 
     #[test]
+    fn right_recovery_code_issues_pwd_otp_tokens() {
+        let l = limits();
+        let now = t0() + secs(3);
+        let step = transition(&otp_state(&l), RECOVERY_RIGHT, now, &l);
+        assert_eq!(step.state, FlowState::Authenticated { at: now });
+        assert_eq!(
+            step.effects,
+            vec![
+                Effect::IssueTokens(Amr::PwdOtp),
+                Effect::Audit(AuditKind::LoginSucceeded)
+            ]
+        );
+        assert_eq!(step.reply, Ok(Reply::Tokens(Amr::PwdOtp)));
+    }
+
+    #[test]
+    fn a_recovery_code_works_after_the_sms_code_expired_but_not_after_the_flow() {
+        let l = limits();
+        let s = otp_state(&l);
+        // The SMS code ended at 600 s; the flow lives until 900 s.
+        let late = t0() + secs(700);
+        assert_eq!(
+            transition(&s, RIGHT, late, &l).reply,
+            Err(FlowError::CodeExpired)
+        );
+        assert_eq!(
+            transition(&s, RECOVERY_RIGHT, late, &l).reply,
+            Ok(Reply::Tokens(Amr::PwdOtp))
+        );
+        let wrong = transition(&s, RECOVERY_WRONG, late, &l);
+        assert_eq!(
+            wrong.reply,
+            Err(FlowError::InvalidCode { attempts_left: 4 })
+        );
+        let expired = transition(&s, RECOVERY_RIGHT, t0() + secs(900), &l);
+        assert_eq!(expired.reply, Err(FlowError::Expired));
+        assert!(!expired
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::IssueTokens(_))));
+    }
+
+    #[test]
+    fn wrong_recovery_and_sms_codes_share_the_flow_tries() {
+        let l = limits();
+        let mut s = otp_state(&l);
+        for (i, event) in [RECOVERY_WRONG, WRONG, RECOVERY_WRONG, WRONG]
+            .into_iter()
+            .enumerate()
+        {
+            let step = transition(&s, event, t0() + secs(1), &l);
+            let left = 4 - u32::try_from(i).unwrap();
+            assert_eq!(
+                step.reply,
+                Err(FlowError::InvalidCode {
+                    attempts_left: left
+                })
+            );
+            assert_eq!(step.effects, vec![Effect::Audit(AuditKind::CodeRejected)]);
+            s = step.state;
+        }
+        let step = transition(&s, RECOVERY_WRONG, t0() + secs(2), &l);
+        assert_eq!(step.state, FlowState::Locked { at: t0() + secs(2) });
+        assert_eq!(step.reply, Err(FlowError::Locked));
+        // Locked: a right recovery code gets nothing either.
+        let after = transition(&step.state, RECOVERY_RIGHT, t0() + secs(3), &l);
+        assert_eq!(after.reply, Err(FlowError::Locked));
+        assert!(after.effects.is_empty());
+        // Zero tries: a recovery code is not even looked at.
+        let zero = Limits {
+            max_code_attempts: 0,
+            ..l
+        };
+        let step = transition(&otp_state(&zero), RECOVERY_RIGHT, t0() + secs(1), &zero);
+        assert_eq!(step.reply, Err(FlowError::Locked));
+        assert_eq!(step.effects, vec![Effect::Audit(AuditKind::FlowLocked)]);
+    }
+
+    #[test]
     fn out_of_order_events_are_refused() {
         let l = limits();
         let pending = start(t0(), &l);
-        for event in [RIGHT, WRONG, Event::ResendRequested] {
+        for event in [
+            RIGHT,
+            WRONG,
+            RECOVERY_RIGHT,
+            RECOVERY_WRONG,
+            Event::ResendRequested,
+        ] {
             let step = transition(&pending, event, t0() + secs(1), &l);
             assert_eq!(step, Step::unchanged(&pending, Err(FlowError::OutOfOrder)));
         }
@@ -1111,6 +1223,34 @@ mod tests {
                         }
                     }
                 }
+                (Phase::NeedCode, Event::RecoveryCodeSubmitted { correct }) => {
+                    // No SMS code deadline: only the flow's, checked above.
+                    if self.wrong_tries >= self.limits.max_code_attempts {
+                        self.finish(Outcome::Locked, now);
+                        (vec![Audit(A::FlowLocked)], Err(FlowError::Locked))
+                    } else if correct {
+                        self.finish(Outcome::Tokens(Amr::PwdOtp), now);
+                        (
+                            vec![Effect::IssueTokens(Amr::PwdOtp), Audit(A::LoginSucceeded)],
+                            Ok(Reply::Tokens(Amr::PwdOtp)),
+                        )
+                    } else {
+                        self.wrong_tries += 1;
+                        if self.wrong_tries == self.limits.max_code_attempts {
+                            self.finish(Outcome::Locked, now);
+                            (
+                                vec![Audit(A::CodeRejected), Audit(A::FlowLocked)],
+                                Err(FlowError::Locked),
+                            )
+                        } else {
+                            let attempts_left = self.limits.max_code_attempts - self.wrong_tries;
+                            (
+                                vec![Audit(A::CodeRejected)],
+                                Err(FlowError::InvalidCode { attempts_left }),
+                            )
+                        }
+                    }
+                }
                 (Phase::NeedCode, Event::ResendRequested) => {
                     let ready = plus(self.last_sent_at, self.limits.resend_cooldown);
                     if self.codes_sent > self.limits.max_resends {
@@ -1202,6 +1342,8 @@ mod tests {
             3 => (prop::bool::weighted(0.85), prop::bool::weighted(0.75))
                 .prop_map(|(ok, two_fa)| Event::PasswordChecked { ok, two_fa }),
             6 => prop::bool::weighted(0.2).prop_map(|correct| Event::CodeSubmitted { correct }),
+            2 => prop::bool::weighted(0.2)
+                .prop_map(|correct| Event::RecoveryCodeSubmitted { correct }),
             2 => Just(Event::ResendRequested),
             1 => Just(Event::Tick),
         ]
@@ -1324,6 +1466,12 @@ mod tests {
                         prop_assert_eq!(amr, Amr::Pwd, "{}", ctx);
                         prop_assert!(matches!(event, Event::PasswordChecked { .. }), "{}", ctx);
                     }
+                    Some((true, true)) if event == RECOVERY_RIGHT => {
+                        // A recovery code: no SMS code deadline, the same tries.
+                        prop_assert_eq!(amr, Amr::PwdOtp, "{}", ctx);
+                        prop_assert!(sends >= 1, "{}", ctx);
+                        prop_assert!(wrong_since_send < l.max_code_attempts, "{}", ctx);
+                    }
                     Some((true, true)) => {
                         prop_assert_eq!(amr, Amr::PwdSms, "{}", ctx);
                         prop_assert_eq!(event, RIGHT, "{}", ctx);
@@ -1341,7 +1489,11 @@ mod tests {
             // Wrong codes: at most max_code_attempts counted per issued code; the
             // last one locks, earlier ones report the attempts left.
             let code_live = code_deadline.is_some_and(|cd| now < cd);
-            if live && event == WRONG && matches!(pre, FlowState::OtpPending { .. }) && code_live {
+            // A wrong recovery code counts the same, whatever the SMS code's expiry.
+            if live
+                && ((event == WRONG && code_live) || event == RECOVERY_WRONG)
+                && matches!(pre, FlowState::OtpPending { .. })
+            {
                 wrong_since_send += 1;
                 match step.reply {
                     Err(FlowError::InvalidCode { attempts_left }) => {

@@ -10,6 +10,7 @@ pub mod name;
 pub mod otp;
 pub mod password;
 pub mod phone;
+pub mod recovery;
 pub mod user;
 
 use serde::Serialize;

@@ -205,9 +205,16 @@ async fn confirm_code(
     body: Map<String, Value>,
 ) -> Outcome {
     let code = parse_code_body(body, state.config().otp_length)?;
-    let user =
+    let confirmed =
         account::confirm_code(&state, user.id, user.claims.sid, action, code, client).await?;
-    Ok(json(StatusCode::OK, &user))
+    Ok(match confirmed.recovery_codes {
+        // Turning 2FA on: the user's fields and its recovery codes, shown once.
+        Some(codes) => json(
+            StatusCode::OK,
+            &crate::service::recovery::TwoFaEnabledBody::new(confirmed.user, codes),
+        ),
+        None => json(StatusCode::OK, &confirmed.user),
+    })
 }
 
 /// Parses a sign-up body, reporting every invalid field at once.
@@ -536,19 +543,41 @@ fn parse_flow_id(f: &mut Fields) -> Option<Uuid> {
     })
 }
 
-/// `POST /account/login/verify`: the SMS code of a 2FA login.
+/// `POST /account/login/verify`: the SMS code of a 2FA login, or one of the
+/// account's recovery codes instead (`recoveryCode`): exactly one of the two.
 async fn login_verify(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let length = state.config().otp_length;
     let mut f = Fields::new(body);
     let flow_id = parse_flow_id(&mut f);
-    let code = f.parse("code", |s| {
+    let (has_code, has_recovery) = (f.present("code"), f.present("recoveryCode"));
+    let code = f.optional("code", |s| {
         crate::domain::otp::parse_code(s, length).map_err(|m| ("invalid_format", m))
     });
+    let recovery = f.optional("recoveryCode", |s| {
+        crate::domain::recovery::RecoveryCode::parse(s).map_err(|m| ("invalid_format", m))
+    });
+    match (has_code, has_recovery) {
+        (false, false) => f.problem("code", "required", "code or recoveryCode is required"),
+        (true, true) => f.problem(
+            "recoveryCode",
+            "not_allowed",
+            "send either code or recoveryCode, not both",
+        ),
+        _ => {}
+    }
     f.finish()?;
-    let (Some(flow_id), Some(code)) = (flow_id, code) else {
-        return Err(AppError::internal("verify fields missing after validation"));
+    let tokens = match (flow_id, code, recovery) {
+        (Some(flow_id), Some(code), None) => {
+            state.flows().verify(&state, flow_id, code, client).await?
+        }
+        (Some(flow_id), None, Some(recovery)) => {
+            state
+                .flows()
+                .verify_recovery(&state, flow_id, recovery, client)
+                .await?
+        }
+        _ => return Err(AppError::internal("verify fields missing after validation")),
     };
-    let tokens = state.flows().verify(&state, flow_id, code, client).await?;
     Ok(json(StatusCode::OK, &tokens))
 }
 

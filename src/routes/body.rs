@@ -165,6 +165,17 @@ impl Fields {
         }
     }
 
+    /// True when `field` is present and not null (whatever its type).
+    pub fn present(&self, field: &str) -> bool {
+        !matches!(self.map.get(field), None | Some(Value::Null))
+    }
+
+    /// Records a problem no single field's parser can see (fields that go
+    /// together, or exclude each other).
+    pub fn problem(&mut self, field: &'static str, code: &'static str, message: &str) {
+        self.errors.push(FieldError::new(field, code, message));
+    }
+
     /// `Ok(())` when no field had a problem, else the 400 listing all of them.
     pub fn finish(self) -> Result<(), AppError> {
         if self.errors.is_empty() {

@@ -43,6 +43,7 @@ use super::{json, ErrorBody, Outcome, ROUTES};
 use crate::domain::user::User;
 use crate::domain::FieldError;
 use crate::error::{AppError, GoneReason, SmsRefusal, StateConflict};
+use crate::service::recovery::{RecoveryCodesBody, TwoFaEnabledBody};
 use crate::service::session::{EndedBody, SessionBody, SessionsBody, TokensBody};
 use crate::store::audit::AuditRow;
 
@@ -85,7 +86,8 @@ pub struct LoginRequest {
     pub device_token: Option<String>,
 }
 
-/// `POST /account/login/verify`: the SMS code of a 2FA login.
+/// `POST /account/login/verify`: the SMS code of a 2FA login, or one of the
+/// account's recovery codes instead: exactly one of `code` and `recoveryCode`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({"flowId": "7d0f0b5e-2b7e-4d7a-9c1e-5f6a8b9c0d1e", "code": "123456"}))]
@@ -94,8 +96,15 @@ pub struct LoginVerifyRequest {
     #[schema(format = Uuid)]
     pub flow_id: String,
     /// The digits of the SMS (`OTP_LENGTH`, default 6).
-    #[schema(pattern = "^[0-9]+$")]
-    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, pattern = "^[0-9]+$")]
+    pub code: Option<String>,
+    /// Instead of `code`: one of the recovery codes shown when 2FA was turned
+    /// on (or the set was last replaced), `xxxxx-xxxxx`; case, spaces and
+    /// hyphens are ignored. Single use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, max_length = 64)]
+    pub recovery_code: Option<String>,
 }
 
 /// `POST /account/login/resend`.
@@ -368,8 +377,17 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
         ("POST", "/api/v1/account/login/verify") => Spec {
             id: "loginVerify",
             tag: "account",
-            summary: "Finish a 2FA login with the SMS code",
-            description: Some("The access token's `amr` is `[\"pwd\",\"sms\"]`."),
+            summary: "Finish a 2FA login with the SMS code or a recovery code",
+            description: Some(
+                "With `code`, the access token's `amr` is `[\"pwd\",\"sms\"]`. With \
+                 `recoveryCode` instead (a lost phone), it is `[\"pwd\",\"otp\"]` (RFC 8176: \
+                 a one-time password), the code is spent, and the tokens carry \
+                 `recoveryCodesLeft`. Send exactly one of the two. A wrong recovery code \
+                 costs one of the login's tries like a wrong SMS code (`attemptsLeft` is \
+                 what the login has left) and counts toward the account's ceiling of wrong \
+                 codes (`code_entry_locked`); a used or replaced code is a wrong code. The \
+                 SMS code's expiry does not apply to a recovery code, the login's does.",
+            ),
             auth: Auth::None,
             body: Body::Json("LoginVerifyRequest"),
             ok: vec![(StatusCode::OK, "Tokens.", Reply::Json(TOKENS))],
@@ -509,11 +527,25 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 E::State(StateConflict::PhoneNotVerified),
             ],
         ),
-        ("POST", "/api/v1/account/2fa/enable/confirm") => confirm(
-            "twoFaEnableConfirm",
-            "Turn 2FA on with the code (ends every other login)",
-            vec![E::State(StateConflict::PhoneNotVerified)],
-        ),
+        ("POST", "/api/v1/account/2fa/enable/confirm") => Spec {
+            description: Some(
+                "Confirms with the code of the SMS sent by the matching send endpoint. The \
+                 answer is the user with `recoveryCodes`: ten single-use codes, each able to \
+                 finish one 2FA login instead of the SMS code. They are shown only here \
+                 (only keyed hashes are stored); `POST /account/2fa/recovery-codes` \
+                 replaces them.",
+            ),
+            ok: vec![(
+                StatusCode::OK,
+                "The updated user and its recovery codes.",
+                Reply::Json("TwoFaEnabledBody"),
+            )],
+            ..confirm(
+                "twoFaEnableConfirm",
+                "Turn 2FA on with the code (ends every other login)",
+                vec![E::State(StateConflict::PhoneNotVerified)],
+            )
+        },
         ("POST", "/api/v1/account/2fa/disable") => send(
             "twoFaDisable",
             "Start turning 2FA off",
@@ -525,6 +557,33 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             "Turn 2FA off with the code (ends every other login)",
             vec![],
         ),
+        ("POST", "/api/v1/account/2fa/recovery-codes") => Spec {
+            id: "recoveryCodesReplace",
+            tag: "account",
+            summary: "Replace the recovery codes",
+            description: Some(
+                "A new set of ten single-use recovery codes, shown only in this answer; the \
+                 old codes stop working at once. Needs 2FA on and a login with a second \
+                 factor (`sms` or `otp`) no older than `AUTHGATE_STEP_UP_WINDOW` (a refresh \
+                 keeps the login's time): else 401 `step_up_required`, log in again. Turning \
+                 2FA off deletes the codes.",
+            ),
+            auth: Auth::Bearer,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "The new recovery codes.",
+                Reply::Json("RecoveryCodesBody"),
+            )],
+            errors: concat(vec![
+                vec![
+                    E::InvalidToken,
+                    E::StepUpRequired,
+                    E::State(StateConflict::TwoFaNotEnabled),
+                ],
+                server_errors(),
+            ]),
+        },
         ("POST", "/api/v1/auth/refresh") => Spec {
             id: "refresh",
             tag: "auth",
@@ -866,6 +925,8 @@ const CLOSED_SCHEMAS: &[&str] = &[
     "SessionBody",
     "SessionsBody",
     "EndedBody",
+    "TwoFaEnabledBody",
+    "RecoveryCodesBody",
     "ErrorBody",
     "FieldError",
     "HealthBody",
@@ -883,6 +944,8 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<SessionBody>()
         .schema_from::<SessionsBody>()
         .schema_from::<EndedBody>()
+        .schema_from::<TwoFaEnabledBody>()
+        .schema_from::<RecoveryCodesBody>()
         .schema_from::<ErrorBody>()
         .schema_from::<FieldError>()
         .schema_from::<HealthBody>()

@@ -12,6 +12,7 @@ pub mod docs;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod recovery;
 pub mod sessions;
 pub mod webhooks;
 
@@ -49,6 +50,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/account/2fa/enable/confirm"),
     ("POST", "/api/v1/account/2fa/disable"),
     ("POST", "/api/v1/account/2fa/disable/confirm"),
+    ("POST", "/api/v1/account/2fa/recovery-codes"),
     ("POST", "/api/v1/auth/refresh"),
     ("POST", "/api/v1/auth/logout"),
     ("POST", "/api/v1/webhooks/twilio/status"),
@@ -153,6 +155,8 @@ pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infall
             .or(sessions::routes(state.clone()).boxed())
             .unify()
             .or(webhooks::routes(state.clone()).boxed())
+            .unify()
+            .or(recovery::routes(state.clone()).boxed())
             .unify()
             .or(docs::routes().boxed())
             .unify()

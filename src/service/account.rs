@@ -1,7 +1,8 @@
 //! Account changes confirmed by a code sent to the account's phone: verifying
 //! the phone, turning 2FA on and off. Each change commits in the statement that
 //! accepts the code (with its audit row); a 2FA change then ends the other
-//! sessions, opened under the old rule.
+//! sessions, opened under the old rule. Turning 2FA on also stores a new set of
+//! recovery codes in that statement, and turning it off deletes them there.
 
 use uuid::Uuid;
 
@@ -79,6 +80,15 @@ pub async fn send_code(
         .await
 }
 
+/// What a confirmed code changed.
+#[derive(Debug)]
+pub struct Confirmed {
+    /// The user as changed.
+    pub user: User,
+    /// With [`CodeAction::Enable2fa`]: the new recovery codes, to be shown once.
+    pub recovery_codes: Option<Vec<String>>,
+}
+
 /// Checks `code` for `action` and applies the change; `keep_session` (the
 /// caller's) survives a 2FA change, every other session ends.
 pub async fn confirm_code(
@@ -88,16 +98,27 @@ pub async fn confirm_code(
     action: CodeAction,
     code: String,
     client: ClientInfo,
-) -> Result<User, AppError> {
+) -> Result<Confirmed, AppError> {
     let (change, kind) = match action {
         CodeAction::VerifyPhone => (AccountChange::PhoneVerified, AuditKind::PhoneVerified),
         CodeAction::Enable2fa => (AccountChange::TwoFa(true), AuditKind::TwoFaEnabled),
         CodeAction::Disable2fa => (AccountChange::TwoFa(false), AuditKind::TwoFaDisabled),
     };
+    // Drawn before the check so they are stored by its statement; shown only
+    // if the change applied.
+    let (recovery_set, recovery_codes) = match action {
+        CodeAction::Enable2fa => {
+            let set = crate::service::recovery::new_set(state, user_id);
+            (Some(set.hashes), Some(set.codes))
+        }
+        CodeAction::Disable2fa => (Some(Vec::new()), None),
+        CodeAction::VerifyPhone => (None, None),
+    };
     let confirms = Confirms {
         change,
         audit: kind,
         client,
+        recovery_set,
     };
     let (outcome, updated) = state
         .otp()
@@ -125,5 +146,8 @@ pub async fn confirm_code(
         end_other_sessions(state, user.id, keep_session).await?;
     }
     tracing::info!(user_id = %user.id, purpose = action.purpose().as_str(), "code confirmed");
-    Ok(user)
+    Ok(Confirmed {
+        user,
+        recovery_codes,
+    })
 }

@@ -1,7 +1,8 @@
 //! The use cases routes and actors share, below both: the password check of a
 //! login and device tokens ([`login`]), starting and ending sessions
-//! ([`session`]), what a code check's outcome means ([`codes`]), and the
-//! account changes a code confirms ([`account`]).
+//! ([`session`]), what a code check's outcome means ([`codes`]), the
+//! account changes a code confirms ([`account`]), and recovery codes
+//! ([`recovery`]).
 //!
 //! Routes parse and answer; actors hold per-flow state; the store speaks SQL.
 //! This layer calls the store and the actors' handles, never a route.
@@ -9,4 +10,5 @@
 pub mod account;
 pub mod codes;
 pub mod login;
+pub mod recovery;
 pub mod session;

@@ -126,6 +126,12 @@ pub struct TokensBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub device_token: Option<String>,
+    /// Only when a recovery code finished this login (`amr` `["pwd","otp"]`):
+    /// how many of the account's recovery codes remain unused. At 0, no
+    /// recovery code is left: replace the set (`POST /account/2fa/recovery-codes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub recovery_codes_left: Option<u32>,
 }
 
 /// Starts a session (`session_id`, new per login) and issues its first tokens.
@@ -184,6 +190,7 @@ pub fn tokens_body(
         token_type: "Bearer",
         expires_in: state.tokens().access_ttl_secs(),
         device_token: None,
+        recovery_codes_left: None,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod private_pg;
 pub mod purge;
 pub mod quotas;
+pub mod recovery;
 pub mod reserved;
 pub mod tokens;
 pub mod users;

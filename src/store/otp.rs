@@ -80,6 +80,10 @@ pub struct CodeGuard {
 pub struct OnAccept<'a> {
     pub change: AccountChange,
     pub audit: AuditEntry<'a>,
+    /// With an applied change, the account's recovery codes become exactly
+    /// these keyed hashes (`Keys::recovery_hash`), in the same statement: a
+    /// new set when 2FA turns on, an empty one when it turns off.
+    pub recovery_set: Option<&'a [Vec<u8>]>,
 }
 
 /// The result of checking a submitted code.
@@ -363,11 +367,15 @@ impl Store {
             &failed,
         ];
         let effect: [&(dyn ToSql + Sync); 2] = [&kind, &detail];
-        let params: Vec<&(dyn ToSql + Sync)> = match on_accept {
+        let recovery_set = on_accept.and_then(|a| a.recovery_set);
+        let mut params: Vec<&(dyn ToSql + Sync)> = match on_accept {
             Some(_) => base.iter().chain(&effect).copied().collect(),
             None => base.to_vec(),
         };
-        let sql = check_sql(on_accept.map(|a| a.change));
+        if let Some(set) = &recovery_set {
+            params.push(set);
+        }
+        let sql = check_sql(on_accept.map(|a| a.change), recovery_set.is_some());
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &params)
             .await?;
@@ -547,7 +555,11 @@ const ISSUE_SQL: &str = "WITH seen AS (
 /// is compared before that lock is held; `settled` updates that same locked row.
 /// The users row is updated once (a statement cannot update a row twice), so
 /// the confirmed change rides on the counter's update.
-fn check_sql(change: Option<AccountChange>) -> String {
+///
+/// With `recovery_set` (and a change), $14 is an array of keyed hashes: when the
+/// change applied, the account's recovery codes are replaced by them, under the
+/// row lock `gate` holds, in this same commit.
+fn check_sql(change: Option<AccountChange>, recovery_set: bool) -> String {
     let (change_set, applied, effect, columns) = match change {
         Some(change) => {
             let (column, value, guard) = change.sql();
@@ -572,6 +584,18 @@ fn check_sql(change: Option<AccountChange>) -> String {
             )
         }
         None => (String::new(), String::new(), String::new(), ""),
+    };
+    let effect = if change.is_some() && recovery_set {
+        format!(
+            "{effect}, recovery_gone AS (
+                 DELETE FROM recovery_codes WHERE user_id IN (SELECT id FROM changed)
+             ), recovery_new AS (
+                 INSERT INTO recovery_codes (user_id, code_hash, created_at)
+                 SELECT changed.id, h, $5 FROM changed, unnest($14::bytea[]) AS h
+             )"
+        )
+    } else {
+        effect
     };
     let join = if change.is_some() {
         " LEFT JOIN changed ON true"
@@ -603,17 +627,7 @@ fn check_sql(change: Option<AccountChange>) -> String {
                        c.max_attempts AS new_max_attempts
          ), settled AS (
              UPDATE users u
-             SET code_failures = CASE WHEN tried.new_state = 'used' OR u.code_failures + 1 >= $6
-                                      THEN 0 ELSE u.code_failures + 1 END,
-                 code_locks = CASE WHEN tried.new_state = 'used' THEN 0
-                                   WHEN u.code_failures + 1 >= $6 THEN u.code_locks + 1
-                                   ELSE u.code_locks END,
-                 code_locked_until = CASE
-                     WHEN tried.new_state = 'used' THEN NULL
-                     WHEN u.code_failures + 1 >= $6 THEN $5 + make_interval(secs => LEAST(
-                         $7::float8 * power(2::float8, LEAST(u.code_locks, 30)::float8),
-                         $8::float8))
-                     ELSE u.code_locked_until END{change_set}
+             SET {SETTLE_CODE_GUARD}{change_set}
              FROM tried
              WHERE u.id = $1
              RETURNING u.code_locked_until AS locked_after{applied}
@@ -642,6 +656,24 @@ fn check_sql(change: Option<AccountChange>) -> String {
               LEFT JOIN settled ON true{join}"
     )
 }
+
+/// How a code check settles the account's wrong-code count (the one ceiling,
+/// shared by SMS and recovery codes), as the `SET` list of an `UPDATE users u
+/// ... FROM tried`: a right code (`tried.new_state = 'used'`) clears the count
+/// and the locks; a wrong one counts, and the one reaching $6 starts a lock of
+/// $7 seconds doubled per lock in a row, at most $8; $5 is now.
+pub(super) const SETTLE_CODE_GUARD: &str =
+    "code_failures = CASE WHEN tried.new_state = 'used' OR u.code_failures + 1 >= $6
+                                      THEN 0 ELSE u.code_failures + 1 END,
+                 code_locks = CASE WHEN tried.new_state = 'used' THEN 0
+                                   WHEN u.code_failures + 1 >= $6 THEN u.code_locks + 1
+                                   ELSE u.code_locks END,
+                 code_locked_until = CASE
+                     WHEN tried.new_state = 'used' THEN NULL
+                     WHEN u.code_failures + 1 >= $6 THEN $5 + make_interval(secs => LEAST(
+                         $7::float8 * power(2::float8, LEAST(u.code_locks, 30)::float8),
+                         $8::float8))
+                     ELSE u.code_locked_until END";
 
 /// `USER_COLUMNS` as the `u` of the settle statement (`tried` has no such
 /// names, but being explicit keeps it so).

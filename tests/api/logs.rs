@@ -24,7 +24,7 @@ impl Write for Capture {
 }
 
 /// Installs (once per process) a subscriber writing every debug line to memory.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+pub(crate) fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     BUF.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));

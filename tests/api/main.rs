@@ -21,6 +21,7 @@ mod otp;
 mod private_pg;
 mod purge;
 mod rate_limits;
+mod recovery;
 mod sessions;
 mod signup;
 mod sms;

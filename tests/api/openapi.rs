@@ -244,6 +244,7 @@ const ENABLE: &str = "/api/v1/account/2fa/enable";
 const ENABLE_CONFIRM: &str = "/api/v1/account/2fa/enable/confirm";
 const REFRESH: &str = "/api/v1/auth/refresh";
 const LOGOUT: &str = "/api/v1/auth/logout";
+const RECOVERY: &str = "/api/v1/account/2fa/recovery-codes";
 
 #[tokio::test]
 async fn real_responses_match_the_document() {
@@ -417,6 +418,40 @@ async fn real_responses_match_the_document() {
     .await;
     let e = expect_error(app.post_json(VERIFY, &verify).await, 410, "flow_finished").await;
     c.response("post", VERIFY, 410, &e);
+
+    // Recovery codes: shown when 2FA turned on; replaced after an SMS login
+    // (200), not with the password-only session (401); one finishes a 2FA
+    // login (200 tokens with recoveryCodesLeft).
+    assert_eq!(on["recoveryCodes"].as_array().unwrap().len(), 10, "{on}");
+    let sms_access = tokens["accessToken"].as_str().unwrap();
+    let set = checked(
+        &c,
+        "post",
+        RECOVERY,
+        post_auth(&app, RECOVERY, sms_access, None).await,
+        200,
+    )
+    .await;
+    let e = expect_error(
+        post_auth(&app, RECOVERY, &access, None).await,
+        401,
+        "step_up_required",
+    )
+    .await;
+    c.response("post", RECOVERY, 401, &e);
+    app.clock.advance(std::time::Duration::from_secs(31));
+    let pending = expect_json(app.post_json(LOGIN, &creds).await, 200).await;
+    let recovered = json!({"flowId": pending["flowId"], "recoveryCode": set["recoveryCodes"][0]});
+    c.request("post", VERIFY, &recovered);
+    let t = checked(
+        &c,
+        "post",
+        VERIFY,
+        app.post_json(VERIFY, &recovered).await,
+        200,
+    )
+    .await;
+    assert_eq!(t["recoveryCodesLeft"], 9, "{t}");
 
     // Logout (204, no body) and the operational endpoints.
     let logout = json!({"refreshToken": tokens["refreshToken"]});

@@ -1,0 +1,29 @@
+//! `POST /account/2fa/recovery-codes`: a new set of recovery codes for the
+//! caller, replacing the old one (`service::recovery::replace`). Parsing and
+//! answering only.
+
+use warp::http::StatusCode;
+use warp::Filter;
+
+use super::auth::{bearer, AuthUser};
+use super::{client_info, json, with_state, Outcome};
+use crate::audit::ClientInfo;
+use crate::state::AppState;
+
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+    warp::path!("account" / "2fa" / "recovery-codes")
+        .and(warp::post())
+        .and(bearer(state.clone()))
+        .and(with_state(state.clone()))
+        .and(client_info(state))
+        .then(
+            |user: AuthUser, state: AppState, client: ClientInfo| async move {
+                let body =
+                    crate::service::recovery::replace(&state, user.id, user.claims.sid, &client)
+                        .await?;
+                Ok(json(StatusCode::OK, &body))
+            },
+        )
+}
