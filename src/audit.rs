@@ -34,6 +34,10 @@ pub enum AuditKind {
     TwoFaEnabled,
     TwoFaDisabled,
     RefreshReuseDetected,
+    /// The phone number was changed (detail: old and new, masked).
+    PhoneChanged,
+    /// The password was reset with an SMS code.
+    PasswordReset,
 }
 
 impl AuditKind {
@@ -50,6 +54,8 @@ impl AuditKind {
             AuditKind::TwoFaEnabled => "two_fa_enabled",
             AuditKind::TwoFaDisabled => "two_fa_disabled",
             AuditKind::RefreshReuseDetected => "refresh_reuse_detected",
+            AuditKind::PhoneChanged => "phone_changed",
+            AuditKind::PasswordReset => "password_reset",
         }
     }
 }

@@ -9,4 +9,7 @@
 pub mod account;
 pub mod codes;
 pub mod login;
+pub mod notice;
+pub mod password_reset;
+pub mod phone_change;
 pub mod session;
