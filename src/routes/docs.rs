@@ -709,7 +709,12 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 Reply::Json(CODE_SENT),
             )],
             errors: concat(vec![
-                vec![E::InvalidToken, E::StepUpRequired, too_many(), code_locked()],
+                vec![
+                    E::InvalidToken,
+                    E::StepUpRequired,
+                    too_many(),
+                    code_locked(),
+                ],
                 json_body_errors(missing(&["phone"])),
                 vec![E::State(StateConflict::PhoneUnchanged), E::PhoneTaken],
                 sms_refusals(),

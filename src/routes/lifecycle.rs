@@ -25,16 +25,17 @@ use crate::state::AppState;
 pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
-    let change = warp::path!("account" / "phone" / "change")
-        .and(warp::post())
-        .and(limit(state.limits(), RouteClass::CodeSend))
-        .and(bearer(state.clone()))
-        .and(json_object())
-        .and(with_state(state.clone()))
-        .and(client_info(state.clone()))
-        .then(|user, body, state, client| async move {
-            change_start(state, client, user, body).await
-        });
+    let change =
+        warp::path!("account" / "phone" / "change")
+            .and(warp::post())
+            .and(limit(state.limits(), RouteClass::CodeSend))
+            .and(bearer(state.clone()))
+            .and(json_object())
+            .and(with_state(state.clone()))
+            .and(client_info(state.clone()))
+            .then(|user, body, state, client| async move {
+                change_start(state, client, user, body).await
+            });
     let change_confirm = warp::path!("account" / "phone" / "change" / "confirm")
         .and(warp::post())
         .and(limit(state.limits(), RouteClass::CodeCheck))

@@ -54,7 +54,10 @@ pub async fn queue(state: &AppState, notice: Notice<'_>, now: DateTime<Utc>) -> 
         }
         Ok(false) => {
             release(state, units);
-            tracing::info!(purpose = notice.purpose, "notice skipped: daily notices spent");
+            tracing::info!(
+                purpose = notice.purpose,
+                "notice skipped: daily notices spent"
+            );
             false
         }
         Err(e) => {

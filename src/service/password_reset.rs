@@ -102,7 +102,9 @@ async fn send_code(state: &AppState, who: Identifier, client: ClientInfo) {
         .await;
     match issued {
         Ok(_) => tracing::info!(user_id = %account.id, "password reset code sent"),
-        Err(e) => tracing::info!(user_id = %account.id, refused = e.code(), "password reset code not sent"),
+        Err(e) => {
+            tracing::info!(user_id = %account.id, refused = e.code(), "password reset code not sent")
+        }
     }
 }
 

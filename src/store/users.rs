@@ -28,7 +28,7 @@ pub(super) struct ChangeSql {
     /// The guard the change needs, over `u`, `tried` and `gate`. A guard must not
     /// read a column its change writes.
     pub guard: &'static str,
-    /// The audit event's detail: `$13` unless the change computes it.
+    /// The audit event's detail: `$13`, or an expression that adds to it.
     pub detail: &'static str,
     /// More CTEs, run only when the change is applied (they read `changed`).
     pub effect: &'static str,
@@ -41,7 +41,13 @@ pub(super) struct ChangeSql {
 /// A number as `PhoneE164::masked` shows it, in SQL (for audit details).
 macro_rules! masked_sql {
     ($e:expr) => {
-        concat!("'+' || repeat('•', greatest(length(", $e, ") - 3, 0)) || right(", $e, ", 2)")
+        concat!(
+            "'+' || repeat('•', greatest(length(",
+            $e,
+            ") - 3, 0)) || right(",
+            $e,
+            ", 2)"
+        )
     };
 }
 
@@ -82,7 +88,7 @@ impl AccountChange {
                          WHERE other.phone = tried.target_phone AND other.phone_verified
                            AND other.id <> u.id)",
                 detail: concat!(
-                    "jsonb_build_object('old', ",
+                    "$13::jsonb || jsonb_build_object('old', ",
                     masked_sql!("(SELECT old_phone FROM gate)"),
                     ", 'new', ",
                     masked_sql!("changed.phone"),
