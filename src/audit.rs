@@ -38,6 +38,10 @@ pub enum AuditKind {
     RecoveryCodeUsed,
     /// The recovery codes were replaced by a new set.
     RecoveryCodesReplaced,
+    /// The phone number was changed (detail: old and new, masked).
+    PhoneChanged,
+    /// The password was reset with an SMS code.
+    PasswordReset,
 }
 
 impl AuditKind {
@@ -56,6 +60,8 @@ impl AuditKind {
             AuditKind::RefreshReuseDetected => "refresh_reuse_detected",
             AuditKind::RecoveryCodeUsed => "recovery_code_used",
             AuditKind::RecoveryCodesReplaced => "recovery_codes_replaced",
+            AuditKind::PhoneChanged => "phone_changed",
+            AuditKind::PasswordReset => "password_reset",
         }
     }
 }

@@ -44,6 +44,11 @@ pub enum AppError {
     /// 401: a refresh token presented again after rotation; its family is revoked.
     #[error("refresh token reused")]
     RefreshTokenReused,
+    /// 401: a password reset whose identifier and code do not match a live
+    /// reset code: the same for an unknown account, a wrong, used or expired
+    /// code, and a locked account (`invalid_code`, without a count of tries).
+    #[error("invalid reset code")]
+    InvalidResetCode,
     /// 403: a webhook whose signature is missing or wrong.
     #[error("invalid signature")]
     Forbidden,
@@ -112,6 +117,10 @@ pub enum StateConflict {
     PhoneAlreadyVerified,
     TwoFaAlreadyEnabled,
     TwoFaNotEnabled,
+    /// A phone change to the number the account already has.
+    PhoneUnchanged,
+    /// The account's phone changed while a phone change was being confirmed.
+    PhoneChangeConflict,
 }
 
 /// 422 reasons: why no SMS may go to a number.
@@ -148,7 +157,8 @@ impl AppError {
             | AppError::InvalidCode { .. }
             | AppError::InvalidRefreshToken
             | AppError::StepUpRequired
-            | AppError::RefreshTokenReused => StatusCode::UNAUTHORIZED,
+            | AppError::RefreshTokenReused
+            | AppError::InvalidResetCode => StatusCode::UNAUTHORIZED,
             AppError::Forbidden => StatusCode::FORBIDDEN,
             AppError::NotFound | AppError::NoActiveCode | AppError::SessionNotFound => {
                 StatusCode::NOT_FOUND
@@ -178,6 +188,7 @@ impl AppError {
             AppError::InvalidCredentials => "invalid_credentials",
             AppError::InvalidToken => "invalid_token",
             AppError::InvalidCode { .. } => "invalid_code",
+            AppError::InvalidResetCode => "invalid_code",
             AppError::InvalidRefreshToken => "invalid_refresh_token",
             AppError::RefreshTokenReused => "refresh_token_reused",
             AppError::StepUpRequired => "step_up_required",
@@ -189,6 +200,8 @@ impl AppError {
             AppError::State(StateConflict::PhoneAlreadyVerified) => "phone_already_verified",
             AppError::State(StateConflict::TwoFaAlreadyEnabled) => "two_fa_already_enabled",
             AppError::State(StateConflict::TwoFaNotEnabled) => "two_fa_not_enabled",
+            AppError::State(StateConflict::PhoneUnchanged) => "phone_unchanged",
+            AppError::State(StateConflict::PhoneChangeConflict) => "phone_change_conflict",
             AppError::Gone(GoneReason::CodeExpired) => "code_expired",
             AppError::Gone(GoneReason::CodeUsed) => "code_used",
             AppError::Gone(GoneReason::CodeAttemptsExhausted) => "code_attempts_exhausted",
@@ -234,6 +247,9 @@ impl AppError {
             AppError::InvalidCode { attempts_left } => {
                 format!("the code is wrong; {attempts_left} tries remain")
             }
+            AppError::InvalidResetCode => {
+                "the code is wrong or expired, or was not sent for this account".to_owned()
+            }
             AppError::InvalidRefreshToken => {
                 "the refresh token is invalid, expired or revoked; log in again".to_owned()
             }
@@ -263,6 +279,12 @@ impl AppError {
             }
             AppError::State(StateConflict::TwoFaNotEnabled) => {
                 "two-factor authentication is not on".to_owned()
+            }
+            AppError::State(StateConflict::PhoneUnchanged) => {
+                "this is already the account's phone number".to_owned()
+            }
+            AppError::State(StateConflict::PhoneChangeConflict) => {
+                "the account's phone number changed meanwhile; start the change again".to_owned()
             }
             AppError::Gone(GoneReason::CodeExpired) => {
                 "the code has expired; ask for a new one".to_owned()

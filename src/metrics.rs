@@ -204,6 +204,8 @@ fn purpose_index(p: Purpose) -> usize {
         Purpose::Login2fa => 1,
         Purpose::Enable2fa => 2,
         Purpose::Disable2fa => 3,
+        Purpose::PhoneChange => 4,
+        Purpose::PasswordReset => 5,
     }
 }
 
@@ -288,9 +290,9 @@ pub struct Metrics {
     /// (route, status) cells, row-major: `route * (STATUSES.len() + 1) + status`.
     http: Box<[Histogram]>,
     flows: [AtomicU64; 4],
-    codes_issued: [AtomicU64; 4],
+    codes_issued: [AtomicU64; Purpose::ALL.len()],
     /// purpose × check result.
-    code_checks: [[AtomicU64; 5]; 4],
+    code_checks: [[AtomicU64; 5]; Purpose::ALL.len()],
     quota_refusals: [AtomicU64; 6],
     hash_wait: Histogram,
     /// Hashes not run, by [`HASH_DROP_REASONS`].

@@ -64,6 +64,8 @@ pub enum OtpMsg {
         client: ClientInfo,
         /// The account change a right code confirms, applied with the check.
         confirms: Option<Confirms>,
+        /// The change's own parameter, for the changes that bind one.
+        bound: Option<String>,
         reply: RpcReplyPort<Result<(CheckOutcome, Option<User>), AppError>>,
     },
     Purge,
@@ -153,6 +155,7 @@ impl Actor for OtpActor {
                 code,
                 client,
                 confirms,
+                bound,
                 reply,
             } => {
                 let now = s.clock.now();
@@ -170,6 +173,7 @@ impl Actor for OtpActor {
                         detail: &detail,
                     },
                     recovery_set: c.recovery_set.as_deref(),
+                    bound: bound.as_deref(),
                 });
                 let result = s
                     .store
@@ -426,7 +430,7 @@ impl OtpService {
         client: ClientInfo,
     ) -> Result<CheckOutcome, AppError> {
         let (outcome, _) = self
-            .call_check(user_id, purpose, flow_id, code, client, None)
+            .call_check(user_id, purpose, flow_id, code, client, None, None)
             .await?;
         Ok(outcome)
     }
@@ -442,10 +446,35 @@ impl OtpService {
         confirms: Confirms,
     ) -> Result<(CheckOutcome, Option<User>), AppError> {
         let client = confirms.client.clone();
-        self.call_check(user_id, purpose, None, code, client, Some(confirms))
+        self.call_check(user_id, purpose, None, code, client, Some(confirms), None)
             .await
     }
 
+    /// [`OtpService::confirm`] for a change that binds a value of its own
+    /// (`AccountChange::PhoneChanged`: the phone the caller saw;
+    /// `AccountChange::PasswordReset`: the new password's hash).
+    pub async fn confirm_bound(
+        &self,
+        user_id: Uuid,
+        purpose: Purpose,
+        code: String,
+        confirms: Confirms,
+        bound: String,
+    ) -> Result<(CheckOutcome, Option<User>), AppError> {
+        let client = confirms.client.clone();
+        self.call_check(
+            user_id,
+            purpose,
+            None,
+            code,
+            client,
+            Some(confirms),
+            Some(bound),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn call_check(
         &self,
         user_id: Uuid,
@@ -454,6 +483,7 @@ impl OtpService {
         code: String,
         client: ClientInfo,
         confirms: Option<Confirms>,
+        bound: Option<String>,
     ) -> Result<(CheckOutcome, Option<User>), AppError> {
         let actor = self.shard(&user_id, purpose)?;
         ractor::call_t!(
@@ -465,6 +495,7 @@ impl OtpService {
                 code,
                 client,
                 confirms,
+                bound,
                 reply
             },
             CALL_TIMEOUT_MS

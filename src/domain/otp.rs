@@ -13,14 +13,20 @@ pub enum Purpose {
     Login2fa,
     Enable2fa,
     Disable2fa,
+    /// Confirms a new number; sent to that new number.
+    PhoneChange,
+    /// Proves the owner of a verified phone, to set a new password.
+    PasswordReset,
 }
 
 impl Purpose {
-    pub const ALL: [Purpose; 4] = [
+    pub const ALL: [Purpose; 6] = [
         Purpose::PhoneVerify,
         Purpose::Login2fa,
         Purpose::Enable2fa,
         Purpose::Disable2fa,
+        Purpose::PhoneChange,
+        Purpose::PasswordReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -29,6 +35,8 @@ impl Purpose {
             Purpose::Login2fa => "login_2fa",
             Purpose::Enable2fa => "enable_2fa",
             Purpose::Disable2fa => "disable_2fa",
+            Purpose::PhoneChange => "phone_change",
+            Purpose::PasswordReset => "password_reset",
         }
     }
 
@@ -39,6 +47,8 @@ impl Purpose {
             Purpose::Login2fa => "sign in",
             Purpose::Enable2fa => "turn on two-factor authentication",
             Purpose::Disable2fa => "turn off two-factor authentication",
+            Purpose::PhoneChange => "make this your account's phone number",
+            Purpose::PasswordReset => "reset your password",
         }
     }
 }

@@ -43,6 +43,7 @@ use super::{json, ErrorBody, Outcome, ROUTES};
 use crate::domain::user::User;
 use crate::domain::FieldError;
 use crate::error::{AppError, GoneReason, SmsRefusal, StateConflict};
+use crate::service::password_reset::{ResetDoneBody, ResetStartedBody};
 use crate::service::recovery::{RecoveryCodesBody, TwoFaEnabledBody};
 use crate::service::session::{EndedBody, SessionBody, SessionsBody, TokensBody};
 use crate::store::audit::AuditRow;
@@ -148,6 +149,44 @@ pub struct TwilioStatusForm {
     pub SmsStatus: Option<String>,
     /// Twilio's error code for failed messages.
     pub ErrorCode: Option<String>,
+}
+
+/// `POST /account/phone/change`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"phone": "+1 (415) 555-0199"}))]
+pub struct PhoneChangeRequest {
+    /// The new number, parsed as at sign-up; stored as E.164.
+    pub phone: String,
+}
+
+/// `POST /account/password/reset`: exactly one of `email` and `phone`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ada@example.com"}))]
+pub struct PasswordResetRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub email: Option<String>,
+    /// The account's verified phone (an unverified number names no account).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub phone: Option<String>,
+}
+
+/// `POST /account/password/reset/confirm`: the identifier the code was asked
+/// with (`email` or `phone`, exactly one), the code and the new password.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ada@example.com", "code": "123456", "password": "n3w-passw0rd"}))]
+pub struct PasswordResetConfirmRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub phone: Option<String>,
+    #[schema(pattern = "^[0-9]+$")]
+    pub code: String,
+    /// 8 to 128 printable characters with at least one letter and one digit.
+    pub password: String,
 }
 
 /// How a route authenticates its caller.
@@ -710,6 +749,119 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             ],
             errors: vec![],
         },
+        ("POST", "/api/v1/account/phone/change") => Spec {
+            id: "phoneChange",
+            tag: "account",
+            summary: "Start changing the phone number",
+            description: Some(
+                "Sends a code to the new number, which follows the sign-up rules (and the \
+                 SMS destination rules: 422). 409 phone_unchanged for the current number, \
+                 409 phone_taken for a number another account verified. With 2FA on, the \
+                 caller's login must be recent (`AUTHGATE_STEP_UP_WINDOW`) and made with a \
+                 second factor (401 step_up_required). Cooldown and quotas as for every code.",
+            ),
+            auth: Auth::Bearer,
+            body: Body::Json("PhoneChangeRequest"),
+            ok: vec![(
+                StatusCode::ACCEPTED,
+                "A code was sent to the new number.",
+                Reply::Json(CODE_SENT),
+            )],
+            errors: concat(vec![
+                vec![
+                    E::InvalidToken,
+                    E::StepUpRequired,
+                    too_many(),
+                    code_locked(),
+                ],
+                json_body_errors(missing(&["phone"])),
+                vec![E::State(StateConflict::PhoneUnchanged), E::PhoneTaken],
+                sms_refusals(),
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/account/phone/change/confirm") => Spec {
+            id: "phoneChangeConfirm",
+            tag: "account",
+            summary: "Switch to the new number with its code (ends every other login)",
+            description: Some(
+                "The number becomes the one the code was sent to, verified, in the statement \
+                 that accepts the code; refused (409 phone_taken) if another account verified \
+                 that number meanwhile. The old number, if it was verified, is told by SMS; \
+                 every other session of the account ends.",
+            ),
+            auth: Auth::Bearer,
+            body: Body::Json("CodeRequest"),
+            ok: vec![(StatusCode::OK, "The updated user.", Reply::Json(USER))],
+            errors: concat(vec![
+                vec![E::InvalidToken, too_many()],
+                json_body_errors(missing(&["code"])),
+                vec![E::InvalidCode { attempts_left: 4 }, E::NoActiveCode],
+                code_gone(),
+                vec![
+                    code_locked(),
+                    E::PhoneTaken,
+                    E::State(StateConflict::PhoneChangeConflict),
+                ],
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/account/password/reset") => Spec {
+            id: "passwordReset",
+            tag: "account",
+            summary: "Ask for a password reset code",
+            description: Some(
+                "With `email` or `phone` (exactly one). Always 202 with the same body, \
+                 whether or not an account exists, has a verified phone, is on cooldown, \
+                 over a quota or locked: the code, if any, is sent in the background and \
+                 only to the account's verified phone. Only the per-address rate limit \
+                 (429) shows.",
+            ),
+            auth: Auth::None,
+            body: Body::Json("PasswordResetRequest"),
+            ok: vec![(
+                StatusCode::ACCEPTED,
+                "Accepted; a code was sent if the account exists and has a verified phone.",
+                Reply::Json("ResetStartedBody"),
+            )],
+            errors: concat(vec![
+                json_body_errors(AppError::Validation(vec![FieldError::new(
+                    "email",
+                    "required",
+                    "email or phone is required",
+                )])),
+                vec![too_many()],
+                server_errors(),
+            ]),
+        },
+        ("POST", "/api/v1/account/password/reset/confirm") => Spec {
+            id: "passwordResetConfirm",
+            tag: "account",
+            summary: "Set a new password with the reset code (ends every login)",
+            description: Some(
+                "With the identifier the code was asked with, the code and the new password \
+                 (the sign-up rules). Sets the password, clears login lockouts and the code \
+                 lock, and ends every session, refresh token and access token of the \
+                 account. An unknown identifier and every kind of wrong code answer the same \
+                 401 invalid_code; a wrong code counts toward the account's ceiling.",
+            ),
+            auth: Auth::None,
+            body: Body::Json("PasswordResetConfirmRequest"),
+            ok: vec![(
+                StatusCode::OK,
+                "The password was reset.",
+                Reply::Json("ResetDoneBody"),
+            )],
+            errors: concat(vec![
+                json_body_errors(AppError::Validation(vec![FieldError::new(
+                    "password",
+                    "too_short",
+                    "password must be at least 8 characters",
+                )])),
+                vec![E::InvalidResetCode, too_many(), overloaded()],
+                server_errors(),
+            ]),
+        },
         _ => return None,
     };
     Some(spec)
@@ -931,6 +1083,8 @@ const CLOSED_SCHEMAS: &[&str] = &[
     "FieldError",
     "HealthBody",
     "ReadyBody",
+    "ResetStartedBody",
+    "ResetDoneBody",
 ];
 
 fn components() -> utoipa::openapi::Components {
@@ -957,6 +1111,11 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<CodeRequest>()
         .schema_from::<RefreshRequest>()
         .schema_from::<TwilioStatusForm>()
+        .schema_from::<PhoneChangeRequest>()
+        .schema_from::<PasswordResetRequest>()
+        .schema_from::<PasswordResetConfirmRequest>()
+        .schema_from::<ResetStartedBody>()
+        .schema_from::<ResetDoneBody>()
         .security_scheme(
             "bearer",
             SecurityScheme::Http(Http::builder()

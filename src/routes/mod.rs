@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod docs;
 pub mod health;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod recovery;
@@ -58,6 +59,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("POST", "/api/v1/account/phone/change"),
+    ("POST", "/api/v1/account/phone/change/confirm"),
+    ("POST", "/api/v1/account/password/reset"),
+    ("POST", "/api/v1/account/password/reset/confirm"),
 ];
 
 /// Request bodies above this are refused with 413 before they are read in full.
@@ -159,6 +164,8 @@ pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infall
             .or(recovery::routes(state.clone()).boxed())
             .unify()
             .or(docs::routes().boxed())
+            .unify()
+            .or(lifecycle::routes(state.clone()).boxed())
             .unify()
             .boxed(),
     );

@@ -10,5 +10,8 @@
 pub mod account;
 pub mod codes;
 pub mod login;
+pub mod notice;
+pub mod password_reset;
+pub mod phone_change;
 pub mod recovery;
 pub mod session;

@@ -84,6 +84,8 @@ pub struct OnAccept<'a> {
     /// these keyed hashes (`Keys::recovery_hash`), in the same statement: a
     /// new set when 2FA turns on, an empty one when it turns off.
     pub recovery_set: Option<&'a [Vec<u8>]>,
+    /// The change's own parameter (`$14`), for the changes that bind one.
+    pub bound: Option<&'a str>,
 }
 
 /// The result of checking a submitted code.
@@ -214,7 +216,9 @@ impl Store {
         let cooldown = req.cooldown.num_milliseconds() as f64 / 1000.0;
         let (purpose, hash) = (req.purpose.as_str(), hash.as_slice());
         let (ip, user_agent) = (req.audit.ip(), req.audit.user_agent());
-        let params: [&(dyn ToSql + Sync); 23] = [
+        // A phone-change code is bound to the number it is sent to.
+        let target_phone = (req.purpose == Purpose::PhoneChange).then(|| req.phone.as_str());
+        let params: [&(dyn ToSql + Sync); 24] = [
             &req.user_id,
             &purpose,
             &req.flow_id,
@@ -238,6 +242,7 @@ impl Store {
             &ip,
             &user_agent,
             req.audit.detail,
+            &target_phone,
         ];
         let tx = client.transaction().await?;
         let lock = tx
@@ -366,16 +371,20 @@ impl Store {
             &user_agent,
             &failed,
         ];
-        let effect: [&(dyn ToSql + Sync); 2] = [&kind, &detail];
+        let bound = on_accept.and_then(|a| a.bound);
         let recovery_set = on_accept.and_then(|a| a.recovery_set);
+        let effect: [&(dyn ToSql + Sync); 3] = [&kind, &detail, &bound];
         let mut params: Vec<&(dyn ToSql + Sync)> = match on_accept {
-            Some(_) => base.iter().chain(&effect).copied().collect(),
+            Some(a) if a.change.sql().binds => base.iter().chain(&effect).copied().collect(),
+            Some(_) => base.iter().chain(&effect[..2]).copied().collect(),
             None => base.to_vec(),
         };
+        // The recovery set is the statement's last parameter, whichever came before.
+        let recovery_at = recovery_set.map(|_| params.len() + 1);
         if let Some(set) = &recovery_set {
             params.push(set);
         }
-        let sql = check_sql(on_accept.map(|a| a.change), recovery_set.is_some());
+        let sql = check_sql(on_accept.map(|a| a.change), recovery_at);
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &params)
             .await?;
@@ -475,7 +484,7 @@ enum Verdict {
 /// window starts, $13 counter expiries, $14 limits, $15 how far into its window
 /// now is; the SMS: $16 outbox id, $17 recipient, $18 sealed body; $19 the
 /// shared quotas gave their units; the audit event: $20 kind, $21 IP, $22 user
-/// agent, $23 detail.
+/// agent, $23 detail; $24 the number a phone-change code is bound to, or NULL.
 ///
 /// The verdict is, in this order: `locked` (code entry locked: nothing counted),
 /// `too_soon` (inside the cooldown of a code still live: a used, dead or expired
@@ -521,8 +530,9 @@ const ISSUE_SQL: &str = "WITH seen AS (
           AND (SELECT v FROM verdict) = 'issued'
         RETURNING id
     ), inserted AS (
-        INSERT INTO otp_codes (id, user_id, purpose, flow_id, code_hash, max_attempts, created_at, expires_at)
-        SELECT $9, $1, $2, $3, $4, $5, $6, $7
+        INSERT INTO otp_codes (id, user_id, purpose, flow_id, code_hash, max_attempts, created_at, expires_at,
+                               target_phone)
+        SELECT $9, $1, $2, $3, $4, $5, $6, $7, $24
         WHERE (SELECT v FROM verdict) = 'issued' AND (SELECT count(*) FROM superseded) >= 0
         RETURNING id
     ), queued AS (
@@ -547,7 +557,8 @@ const ISSUE_SQL: &str = "WITH seen AS (
 /// user, $2 purpose, $3 flow or NULL, $4 the candidate's keyed hash, $5 now, $6
 /// wrong codes in a row that lock, $7 and $8 the first and the longest lock in
 /// seconds, $9 the asker's IP, $10 user agent, $11 the detail of a wrong code's
-/// event (purpose, flow); with a change also $12 its audit kind and $13 detail.
+/// event (purpose, flow); with a change also $12 its audit kind and $13 detail,
+/// and for some changes $14 (`AccountChange::sql`).
 ///
 /// Why it holds under concurrency: `gate` is `FOR UPDATE`, so a second check of
 /// the same account waits there and then reads the row as the first left it
@@ -556,17 +567,24 @@ const ISSUE_SQL: &str = "WITH seen AS (
 /// The users row is updated once (a statement cannot update a row twice), so
 /// the confirmed change rides on the counter's update.
 ///
-/// With `recovery_set` (and a change), $14 is an array of keyed hashes: when the
-/// change applied, the account's recovery codes are replaced by them, under the
-/// row lock `gate` holds, in this same commit.
-fn check_sql(change: Option<AccountChange>, recovery_set: bool) -> String {
+/// With `recovery_at` (and a change), that parameter is an array of keyed
+/// hashes: when the change applied, the account's recovery codes are replaced
+/// by them, under the row lock `gate` holds, in this same commit.
+fn check_sql(change: Option<AccountChange>, recovery_at: Option<usize>) -> String {
     let (change_set, applied, effect, columns) = match change {
         Some(change) => {
-            let (column, value, guard) = change.sql();
-            let when = format!("tried.new_state = 'used' AND {guard}");
+            let c = change.sql();
+            let when = format!("tried.new_state = 'used' AND {}", c.guard);
+            let sets: String = c
+                .sets
+                .iter()
+                .map(|(column, value)| {
+                    format!(", {column} = CASE WHEN {when} THEN {value} ELSE u.{column} END")
+                })
+                .collect();
             (
                 format!(
-                    ", {column} = CASE WHEN {when} THEN {value} ELSE u.{column} END,
+                    "{sets},
                        updated_at = CASE WHEN {when} THEN $5 ELSE u.updated_at END"
                 ),
                 // The guard reads a column the change does not write, so it is
@@ -577,21 +595,22 @@ fn check_sql(change: Option<AccountChange>, recovery_set: bool) -> String {
                          SELECT {USER_COLUMNS} FROM settled WHERE applied
                      ), logged AS (
                          INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
-                         SELECT id, $12, $9::text::inet, $10, $13, $5 FROM changed
-                     )"
+                         SELECT id, $12, $9::text::inet, $10, {}, $5 FROM changed
+                     ){}",
+                    c.detail, c.effect
                 ),
-                ", changed.*",
+                format!(", changed.*{}", c.outputs),
             )
         }
-        None => (String::new(), String::new(), String::new(), ""),
+        None => (String::new(), String::new(), String::new(), String::new()),
     };
-    let effect = if change.is_some() && recovery_set {
+    let effect = if let (Some(_), Some(at)) = (change, recovery_at) {
         format!(
             "{effect}, recovery_gone AS (
                  DELETE FROM recovery_codes WHERE user_id IN (SELECT id FROM changed)
              ), recovery_new AS (
                  INSERT INTO recovery_codes (user_id, code_hash, created_at)
-                 SELECT changed.id, h, $5 FROM changed, unnest($14::bytea[]) AS h
+                 SELECT changed.id, h, $5 FROM changed, unnest(${at}::bytea[]) AS h
              )"
         )
     } else {
@@ -604,7 +623,7 @@ fn check_sql(change: Option<AccountChange>, recovery_set: bool) -> String {
     };
     format!(
         "WITH gate AS (
-             SELECT code_locked_until FROM users WHERE id = $1 FOR UPDATE
+             SELECT code_locked_until, phone AS old_phone FROM users WHERE id = $1 FOR UPDATE
          ), latest AS (
              SELECT id, state, attempts, max_attempts, expires_at
              FROM otp_codes
@@ -624,7 +643,7 @@ fn check_sql(change: Option<AccountChange>, recovery_set: bool) -> String {
                AND c.attempts < c.max_attempts
                AND (gate.code_locked_until IS NULL OR gate.code_locked_until <= $5)
              RETURNING c.state AS new_state, c.attempts AS new_attempts,
-                       c.max_attempts AS new_max_attempts
+                       c.max_attempts AS new_max_attempts, c.target_phone
          ), settled AS (
              UPDATE users u
              SET {SETTLE_CODE_GUARD}{change_set}

@@ -12,6 +12,43 @@ use crate::domain::user::{NewUser, User};
 pub enum AccountChange {
     PhoneVerified,
     TwoFa(bool),
+    /// The phone becomes the number the code was sent to (`otp_codes.target_phone`),
+    /// verified. Binds `$14`: the phone the caller saw, which must still be the
+    /// account's (so the notice of the change goes to the number it replaced).
+    PhoneChanged,
+    /// A new password (`$14`, its hash); login lockouts cleared; every session,
+    /// refresh token and access token of the account ended.
+    PasswordReset,
+}
+
+/// How the check statement applies a change (see `store::otp::check_sql`).
+pub(super) struct ChangeSql {
+    /// Columns of the user row `u` and their new values.
+    pub sets: &'static [(&'static str, &'static str)],
+    /// The guard the change needs, over `u`, `tried` and `gate`. A guard must not
+    /// read a column its change writes.
+    pub guard: &'static str,
+    /// The audit event's detail: `$13`, or an expression that adds to it.
+    pub detail: &'static str,
+    /// More CTEs, run only when the change is applied (they read `changed`).
+    pub effect: &'static str,
+    /// More columns of the answer (a CTE that only reads runs only if read).
+    pub outputs: &'static str,
+    /// Whether the statement binds `$14`.
+    pub binds: bool,
+}
+
+/// A number as `PhoneE164::masked` shows it, in SQL (for audit details).
+macro_rules! masked_sql {
+    ($e:expr) => {
+        concat!(
+            "'+' || repeat('•', greatest(length(",
+            $e,
+            ") - 3, 0)) || right(",
+            $e,
+            ", 2)"
+        )
+    };
 }
 
 impl AccountChange {
@@ -23,17 +60,73 @@ impl AccountChange {
     /// unverified accounts may share a phone, so a squatter never blocks its
     /// owner, and the first to prove it wins (the partial unique index
     /// `users_phone_verified_key` settles two verifying at once).
-    pub(super) fn sql(self) -> (&'static str, &'static str, &'static str) {
+    pub(super) fn sql(self) -> ChangeSql {
+        let plain = |sets, guard| ChangeSql {
+            sets,
+            guard,
+            detail: "$13",
+            effect: "",
+            outputs: "",
+            binds: false,
+        };
         match self {
-            AccountChange::PhoneVerified => (
-                "phone_verified",
-                "true",
+            AccountChange::PhoneVerified => plain(
+                &[("phone_verified", "true")],
                 "NOT EXISTS (SELECT 1 FROM users AS other
                      WHERE other.phone = u.phone AND other.phone_verified
                        AND other.id <> u.id)",
             ),
-            AccountChange::TwoFa(true) => ("two_fa", "true", "u.phone_verified"),
-            AccountChange::TwoFa(false) => ("two_fa", "false", "true"),
+            AccountChange::TwoFa(true) => plain(&[("two_fa", "true")], "u.phone_verified"),
+            AccountChange::TwoFa(false) => plain(&[("two_fa", "false")], "true"),
+            // Same rule as verifying: refused while another account has the
+            // new number verified (and the unique index settles a race).
+            AccountChange::PhoneChanged => ChangeSql {
+                sets: &[("phone", "tried.target_phone"), ("phone_verified", "true")],
+                guard: "tried.target_phone IS NOT NULL
+                     AND (SELECT old_phone FROM gate) = $14::text
+                     AND NOT EXISTS (SELECT 1 FROM users AS other
+                         WHERE other.phone = tried.target_phone AND other.phone_verified
+                           AND other.id <> u.id)",
+                detail: concat!(
+                    "$13::jsonb || jsonb_build_object('old', ",
+                    masked_sql!("(SELECT old_phone FROM gate)"),
+                    ", 'new', ",
+                    masked_sql!("changed.phone"),
+                    ")"
+                ),
+                effect: "",
+                outputs: "",
+                binds: true,
+            },
+            AccountChange::PasswordReset => ChangeSql {
+                sets: &[
+                    ("password_hash", "$14::text"),
+                    ("locked_until", "NULL"),
+                    ("login_failures", "'{}'::timestamptz[]"),
+                    ("login_lockouts", "0"),
+                    ("tokens_valid_after", "$5"),
+                ],
+                guard: "true",
+                detail: "$13",
+                effect: ", ended AS (
+                         UPDATE sessions SET revoked_at = $5
+                         WHERE user_id = $1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM changed)
+                         RETURNING id
+                     ), retired AS (
+                         UPDATE refresh_tokens SET revoked_at = $5
+                         WHERE user_id = $1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM changed)
+                         RETURNING id
+                     ), unlocked AS (
+                         UPDATE device_tokens
+                         SET login_failures = '{}', login_lockouts = 0, locked_until = NULL
+                         WHERE user_id = $1 AND EXISTS (SELECT 1 FROM changed)
+                         RETURNING id
+                     ), told AS (
+                         SELECT pg_notify('authgate_revocation', $1::text) FROM changed
+                     )",
+                outputs: ", (SELECT count(*) FROM told) AS told",
+                binds: true,
+            },
         }
     }
 }

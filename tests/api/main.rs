@@ -27,3 +27,6 @@ mod signup;
 mod sms;
 mod sms_batching;
 mod webhooks;
+
+mod password_reset;
+mod phone_change;
