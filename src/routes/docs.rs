@@ -619,6 +619,7 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                     E::InvalidToken,
                     E::StepUpRequired,
                     E::State(StateConflict::TwoFaNotEnabled),
+                    too_many(),
                 ],
                 server_errors(),
             ]),

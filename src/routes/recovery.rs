@@ -6,6 +6,7 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use super::auth::{bearer, AuthUser};
+use super::limits::{limit, RouteClass};
 use super::{client_info, json, with_state, Outcome};
 use crate::audit::ClientInfo;
 use crate::state::AppState;
@@ -15,6 +16,8 @@ pub fn routes(
 ) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
     warp::path!("account" / "2fa" / "recovery-codes")
         .and(warp::post())
+        // A new set is a secret-bearing answer: held to the code-check budget.
+        .and(limit(state.limits(), RouteClass::CodeCheck))
         .and(bearer(state.clone()))
         .and(with_state(state.clone()))
         .and(client_info(state))
