@@ -151,7 +151,15 @@ pub async fn use_code(
     let detail = serde_json::json!({ "flowId": flow_id });
     let outcome = state
         .store()
-        .use_recovery_code(user_id, &hash, state.clock().now(), guard, client, &detail)
+        .use_recovery_code(
+            user_id,
+            flow_id,
+            &hash,
+            state.clock().now(),
+            guard,
+            client,
+            &detail,
+        )
         .await?;
     if let RecoveryUse::Used { remaining } = outcome {
         tracing::info!(%user_id, remaining, "recovery code used");

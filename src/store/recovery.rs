@@ -115,6 +115,7 @@ impl Store {
     pub async fn use_recovery_code(
         &self,
         user_id: Uuid,
+        flow_id: Uuid,
         hash: &[u8],
         now: DateTime<Utc>,
         guard: CodeGuard,
@@ -133,7 +134,7 @@ impl Store {
         if let Some(map) = failed.as_object_mut() {
             map.insert("purpose".into(), serde_json::json!("recovery"));
         }
-        let params: [&(dyn ToSql + Sync); 10] = [
+        let params: [&(dyn ToSql + Sync); 11] = [
             &user_id,
             &hash,
             detail,
@@ -144,6 +145,7 @@ impl Store {
             &lock_max,
             &ip,
             &user_agent,
+            &flow_id,
         ];
         let row = client
             .query_opt(&client.prepare_cached(&use_sql()).await?, &params)
@@ -186,7 +188,11 @@ impl Store {
 /// (the flow, `purpose: recovery`), $5 now (the guard's parameters keep the
 /// code check's numbers, so `SETTLE_CODE_GUARD` reads the same), $6 wrong
 /// codes in a row that lock, $7 and $8 the first and the longest lock in
-/// seconds, $9 the asker's IP, $10 user agent.
+/// seconds, $9 the asker's IP, $10 user agent, $11 the login flow.
+///
+/// A used recovery code also retires the flow's SMS code (`retired`): it can
+/// no longer finish anything, and a live code would hold the resend cooldown
+/// against the user's next login.
 ///
 /// `gate` is `FOR UPDATE` and everything else joins `open`, which reads it, so
 /// nothing is compared before the row lock is held, and nothing at all while
@@ -217,6 +223,11 @@ fn use_sql() -> String {
                  FOR UPDATE OF r
              ) AS left_over
              WHERE left_over.id NOT IN (SELECT id FROM used)
+         ), retired AS (
+             UPDATE otp_codes SET state = 'superseded', finished_at = $5
+             WHERE user_id = $1 AND purpose = 'login_2fa' AND flow_id = $11
+               AND state = 'live' AND EXISTS (SELECT 1 FROM used)
+             RETURNING id
          ), settled AS (
              UPDATE users u
              SET {SETTLE_CODE_GUARD}

@@ -680,3 +680,40 @@ async fn recovery_codes_never_reach_the_logs() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_recovery_code_login_retires_the_flows_sms_code_so_the_next_login_is_not_delayed() {
+    let (app, fake) = spawn_app_with_twilio_and(many_codes).await;
+    let a = account(&app).await;
+    let codes = enable_2fa_with_codes(&app, &fake, &a).await;
+    let (flow, sms) = start_flow(&app, &fake, &a).await;
+    expect_json(recover(&app, &flow, &codes[0]).await, 200).await;
+    // The SMS code of that flow is spent with it: no longer live ...
+    let db = app.db_client().await;
+    let state: String = db
+        .query_one(
+            "SELECT state FROM otp_codes WHERE flow_id = $1::text::uuid",
+            &[&flow],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "superseded");
+    // ... so it cannot finish the flow, and a second login right away (another
+    // device) gets its code at once instead of 429 for the resend cooldown.
+    let r = app
+        .post_json(VERIFY, &json!({"flowId": flow, "code": sms}))
+        .await;
+    assert_eq!(r.status(), 410);
+    let (second, code) = start_flow(&app, &fake, &a).await;
+    let t = expect_json(
+        app.post_json(VERIFY, &json!({"flowId": second, "code": code}))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        claims(t["accessToken"].as_str().unwrap())["amr"],
+        json!(["pwd", "sms"])
+    );
+}
