@@ -107,7 +107,7 @@ if len(steps) < 10:
 
 # Values that differ on every run: checked for presence and type, not value.
 VOLATILE = {"id", "flowId", "accessToken", "refreshToken", "deviceToken", "createdAt", "updatedAt",
-            "expiresAt", "resendAfter", "timestamp", "lastUsedAt"}
+            "expiresAt", "resendAfter", "timestamp", "lastUsedAt", "userAgent"}
 # Lists of values that differ on every run: checked for their length only.
 VOLATILE_LISTS = {"recoveryCodes"}
 
