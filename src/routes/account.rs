@@ -18,12 +18,11 @@ use crate::domain::login_flow::{self, Event, Reply};
 use crate::domain::name::PersonName;
 use crate::domain::password::Password;
 use crate::domain::phone::PhoneE164;
-use crate::domain::user::{NewUser, User};
+use crate::domain::user::NewUser;
 use crate::error::AppError;
 use crate::service::account::{self, CodeAction};
 use crate::service::session::issue_tokens;
 use crate::state::AppState;
-use crate::store::users::{Holder, Signup, Taken};
 
 pub fn routes(
     state: AppState,
@@ -261,150 +260,14 @@ fn name_message(field: &str, code: &str) -> String {
     }
 }
 
-/// Notices about sign-ups with a registered identifier, per phone and day: the
-/// owner learns of an attempt, and no one can flood a phone through sign-ups.
-const SIGNUP_NOTICES_PER_PHONE_DAY: i32 = 3;
-/// A notice that could not go out within this long is dropped.
-const SIGNUP_NOTICE_TTL: chrono::Duration = chrono::Duration::hours(1);
-
 /// `POST /account/signup`. By default a registered e-mail (or a phone another
 /// account verified) answers exactly like a fresh sign-up, after the same hash
 /// and the same statement, so the answer does not tell who is registered; the
 /// owner is told by SMS instead. `AUTHGATE_SIGNUP_REVEAL_TAKEN` restores 409.
 async fn signup(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
     let new_user = parse_signup(body)?;
-    let hash = state.hasher().hash(new_user.password.clone()).await?;
-    let now = state.clock().now();
-    // The statement also writes the audit row of either outcome.
-    match state
-        .store()
-        .insert_user(&new_user, &hash, now, &client)
-        .await?
-    {
-        Signup::Created(user) => {
-            tracing::info!(user_id = %user.id, "user signed up");
-            Ok(json(StatusCode::CREATED, &user))
-        }
-        Signup::Taken { by, .. } if state.config().signup_reveal_taken => Err(match by {
-            Taken::Email => AppError::EmailTaken,
-            Taken::Phone => AppError::PhoneTaken,
-        }),
-        Signup::Taken { by, holder } => {
-            let matched = match by {
-                Taken::Email => "email",
-                Taken::Phone => "phone",
-            };
-            tracing::info!(
-                matched,
-                "sign-up with a registered identifier; answered as new"
-            );
-            if let Some(holder) = holder {
-                notify_owner(&state, holder, now);
-            }
-            Ok(json(StatusCode::CREATED, &look_alike(new_user, now)))
-        }
-    }
-}
-
-/// The body a fresh sign-up of `new_user` would have answered: a random id,
-/// the submitted (normalised) fields, nothing verified.
-fn look_alike(new_user: NewUser, now: DateTime<Utc>) -> User {
-    User {
-        id: Uuid::new_v4(),
-        email: new_user.email.as_str().to_owned(),
-        phone: new_user.phone.as_str().to_owned(),
-        first_name: new_user.first_name.as_str().to_owned(),
-        last_name: new_user.last_name.as_str().to_owned(),
-        two_fa: false,
-        is_phone_verified: false,
-        created_at: now,
-        updated_at: now,
-    }
-}
-
-/// Queues the "someone tried to sign up with your details" SMS to the owner's
-/// verified phone, off the request so the answer takes no longer than a fresh
-/// sign-up's. Best effort: a refused or failed notice is logged, never answered.
-fn notify_owner(state: &AppState, holder: Holder, now: DateTime<Utc>) {
-    let Some(phone) = holder.verified_phone else {
-        return;
-    };
-    let state = state.clone();
-    tokio::spawn(async move {
-        let phone = PhoneE164::from_trusted(phone);
-        let body = crate::domain::user::signup_notice_text(&state.config().sms.sender_name);
-        let quota = crate::store::quotas::Quota {
-            key: format!("notice:signup:{}:d", phone.as_str()),
-            window: chrono::Duration::days(1),
-            limit: SIGNUP_NOTICES_PER_PHONE_DAY,
-        };
-        let msg = crate::store::outbox::NewSms {
-            to: &phone,
-            body: &body,
-            purpose: "signup_notice",
-            expires_at: Some(now + SIGNUP_NOTICE_TTL),
-        };
-        // A notice is an SMS like a code: it counts against the region's and
-        // the global ceilings, or sign-ups with taken details could pump SMS
-        // past them.
-        let units = match notice_units(&state, &phone, now).await {
-            Ok(units) => units,
-            Err(why) => {
-                tracing::info!(user_id = %holder.id, why, "sign-up notice skipped");
-                return;
-            }
-        };
-        match state
-            .store()
-            .enqueue_sms_within(state.keys(), now, msg, std::slice::from_ref(&quota))
-            .await
-        {
-            Ok(true) => state.sms().nudge(),
-            Ok(false) => {
-                release(&state, units);
-                tracing::info!(user_id = %holder.id, "sign-up notice skipped: daily notices spent")
-            }
-            Err(e) => {
-                release(&state, units);
-                tracing::warn!(user_id = %holder.id, error = %e, "sign-up notice not queued")
-            }
-        }
-    });
-}
-
-/// A unit of each shared SMS quota for a notice to `phone`, or why not.
-async fn notice_units(
-    state: &AppState,
-    phone: &PhoneE164,
-    now: DateTime<Utc>,
-) -> Result<Vec<crate::store::reserved::Unit>, &'static str> {
-    let q = &state.config().quotas;
-    let region = phone
-        .sms_destination(&q.sms_destinations)
-        .map_err(|_| "destination no longer allowed")?;
-    let store = state.store();
-    let client = store.client().await.map_err(|_| "database unavailable")?;
-    let mut units = Vec::new();
-    for quota in crate::actors::otp::shared_quotas(q, &region) {
-        match store.take_unit(&client, &quota, now).await {
-            Ok(Ok(unit)) => units.push(unit),
-            Ok(Err(_)) => {
-                release(state, units);
-                return Err("regional or global SMS ceiling reached");
-            }
-            Err(_) => {
-                release(state, units);
-                return Err("database unavailable");
-            }
-        }
-    }
-    Ok(units)
-}
-
-fn release(state: &AppState, units: Vec<crate::store::reserved::Unit>) {
-    for unit in units {
-        state.store().release_unit(unit);
-    }
+    let user = crate::service::signup::sign_up(&state, new_user, &client).await?;
+    Ok(json(StatusCode::CREATED, &user))
 }
 
 /// The answer when a password was right and 2FA is on.
