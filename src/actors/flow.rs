@@ -677,26 +677,12 @@ impl FlowRegistry {
         code: String,
         client: ClientInfo,
     ) -> Result<TokensBody, AppError> {
-        // A message queued to an actor that stopped (its flow just ended) gets no
-        // answer: look the flow up again, which then answers from the database.
-        for _ in 0..3 {
-            let actor = self.actor_for(app, flow_id).await?;
-            let (code, client) = (code.clone(), client.clone());
-            match ractor::call_t!(
-                actor,
-                |reply| FlowMsg::Verify {
-                    code,
-                    client,
-                    reply
-                },
-                CALL_TIMEOUT_MS
-            ) {
-                Ok(r) => return r,
-                Err(ractor::RactorErr::Timeout) => break,
-                Err(_) => self.forget(flow_id, &actor),
-            }
-        }
-        Err(AppError::Unavailable("login flow did not answer".into()))
+        self.call(app, flow_id, |reply| FlowMsg::Verify {
+            code: code.clone(),
+            client: client.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Submits a recovery code to a flow.
@@ -707,24 +693,12 @@ impl FlowRegistry {
         code: RecoveryCode,
         client: ClientInfo,
     ) -> Result<TokensBody, AppError> {
-        for _ in 0..3 {
-            let actor = self.actor_for(app, flow_id).await?;
-            let (code, client) = (code.clone(), client.clone());
-            match ractor::call_t!(
-                actor,
-                |reply| FlowMsg::Recover {
-                    code,
-                    client,
-                    reply
-                },
-                CALL_TIMEOUT_MS
-            ) {
-                Ok(r) => return r,
-                Err(ractor::RactorErr::Timeout) => break,
-                Err(_) => self.forget(flow_id, &actor),
-            }
-        }
-        Err(AppError::Unavailable("login flow did not answer".into()))
+        self.call(app, flow_id, |reply| FlowMsg::Recover {
+            code: code.clone(),
+            client: client.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Asks a flow for a new code.
@@ -734,14 +708,26 @@ impl FlowRegistry {
         flow_id: Uuid,
         client: ClientInfo,
     ) -> Result<Resent, AppError> {
+        self.call(app, flow_id, |reply| FlowMsg::Resend {
+            client: client.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Sends the message `make` builds to the flow's actor and waits for its
+    /// answer. A message queued to an actor that stopped (its flow just ended)
+    /// gets no answer: the flow is looked up again, which then answers from the
+    /// database (up to three times).
+    async fn call<R: Send + 'static>(
+        &self,
+        app: &AppState,
+        flow_id: Uuid,
+        make: impl Fn(RpcReplyPort<Result<R, AppError>>) -> FlowMsg,
+    ) -> Result<R, AppError> {
         for _ in 0..3 {
             let actor = self.actor_for(app, flow_id).await?;
-            let client = client.clone();
-            match ractor::call_t!(
-                actor,
-                |reply| FlowMsg::Resend { client, reply },
-                CALL_TIMEOUT_MS
-            ) {
+            match ractor::call_t!(actor, make, CALL_TIMEOUT_MS) {
                 Ok(r) => return r,
                 Err(ractor::RactorErr::Timeout) => break,
                 Err(_) => self.forget(flow_id, &actor),
