@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use warp::http::header::HeaderName;
 
 use crate::domain::phone::{is_known_region, NumberType, SmsDestinations};
+pub use crate::keyring::SigningAlg;
 
 /// The smallest accepted `JWT_SECRET`, in bytes: HS256 wants at least the hash size.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -66,8 +67,29 @@ pub struct Config {
     pub db_pool_size: usize,
     /// `AUTHGATE_DB_TIMEOUT`: how long a request waits for a connection before 503.
     pub db_timeout: Duration,
-    /// `JWT_SECRET`: HS256 key, at least 32 bytes. None: generated once into the data folder.
+    /// `JWT_SECRET`: the shared HS256 key (at least 32 bytes), used only with
+    /// `JWT_ALGORITHM=HS256`. Otherwise, from earlier versions: read as the
+    /// master key when `AUTHGATE_MASTER_KEY` is unset.
     pub jwt_secret: Option<SecretString>,
+    /// `JWT_ALGORITHM`: `EdDSA` (default), `ES256`, or `HS256` (shared secret).
+    pub jwt_algorithm: SigningAlg,
+    /// `AUTHGATE_MASTER_KEY`: at least 32 bytes; the key ring's key-encryption
+    /// key is derived from it (HKDF). None: `JWT_SECRET` (unless HS256), else
+    /// generated once into the data folder.
+    pub master_key: Option<SecretString>,
+    /// `AUTHGATE_MASTER_KEY_PREVIOUS`: the master key before a change; keys
+    /// sealed under it are resealed under the new one at start.
+    pub master_key_previous: Option<SecretString>,
+    /// `AUTHGATE_KEY_ROTATION`: how often signing, code, outbox and refresh keys
+    /// rotate (default 30 days; `off`: only by `authgate keys rotate`).
+    pub key_rotation: Option<Duration>,
+    /// `AUTHGATE_KEY_RELOAD`: how often each process reloads the key ring
+    /// (default 30 s); a rotation waits two of these before promoting again.
+    pub key_reload: Duration,
+    /// `AUTHGATE_PUBLIC_URL`: the base URL clients reach authgate at, for the
+    /// `jwks_uri` of `/.well-known/openid-configuration` (default: the
+    /// listening address, `http://127.0.0.1:PORT` for an unspecified one).
+    pub public_url: Option<String>,
     /// `JWT_EXPIRATION_TIME`: access token lifetime (default 15 minutes).
     pub jwt_expiration: Duration,
     /// `OTP_EXPIRATION_MINUTES`: code validity (default 10).
@@ -100,9 +122,11 @@ pub struct Config {
     pub login_max_resends: u32,
     /// `LOGIN_FLOW_TTL`: how long a login flow may wait for its code (default 15 minutes).
     pub login_flow_ttl: Duration,
-    /// `JWT_ISSUER` and `JWT_AUDIENCE`: the `iss` and `aud` of access tokens.
+    /// `JWT_ISSUER`: the `iss` of access tokens.
     pub jwt_issuer: String,
-    pub jwt_audience: String,
+    /// `JWT_AUDIENCE`: the `aud` of access tokens, comma-separated when several
+    /// services accept them (a string for one, an array for several).
+    pub jwt_audience: Vec<String>,
     /// `AUTHGATE_SESSION_MAX_LIFETIME` (older name `REFRESH_TOKEN_TTL`): a
     /// session's absolute lifetime from its login; refreshing never extends it
     /// (default 30 days).
@@ -420,6 +444,12 @@ impl Default for Config {
             db_pool_size: 16,
             db_timeout: Duration::from_secs(5),
             jwt_secret: None,
+            jwt_algorithm: SigningAlg::EdDSA,
+            master_key: None,
+            master_key_previous: None,
+            key_rotation: Some(Duration::from_secs(30 * 86_400)),
+            key_reload: Duration::from_secs(30),
+            public_url: None,
             jwt_expiration: Duration::from_secs(15 * 60),
             otp_expiration: Duration::from_secs(10 * 60),
             otp_length: 6,
@@ -437,7 +467,7 @@ impl Default for Config {
             login_max_resends: 3,
             login_flow_ttl: Duration::from_secs(15 * 60),
             jwt_issuer: "authgate".to_owned(),
-            jwt_audience: "authgate".to_owned(),
+            jwt_audience: vec!["authgate".to_owned()],
             refresh_ttl: Duration::from_secs(30 * 86_400),
             session_idle_timeout: Duration::from_secs(7 * 86_400),
             refresh_grace: Duration::from_secs(10),
@@ -470,6 +500,14 @@ impl ConfigError {
 }
 
 impl Config {
+    /// `AUTHGATE_PUBLIC_URL`, or the configured listening address.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.clone(),
+            None => url_of(self.host, self.port),
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, Vec<ConfigError>> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -510,16 +548,8 @@ impl Config {
             s, 1, 1000
         ));
         set!(cfg.db_timeout, "AUTHGATE_DB_TIMEOUT", parse_duration);
-        set!(cfg.jwt_secret, "JWT_SECRET", |s: &str| {
-            if s.len() < MIN_JWT_SECRET_BYTES {
-                Err(format!(
-                    "must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}",
-                    s.len()
-                ))
-            } else {
-                Ok(Some(SecretString::from(s.to_owned())))
-            }
-        });
+        set!(cfg.jwt_secret, "JWT_SECRET", |s: &str| parse_secret(s)
+            .map(Some));
         set!(cfg.jwt_expiration, "JWT_EXPIRATION_TIME", parse_duration);
         set!(cfg.otp_expiration, "OTP_EXPIRATION_MINUTES", |s| {
             parse_range(s, 1, 24 * 60).map(|m: u64| Duration::from_secs(m * 60))
@@ -578,9 +608,61 @@ impl Config {
         set!(cfg.jwt_issuer, "JWT_ISSUER", |s: &str| Ok::<_, String>(
             s.to_owned()
         ));
-        set!(cfg.jwt_audience, "JWT_AUDIENCE", |s: &str| Ok::<_, String>(
-            s.to_owned()
-        ));
+        set!(cfg.jwt_audience, "JWT_AUDIENCE", |s: &str| {
+            let auds: Vec<String> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if auds.is_empty() {
+                Err("must name at least one audience".to_owned())
+            } else {
+                Ok(auds)
+            }
+        });
+        set!(cfg.jwt_algorithm, "JWT_ALGORITHM", |s: &str| {
+            SigningAlg::parse(s).ok_or_else(|| format!("`{s}` is not EdDSA, ES256 or HS256"))
+        });
+        set!(cfg.master_key, "AUTHGATE_MASTER_KEY", |s: &str| {
+            parse_secret(s).map(Some)
+        });
+        set!(
+            cfg.master_key_previous,
+            "AUTHGATE_MASTER_KEY_PREVIOUS",
+            |s: &str| parse_secret(s).map(Some)
+        );
+        set!(cfg.key_rotation, "AUTHGATE_KEY_ROTATION", |s: &str| {
+            if s == "off" {
+                return Ok(None);
+            }
+            parse_duration(s).and_then(|d| {
+                if d >= Duration::from_secs(3600) {
+                    Ok(Some(d))
+                } else {
+                    Err("must be at least 1h (or `off`)".to_owned())
+                }
+            })
+        });
+        set!(cfg.key_reload, "AUTHGATE_KEY_RELOAD", |s: &str| {
+            parse_duration(s).and_then(|d| {
+                if d >= Duration::from_millis(100) && d <= Duration::from_secs(600) {
+                    Ok(d)
+                } else {
+                    Err("must be between 100ms and 10m".to_owned())
+                }
+            })
+        });
+        set!(cfg.public_url, "AUTHGATE_PUBLIC_URL", |s: &str| {
+            let s = s.trim_end_matches('/');
+            if (s.starts_with("https://") || s.starts_with("http://"))
+                && !s.contains(char::is_whitespace)
+            {
+                Ok(Some(s.to_owned()))
+            } else {
+                Err(format!("`{s}` is not an http(s) URL"))
+            }
+        });
         set!(cfg.refresh_ttl, "REFRESH_TOKEN_TTL", parse_duration);
         // The newer name wins when both are set.
         set!(
@@ -839,6 +921,25 @@ impl Config {
                 "must be at least AUTHGATE_CODE_LOCK_BASE",
             ));
         }
+        if cfg.jwt_algorithm == SigningAlg::HS256 && cfg.jwt_secret.is_none() {
+            errors.push(ConfigError::new(
+                "JWT_SECRET",
+                "JWT_ALGORITHM=HS256 signs with JWT_SECRET: set it (32+ bytes)",
+            ));
+        }
+        if cfg.jwt_algorithm == SigningAlg::HS256
+            && cfg.master_key.is_some()
+            && cfg
+                .master_key
+                .as_ref()
+                .zip(cfg.jwt_secret.as_ref())
+                .is_some_and(|(m, j)| m.expose_secret() == j.expose_secret())
+        {
+            errors.push(ConfigError::new(
+                "AUTHGATE_MASTER_KEY",
+                "must differ from JWT_SECRET: every HS256 verifier holds JWT_SECRET",
+            ));
+        }
         if cfg.jwt_expiration.is_zero() {
             errors.push(ConfigError::new("JWT_EXPIRATION_TIME", "must be positive"));
         }
@@ -901,9 +1002,38 @@ impl Config {
                 "JWT_SECRET",
                 match &self.jwt_secret {
                     Some(s) => format!("set ({} bytes, masked)", s.expose_secret().len()),
-                    None => "unset (generated into the data folder)".to_owned(),
+                    None => "unset".to_owned(),
                 },
             ),
+            ("JWT_ALGORITHM", self.jwt_algorithm.as_str().to_owned()),
+            (
+                "AUTHGATE_MASTER_KEY",
+                match (&self.master_key, &self.jwt_secret, self.jwt_algorithm) {
+                    (Some(s), _, _) => format!("set ({} bytes, masked)", s.expose_secret().len()),
+                    (None, Some(_), a) if a != SigningAlg::HS256 => {
+                        "unset (JWT_SECRET is the master key)".to_owned()
+                    }
+                    _ => "unset (generated into the data folder)".to_owned(),
+                },
+            ),
+            (
+                "AUTHGATE_MASTER_KEY_PREVIOUS",
+                match &self.master_key_previous {
+                    Some(_) => "set (masked)".to_owned(),
+                    None => "unset".to_owned(),
+                },
+            ),
+            (
+                "AUTHGATE_KEY_ROTATION",
+                match self.key_rotation {
+                    Some(d) => format!("{d:?}"),
+                    None => "off".to_owned(),
+                },
+            ),
+            ("AUTHGATE_KEY_RELOAD", format!("{:?}", self.key_reload)),
+            ("JWT_ISSUER", self.jwt_issuer.clone()),
+            ("JWT_AUDIENCE", self.jwt_audience.join(",")),
+            ("AUTHGATE_PUBLIC_URL", self.public_url()),
             ("JWT_EXPIRATION_TIME", format!("{:?}", self.jwt_expiration)),
             (
                 "AUTHGATE_SESSION_MAX_LIFETIME",
@@ -1296,6 +1426,29 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Parses `900`, `900s`, `15m`, `1h`, `1d` or `250ms`, at most ten years; a bare
 /// number is seconds, as in the tutorial's `JWT_EXPIRATION_TIME`.
+/// `http://host:port` for a listening address (loopback for an unspecified one).
+pub fn url_of(host: IpAddr, port: u16) -> String {
+    if host.is_unspecified() {
+        format!("http://127.0.0.1:{port}")
+    } else if host.is_ipv6() {
+        format!("http://[{host}]:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
+/// A secret of at least `MIN_JWT_SECRET_BYTES` bytes.
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    if s.len() < MIN_JWT_SECRET_BYTES {
+        Err(format!(
+            "must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}",
+            s.len()
+        ))
+    } else {
+        Ok(SecretString::from(s.to_owned()))
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
         format!(

@@ -27,6 +27,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod hasher;
+pub mod keyring;
 pub mod metrics;
 pub mod revocation;
 pub mod routes;

@@ -1,9 +1,13 @@
-//! The `authgate` command: `serve` (default), `migrate`, `check-config`, `openapi`.
+//! The `authgate` command: `serve` (default), `migrate`, `keys`, `check-config`,
+//! `openapi`.
 
 use std::process::ExitCode;
 
+use authgate::clock::Clock;
 use authgate::config::{Config, DatabaseSource};
-use authgate::startup::Application;
+use authgate::keyring::{Keyring, Purpose, SigningAlg};
+use authgate::startup::{keyring_settings, Application};
+use authgate::store::keyring::Rotation;
 use authgate::store::private_pg::PrivatePostgres;
 use authgate::store::Store;
 use authgate::telemetry;
@@ -16,6 +20,13 @@ Usage: authgate [COMMAND]
 Commands:
   serve          Run the HTTP server (the default)
   migrate        Apply database migrations and exit
+  keys list      Show the key ring: every key's purpose, id, state and dates
+                 (never a secret)
+  keys rotate PURPOSE [--force]
+                 Rotate signing, codes, outbox, refresh, recovery or all:
+                 the next key (already known to every process) becomes
+                 active; what older keys made stays valid until it expires.
+                 --force promotes a next key younger than two reloads
   check-config   Print the effective configuration (secrets masked) and exit;
                  exits non-zero naming every problem
   openapi [FILE] Write the OpenAPI 3.1 document to FILE (default openapi.json;
@@ -59,8 +70,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let keys_command = if command == "keys" {
+        match KeysCommand::parse(std::env::args().skip(2).collect()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("authgate keys: {e}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     match command.as_str() {
-        "serve" | "migrate" => {}
+        "serve" | "migrate" | "keys" => {}
         "check-config" => {
             for (name, value) in config.describe() {
                 println!("{name:<28} {value}");
@@ -80,7 +102,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(command == "migrate", config));
+    let task = match (command.as_str(), keys_command) {
+        ("migrate", _) => Task::Migrate,
+        (_, Some(k)) => Task::Keys(k),
+        _ => Task::Serve,
+    };
+    let result = runtime.block_on(run(task, config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -117,7 +144,48 @@ fn write_openapi(target: &str) -> ExitCode {
     }
 }
 
-async fn run(migrate_only: bool, config: Config) -> Result<(), String> {
+/// `authgate keys ...`.
+#[derive(Debug, Clone)]
+enum KeysCommand {
+    List,
+    Rotate { purposes: Vec<Purpose>, force: bool },
+}
+
+impl KeysCommand {
+    fn parse(args: Vec<String>) -> Result<KeysCommand, String> {
+        let force = args.iter().any(|a| a == "--force");
+        let words: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .filter(|a| *a != "--force")
+            .collect();
+        match words.as_slice() {
+            ["list"] if !force => Ok(KeysCommand::List),
+            ["rotate", "all"] => Ok(KeysCommand::Rotate {
+                purposes: Purpose::ALL.to_vec(),
+                force,
+            }),
+            ["rotate", p] => match Purpose::parse(p) {
+                Some(p) => Ok(KeysCommand::Rotate {
+                    purposes: vec![p],
+                    force,
+                }),
+                None => Err(format!(
+                    "`{p}` is not signing, codes, outbox, refresh, recovery or all"
+                )),
+            },
+            _ => Err("expected `keys list` or `keys rotate PURPOSE [--force]`".to_owned()),
+        }
+    }
+}
+
+enum Task {
+    Serve,
+    Migrate,
+    Keys(KeysCommand),
+}
+
+async fn run(task: Task, config: Config) -> Result<(), String> {
     // The private PostgreSQL, if any, lives exactly as long as this function.
     let (db, private_pg) = match &config.database {
         DatabaseSource::Url(c) => ((**c).clone(), None),
@@ -133,10 +201,10 @@ async fn run(migrate_only: bool, config: Config) -> Result<(), String> {
             (pg.pg_config(), Some(pg))
         }
     };
-    let result = if migrate_only {
-        migrate(&config, db).await
-    } else {
-        serve(config, db).await
+    let result = match task {
+        Task::Migrate => migrate(&config, db).await,
+        Task::Serve => serve(config, db).await,
+        Task::Keys(k) => keys(&config, db, k).await,
     };
     if let Some(pg) = private_pg {
         tracing::info!("stopping the private PostgreSQL");
@@ -159,6 +227,84 @@ async fn migrate(config: &Config, db: tokio_postgres::Config) -> Result<(), Stri
     tracing::info!(applied, "migrations up to date");
     println!("migrations up to date ({applied} applied)");
     Ok(())
+}
+
+/// `authgate keys list|rotate`: on the same database (and key ring) the
+/// servers use; running servers pick a rotation up at their next reload.
+async fn keys(
+    config: &Config,
+    db: tokio_postgres::Config,
+    command: KeysCommand,
+) -> Result<(), String> {
+    let store = Store::connect(db, 2, config.db_timeout).map_err(|e| e.to_string())?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("migration failed: {e}"))?;
+    let settings = keyring_settings(config).map_err(|e| e.to_string())?;
+    let ring = Keyring::open(store.clone(), Clock::system(), settings).await?;
+    let result = match command {
+        KeysCommand::List => {
+            println!(
+                "{:<9} {:<26} {:<18} {:<8} {:<20} {:<20}",
+                "PURPOSE", "KID", "ALG", "STATE", "ACTIVATED", "ACCEPTED UNTIL"
+            );
+            let day = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            for k in ring.list().await? {
+                let until = match (k.state, k.verify_until) {
+                    ("retired", None) => "for good".to_owned(),
+                    (_, t) => day(t),
+                };
+                println!(
+                    "{:<9} {:<26} {:<18} {:<8} {:<20} {:<20}",
+                    k.purpose,
+                    k.kid,
+                    k.alg,
+                    k.state,
+                    day(k.activated_at),
+                    until
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate { purposes, force } => {
+            let mut failed = vec![];
+            for purpose in purposes {
+                if purpose == Purpose::Signing && config.jwt_algorithm == SigningAlg::HS256 {
+                    println!("signing: skipped (JWT_ALGORITHM=HS256 signs with JWT_SECRET)");
+                    continue;
+                }
+                match ring.rotate(purpose, force).await? {
+                    Rotation::Rotated { active } => {
+                        println!("{}: rotated, active key {active}", purpose.as_str())
+                    }
+                    Rotation::TooSoon { next_created } => {
+                        println!(
+                            "{}: not rotated: the next key was made at {next_created}, too \
+                             recently for every process to know it; retry in a minute \
+                             (or --force)",
+                            purpose.as_str()
+                        );
+                        failed.push(purpose.as_str());
+                    }
+                    other => {
+                        println!("{}: not rotated ({other:?})", purpose.as_str());
+                        failed.push(purpose.as_str());
+                    }
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not rotated: {}", failed.join(", ")))
+            }
+        }
+    };
+    store.close();
+    result
 }
 
 async fn serve(config: Config, db: tokio_postgres::Config) -> Result<(), String> {

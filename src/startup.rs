@@ -23,8 +23,8 @@ use crate::actors::sms::{self, SmsDeps, SmsHandle};
 use crate::actors::supervisor::Supervisor;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::crypto::Keys;
 use crate::error::BoxError;
+use crate::keyring::{Keyring, KeyringSettings, SigningAlg};
 use crate::routes;
 use crate::state::{AppParts, AppState};
 use crate::store::Store;
@@ -58,8 +58,7 @@ impl Application {
         clock: Clock,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Application, BoxError> {
-        let secret = resolve_jwt_secret(&config)?;
-        let keys = Keys::derive(&secret);
+        let key_settings = keyring_settings(&config)?;
         // The SMS actor's LISTEN connection needs the settings outside the pool.
         tokio::task::spawn_blocking(crate::hasher::warm_up).await?;
         let store = Store::connect(db.clone(), config.db_pool_size, config.db_timeout)?;
@@ -69,6 +68,19 @@ impl Application {
             .map_err(|e| format!("could not migrate the database: {e}"))?;
         if applied > 0 {
             tracing::info!(applied, "database migrations applied");
+        }
+        let keyring = Arc::new(
+            Keyring::open(store.clone(), clock.clone(), key_settings)
+                .await
+                .map_err(|e| format!("could not open the key ring: {e}"))?,
+        );
+        let keys = keyring.keys().clone();
+        if config.jwt_algorithm == SigningAlg::HS256 {
+            tracing::warn!(
+                "JWT_ALGORITHM=HS256: access tokens are signed with the shared JWT_SECRET, \
+                 so every service that verifies them can also mint them, and rotating it \
+                 signs everyone out; prefer EdDSA (the default) and /.well-known/jwks.json"
+            );
         }
         let addr = SocketAddr::new(config.host, config.port);
         let grace = config.shutdown_grace;
@@ -129,6 +141,8 @@ impl Application {
             },
         )
         .await?;
+        // Reloads the key ring and rotates keys on their schedule.
+        crate::actors::keys::start(&supervisor, keyring.clone()).await?;
         let tokens = TokenIssuer::new(
             &keys,
             &config.jwt_issuer,
@@ -155,6 +169,7 @@ impl Application {
             config,
             store,
             keys,
+            keyring,
             clock,
             supervisor,
             otp,
@@ -176,6 +191,7 @@ impl Application {
                 }
             })
             .map_err(|e| format!("could not listen on {addr}: {e}"))?;
+        state.set_bound(addr);
         let server = async move {
             let serve = tokio::spawn(serve);
             shutdown.await;
@@ -226,21 +242,55 @@ impl Application {
     }
 }
 
-/// The HS256 key: `JWT_SECRET` when given, else a random key generated once and
-/// kept in `<data dir>/jwt_secret` (mode 0600) so tokens survive restarts.
-pub fn resolve_jwt_secret(config: &Config) -> Result<SecretString, BoxError> {
-    if let Some(secret) = &config.jwt_secret {
-        return Ok(secret.clone());
-    }
-    let path = config.data_dir.join("jwt_secret");
-    let secret = read_or_create_secret(&path)
-        .map_err(|e| format!("JWT_SECRET is unset and the generated key failed: {e}"))?;
-    tracing::warn!(
-        path = %path.display(),
-        "JWT_SECRET is not set: using a generated key kept in the data folder; \
-         set JWT_SECRET (32+ bytes) when running several processes"
-    );
-    Ok(secret)
+/// The key ring's settings from the configuration: the master key is
+/// `AUTHGATE_MASTER_KEY`; else, from earlier versions, `JWT_SECRET` (unless
+/// it is the shared HS256 key); else a random key generated once and kept in
+/// `<data dir>/master_key` (mode 0600). Earlier versions derived every key
+/// from `JWT_SECRET` or `<data dir>/jwt_secret`: that secret is handed on so
+/// the ring can keep accepting what those keys made.
+pub fn keyring_settings(config: &Config) -> Result<KeyringSettings, BoxError> {
+    let hs256 = config.jwt_algorithm == SigningAlg::HS256;
+    let master = match (&config.master_key, &config.jwt_secret) {
+        (Some(m), _) => m.clone(),
+        (None, Some(j)) if !hs256 => j.clone(),
+        _ => {
+            let path = config.data_dir.join("master_key");
+            let secret = read_or_create_secret(&path).map_err(|e| {
+                format!("AUTHGATE_MASTER_KEY is unset and the generated key failed: {e}")
+            })?;
+            tracing::warn!(
+                path = %path.display(),
+                "AUTHGATE_MASTER_KEY is not set: using a generated key kept in the data \
+                 folder; set AUTHGATE_MASTER_KEY (32+ bytes) when running several processes"
+            );
+            secret
+        }
+    };
+    let legacy = match &config.jwt_secret {
+        Some(j) => Some(j.clone()),
+        None => {
+            let old = config.data_dir.join("jwt_secret");
+            match std::fs::read_to_string(&old) {
+                Ok(s) if s.trim().len() >= crate::config::MIN_JWT_SECRET_BYTES => {
+                    Some(SecretString::from(s.trim().to_owned()))
+                }
+                _ => None,
+            }
+        }
+    };
+    Ok(KeyringSettings {
+        alg: config.jwt_algorithm,
+        hs256_secret: config.jwt_secret.clone().filter(|_| hs256),
+        master,
+        master_previous: config.master_key_previous.clone(),
+        legacy_secret: legacy,
+        rotation: config.key_rotation,
+        reload_every: config.key_reload,
+        access_ttl: config.jwt_expiration,
+        code_ttl: config.otp_expiration,
+        outbox_retention: config.purge.outbox_retention,
+        refresh_grace: config.refresh_grace,
+    })
 }
 
 fn read_or_create_secret(path: &Path) -> Result<SecretString, BoxError> {

@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::hasher::Hasher;
+use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::revocation::Revocations;
 use crate::routes::limits::LocalLimits;
@@ -29,6 +30,8 @@ pub struct AppParts {
     pub config: Config,
     pub store: Store,
     pub keys: Keys,
+    /// The key ring `keys` comes from: reloads, rotation, the JWKS.
+    pub keyring: Arc<Keyring>,
     pub clock: Clock,
     pub supervisor: ActorRef<SupervisorMsg>,
     pub otp: OtpService,
@@ -48,6 +51,9 @@ pub struct AppParts {
 struct Inner {
     parts: AppParts,
     hasher: Hasher,
+    /// The address the server listens on, once bound (the configured port
+    /// may be 0).
+    bound: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl AppState {
@@ -56,7 +62,11 @@ impl AppState {
         let hasher = Hasher::bounded(c.hash_concurrency, c.hash_queue, c.hash_queue_timeout)
             .with_metrics(parts.metrics.clone());
         AppState {
-            inner: Arc::new(Inner { parts, hasher }),
+            inner: Arc::new(Inner {
+                parts,
+                hasher,
+                bound: std::sync::OnceLock::new(),
+            }),
         }
     }
 
@@ -106,6 +116,26 @@ impl AppState {
 
     pub fn keys(&self) -> &Keys {
         &self.inner.parts.keys
+    }
+
+    /// Records the address the server is bound to (once).
+    pub fn set_bound(&self, addr: std::net::SocketAddr) {
+        let _ = self.inner.bound.set(addr);
+    }
+
+    /// The base URL clients reach this server at: `AUTHGATE_PUBLIC_URL`, else
+    /// the address it listens on.
+    pub fn public_url(&self) -> String {
+        let config = self.config();
+        match (&config.public_url, self.inner.bound.get()) {
+            (Some(url), _) => url.clone(),
+            (None, Some(addr)) => crate::config::url_of(addr.ip(), addr.port()),
+            (None, None) => config.public_url(),
+        }
+    }
+
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.inner.parts.keyring
     }
 
     pub fn clock(&self) -> &Clock {

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let keys = Keys::derive(&SecretString::from("fuzz-secret-fuzz-secret-fuzz-secret-0".to_owned()));
-    let issuer = TokenIssuer::new(&keys, "authgate", "authgate", std::time::Duration::from_secs(900));
+    let issuer = TokenIssuer::new(&keys, "authgate", &["authgate".to_owned()], std::time::Duration::from_secs(900));
     assert!(issuer.verify(s, chrono::Utc::now()).is_err(), "accepted an unsigned token");
     if looks_like_refresh_token(s) {
         assert_eq!(refresh_token_hash(s).len(), 32);

@@ -4,8 +4,10 @@
 //! - [`supervisor`]: the root; restarts long-lived children at a bounded rate.
 //! - [`sms`]: drains the SMS outbox through Twilio or the console.
 //! - [`purge`]: deletes what outlived its retention, on a schedule.
+//! - [`keys`]: reloads the key ring and rotates keys on their schedule.
 
 pub mod flow;
+pub mod keys;
 pub mod otp;
 pub mod purge;
 pub mod sms;

@@ -381,7 +381,8 @@ struct Server {
     pid: u32,
     database: Option<(String, String)>,
     log: PathBuf,
-    /// The server's `JWT_SECRET` (hex) and its database's URL, for seeding.
+    /// The server's `JWT_SECRET` (hex; its master key) and its database's
+    /// URL, for seeding with its own keys.
     secret: String,
     database_url: Option<String>,
 }
@@ -1162,12 +1163,20 @@ async fn seed_checks(
     args: &Args,
     run: u32,
 ) -> Result<Vec<Vec<(String, String)>>, String> {
-    use authgate::crypto::Keys;
     use authgate::tokens::TokenIssuer;
     let url = server.database_url.as_deref().ok_or("no database")?;
     let db = admin_client(url).await?;
     let defaults = authgate::config::Config::default();
-    let keys = Keys::derive(&secrecy::SecretString::from(server.secret.clone()));
+    // The server's own key ring (its JWT_SECRET is the master key).
+    let pg: tokio_postgres::Config = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let store = authgate::store::Store::connect(pg, 1, Duration::from_secs(10))
+        .map_err(|e| format!("store: {e}"))?;
+    let keys = authgate::keyring::Keyring::read(
+        store.clone(),
+        secrecy::SecretString::from(server.secret.clone()),
+    )
+    .await?;
+    store.close();
     let issuer = TokenIssuer::new(
         &keys,
         &defaults.jwt_issuer,

@@ -15,9 +15,7 @@ use crate::error::AppError;
 use crate::service::session::{end_other_sessions, tokens_body};
 use crate::state::AppState;
 use crate::store::tokens::{Presented, RotateOutcome};
-use crate::tokens::{
-    looks_like_refresh_token, refresh_token_hash, successor_refresh_token, Claims,
-};
+use crate::tokens::{looks_like_refresh_token, refresh_token_hash, Claims, TokenError};
 
 /// The caller, as proven by a valid access token.
 #[derive(Debug, Clone)]
@@ -55,10 +53,15 @@ async fn authenticate(
         })
         .ok_or(AppError::InvalidToken)?;
     let now = state.clock().now();
-    let claims = state
-        .tokens()
-        .verify(token, now)
-        .map_err(|_| AppError::InvalidToken)?;
+    let claims = match state.tokens().verify(token, now) {
+        // Signed by a key a rotation made that this process has not loaded
+        // yet: reload (throttled) and look again.
+        Err(TokenError::UnknownKey) if state.keyring().reload_for_unknown_kid().await => {
+            state.tokens().verify(token, now)
+        }
+        other => other,
+    }
+    .map_err(|_| AppError::InvalidToken)?;
     let issued = claims.issued_at().ok_or(AppError::InvalidToken)?;
     if state
         .revocations()
@@ -108,36 +111,75 @@ async fn refresh(state: AppState, client: ClientInfo, body: Map<String, Value>) 
     }
     let now = state.clock().now();
     let config = state.config();
-    let successor = successor_refresh_token(state.keys(), &token);
+    // The successor under each accepted refresh key, the active key's first:
+    // a retry after a rotation still finds the one it was given.
+    let successors: Vec<String> = state
+        .keys()
+        .refresh_successors(&token)
+        .iter()
+        .map(|s| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s))
+        .collect();
+    let hashes: Vec<Vec<u8>> = successors.iter().map(|s| refresh_token_hash(s)).collect();
+    let (Some(successor), Some(successor_hash)) = (successors.first(), hashes.first()) else {
+        return Err(AppError::internal("no refresh key"));
+    };
     let grace =
         chrono::Duration::from_std(config.refresh_grace).unwrap_or(chrono::Duration::zero());
     let outcome = state
         .store()
         .rotate_refresh(Presented {
             token_hash: &refresh_token_hash(&token),
-            successor_hash: &refresh_token_hash(&successor),
+            successor_hash,
+            retry_hashes: &hashes,
             now,
             idle_until: after(now, config.session_idle_timeout),
             grace_since: now - grace,
         })
         .await?;
-    let retried = matches!(outcome, RotateOutcome::Retried { .. });
     match outcome {
         RotateOutcome::Rotated {
             session_id,
             user_id,
             amr,
+            auth_time,
+        } => {
+            let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
+            let tokens = tokens_body(
+                &state,
+                user_id,
+                &amr,
+                session_id,
+                auth_time,
+                successor.clone(),
+                now,
+            )?;
+            Ok(json(StatusCode::OK, &tokens))
         }
-        | RotateOutcome::Retried {
+        RotateOutcome::Retried {
             session_id,
             user_id,
             amr,
+            auth_time,
+            successor_hash,
         } => {
-            if retried {
-                tracing::info!(%user_id, "refresh retried within the grace window");
-            }
+            tracing::info!(%user_id, "refresh retried within the grace window");
+            let Some(given) = hashes
+                .iter()
+                .position(|h| *h == successor_hash)
+                .and_then(|i| successors.get(i))
+            else {
+                return Err(AppError::InvalidRefreshToken);
+            };
             let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
-            let tokens = tokens_body(&state, user_id, &amr, session_id, successor, now)?;
+            let tokens = tokens_body(
+                &state,
+                user_id,
+                &amr,
+                session_id,
+                auth_time,
+                given.clone(),
+                now,
+            )?;
             Ok(json(StatusCode::OK, &tokens))
         }
         RotateOutcome::Reused { user_id } => {

@@ -39,7 +39,9 @@ use warp::Filter;
 
 use super::account::{AuditTrailBody, CodeSentBody, OtpRequiredBody};
 use super::health::{HealthBody, ReadyBody};
+use super::well_known::{JwksBody, OpenIdConfigurationBody};
 use super::{json, ErrorBody, Outcome, ROUTES};
+use crate::crypto::Jwk;
 use crate::domain::user::User;
 use crate::domain::FieldError;
 use crate::error::{AppError, GoneReason, SmsRefusal, StateConflict};
@@ -723,6 +725,40 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             ok: vec![(StatusCode::OK, "The metrics.", Reply::Prometheus)],
             errors: vec![],
         },
+        ("GET", "/.well-known/jwks.json") => Spec {
+            id: "jwks",
+            tag: "tokens",
+            summary: "The public keys that sign access tokens (JWKS)",
+            description: Some(
+                "RFC 7517. The active key first, then the next key (published before it \
+                 signs, so a cached copy already knows it) and retired keys whose tokens may \
+                 still be live. Verify a token with the key its header's `kid` names, in that \
+                 key's `alg`; check `iss`, `aud` and `exp`. `Cache-Control: max-age` is half \
+                 the rotation period, at most an hour. Empty with `JWT_ALGORITHM=HS256`.",
+            ),
+            auth: Auth::None,
+            body: Body::None,
+            ok: vec![(StatusCode::OK, "The key set.", Reply::Json("JwksBody"))],
+            errors: vec![],
+        },
+        ("GET", "/.well-known/openid-configuration") => Spec {
+            id: "openidConfiguration",
+            tag: "tokens",
+            summary: "Discovery: the issuer and where its keys are",
+            description: Some(
+                "The fields of OpenID Connect Discovery that concern access tokens: \
+                 `issuer` (the tokens' `iss`), `jwks_uri`, the signature algorithm and \
+                 the claims.",
+            ),
+            auth: Auth::None,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "The discovery document.",
+                Reply::Json("OpenIdConfigurationBody"),
+            )],
+            errors: vec![],
+        },
         ("GET", "/healthz") => Spec {
             id: "healthz",
             tag: "operations",
@@ -1084,6 +1120,9 @@ const CLOSED_SCHEMAS: &[&str] = &[
     "FieldError",
     "HealthBody",
     "ReadyBody",
+    "Jwk",
+    "JwksBody",
+    "OpenIdConfigurationBody",
     "ResetStartedBody",
     "ResetDoneBody",
 ];
@@ -1104,6 +1143,9 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<ErrorBody>()
         .schema_from::<FieldError>()
         .schema_from::<HealthBody>()
+        .schema_from::<Jwk>()
+        .schema_from::<JwksBody>()
+        .schema_from::<OpenIdConfigurationBody>()
         .schema_from::<ReadyBody>()
         .schema_from::<SignupRequest>()
         .schema_from::<LoginRequest>()
@@ -1122,7 +1164,7 @@ fn components() -> utoipa::openapi::Components {
             SecurityScheme::Http(Http::builder()
                 .scheme(HttpAuthScheme::Bearer)
                 .bearer_format("JWT")
-                .description(Some("An access token from `/account/login`, `/account/login/verify` or `/auth/refresh`."))
+                .description(Some("An access token from `/account/login`, `/account/login/verify` or `/auth/refresh`: a JWT (EdDSA by default) whose `kid` names its key in `/.well-known/jwks.json`."))
                 .build()),
         )
         .build();
@@ -1170,6 +1212,13 @@ pub fn document() -> OpenApi {
                 "The current user's sessions: list, end one, end the others.",
             ),
             tag("webhooks", "Callbacks from Twilio."),
+            tag(
+                "tokens",
+                "What another service needs to verify access tokens: the public keys \
+                 (JWKS) and the issuer. Claims: `iss`, `aud` (a string, or an array for \
+                 several audiences), `sub`, `iat`, `nbf`, `exp`, `jti`, `amr`, `auth_time`, \
+                 `sid`; the header names the key in `kid`.",
+            ),
             tag("operations", "Health, readiness and this document."),
         ]))
         .build()

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod recovery;
 pub mod sessions;
 pub mod webhooks;
+pub mod well_known;
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -56,6 +57,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/auth/logout"),
     ("POST", "/api/v1/webhooks/twilio/status"),
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/.well-known/jwks.json"),
+    ("GET", "/.well-known/openid-configuration"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -171,6 +174,8 @@ pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infall
     );
     let routes = api
         .or(health::routes(state.clone()))
+        .unify()
+        .or(well_known::routes(state.clone()))
         .unify()
         .or(metrics::routes(state))
         .unify()

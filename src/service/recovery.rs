@@ -147,14 +147,14 @@ pub async fn use_code(
         lock_base: q.code_lock_base,
         lock_max: q.code_lock_max,
     };
-    let hash = state.keys().recovery_hash(&user_id, code.as_str());
+    let hashes = state.keys().recovery_hashes(&user_id, code.as_str());
     let detail = serde_json::json!({ "flowId": flow_id });
     let outcome = state
         .store()
         .use_recovery_code(
             user_id,
             flow_id,
-            &hash,
+            &hashes,
             state.clock().now(),
             guard,
             client,

@@ -111,8 +111,13 @@ pub async fn end_session(state: &AppState, user: Uuid, session: Uuid) -> Result<
 pub struct TokensBody {
     #[schema(pattern = "^authenticated$")]
     pub status: &'static str,
-    /// An HS256 JWT with `sub`, `iat`, `exp`, `jti`, `iss`, `aud`, `amr`, `sid`
-    /// (the session) and `iat_us` (issue time in microseconds).
+    /// A JWT signed with EdDSA (default), ES256 or HS256, naming its key in
+    /// the header's `kid` (public keys: `/.well-known/jwks.json`). Claims:
+    /// `iss`, `aud` (a string, or an array for several audiences), `sub` (the
+    /// user id), `iat`, `nbf`, `exp`, `jti`, `amr` (RFC 8176: `["pwd"]`,
+    /// `["pwd","sms"]` or `["pwd","otp"]`), `auth_time` (the login, in
+    /// seconds; refreshing keeps it), `sid` (the session) and `iat_us` (the
+    /// issue time in microseconds).
     pub access_token: String,
     /// 43 URL-safe base64 characters (256 bits); send it to `/auth/refresh`.
     pub refresh_token: String,
@@ -168,20 +173,22 @@ pub async fn issue_tokens(
         tracing::warn!(%user_id, "login refused: 2FA turned on while the password was checked");
         return Err(AppError::InvalidCredentials);
     }
-    tokens_body(state, user_id, amr, session_id, refresh, now)
+    tokens_body(state, user_id, amr, session_id, now, refresh, now)
 }
 
+/// The tokens answer for a session that began (its login) at `auth_time`.
 pub fn tokens_body(
     state: &AppState,
     user_id: Uuid,
     amr: &[&str],
     session_id: Uuid,
+    auth_time: DateTime<Utc>,
     refresh: String,
     now: DateTime<Utc>,
 ) -> Result<TokensBody, AppError> {
     let access = state
         .tokens()
-        .issue_for_session(user_id, amr, session_id, now)
+        .issue_for_session(user_id, amr, session_id, auth_time, now)
         .map_err(AppError::internal)?;
     Ok(TokensBody {
         status: "authenticated",

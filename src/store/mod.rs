@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod flows;
+pub mod keyring;
 pub mod lifecycle;
 pub mod logins;
 pub mod otp;

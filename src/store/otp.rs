@@ -341,7 +341,9 @@ impl Store {
         client_info: &ClientInfo,
         on_accept: Option<&OnAccept<'_>>,
     ) -> Result<(CheckOutcome, Option<User>), StoreError> {
-        let candidate = keys.otp_hash(&user_id, purpose.as_str(), code);
+        // One candidate per accepted code key: a code issued before a rotation
+        // (or by a process that has not seen it) still matches.
+        let candidates = keys.otp_hashes(&user_id, purpose.as_str(), code);
         let client = self.client().await?;
         // A wrong code's events carry who asked, the purpose and the flow.
         let asker = AuditEntry {
@@ -356,7 +358,7 @@ impl Store {
         }
         let kind = on_accept.map(|a| a.audit.kind);
         let detail = on_accept.map(|a| a.audit.detail);
-        let (purpose_str, hash) = (purpose.as_str(), candidate.as_slice());
+        let (purpose_str, hash) = (purpose.as_str(), &candidates);
         let (lock_base, lock_max) = (guard.lock_base.as_secs_f64(), guard.lock_max.as_secs_f64());
         let base: [&(dyn ToSql + Sync); 11] = [
             &user_id,
@@ -554,7 +556,8 @@ const ISSUE_SQL: &str = "WITH seen AS (
 /// newest code, try it unless locked, count the outcome on the account, record
 /// a wrong code's events, and (with a change) apply the change and its audit
 /// event when the code was right: one statement, one commit. Parameters: $1
-/// user, $2 purpose, $3 flow or NULL, $4 the candidate's keyed hash, $5 now, $6
+/// user, $2 purpose, $3 flow or NULL, $4 the candidate's keyed hashes (one per
+/// accepted code key), $5 now, $6
 /// wrong codes in a row that lock, $7 and $8 the first and the longest lock in
 /// seconds, $9 the asker's IP, $10 user agent, $11 the detail of a wrong code's
 /// event (purpose, flow); with a change also $12 its audit kind and $13 detail,
@@ -632,11 +635,11 @@ fn check_sql(change: Option<AccountChange>, recovery_at: Option<usize>) -> Strin
              LIMIT 1
          ), tried AS (
              UPDATE otp_codes c
-             SET attempts = c.attempts + CASE WHEN c.code_hash = $4 THEN 0 ELSE 1 END,
-                 state = CASE WHEN c.code_hash = $4 THEN 'used'
+             SET attempts = c.attempts + CASE WHEN c.code_hash = ANY($4) THEN 0 ELSE 1 END,
+                 state = CASE WHEN c.code_hash = ANY($4) THEN 'used'
                               WHEN c.attempts + 1 >= c.max_attempts THEN 'dead'
                               ELSE 'live' END,
-                 finished_at = CASE WHEN c.code_hash = $4 OR c.attempts + 1 >= c.max_attempts
+                 finished_at = CASE WHEN c.code_hash = ANY($4) OR c.attempts + 1 >= c.max_attempts
                                     THEN $5 END
              FROM latest, gate
              WHERE c.id = latest.id AND c.state = 'live' AND c.expires_at > $5

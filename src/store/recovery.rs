@@ -116,7 +116,7 @@ impl Store {
         &self,
         user_id: Uuid,
         flow_id: Uuid,
-        hash: &[u8],
+        hashes: &[Vec<u8>],
         now: DateTime<Utc>,
         guard: CodeGuard,
         client_info: &ClientInfo,
@@ -136,7 +136,7 @@ impl Store {
         }
         let params: [&(dyn ToSql + Sync); 11] = [
             &user_id,
-            &hash,
+            &hashes,
             detail,
             &failed,
             &now,
@@ -183,7 +183,8 @@ impl Store {
     }
 }
 
-/// The use statement. Parameters: $1 user, $2 the candidate's keyed hash, $3
+/// The use statement. Parameters: $1 user, $2 the candidate's keyed hashes
+/// (one per accepted recovery key), $3
 /// the detail of `recovery_code_used` (the flow), $4 that of `code_failed`
 /// (the flow, `purpose: recovery`), $5 now (the guard's parameters keep the
 /// code check's numbers, so `SETTLE_CODE_GUARD` reads the same), $6 wrong
@@ -210,7 +211,7 @@ fn use_sql() -> String {
          ), used AS (
              UPDATE recovery_codes r SET used_at = $5
              FROM open
-             WHERE open.two_fa AND r.user_id = $1 AND r.code_hash = $2 AND r.used_at IS NULL
+             WHERE open.two_fa AND r.user_id = $1 AND r.code_hash = ANY($2) AND r.used_at IS NULL
              RETURNING r.id
          ), tried AS (
              SELECT CASE WHEN EXISTS (SELECT 1 FROM used) THEN 'used' ELSE 'wrong' END

@@ -59,8 +59,11 @@ pub struct SessionRow {
 /// A refresh token presented to `/auth/refresh`.
 pub struct Presented<'a> {
     pub token_hash: &'a [u8],
-    /// The hash of the token's deterministic successor.
+    /// The hash of the token's deterministic successor (under the active key).
     pub successor_hash: &'a [u8],
+    /// The hashes of its successors under every accepted key (the active
+    /// first): a retry may come after a rotation of the refresh key.
+    pub retry_hashes: &'a [Vec<u8>],
     pub now: DateTime<Utc>,
     /// `now` plus the idle limit (capped by the session's end in SQL).
     pub idle_until: DateTime<Utc>,
@@ -75,13 +78,18 @@ pub enum RotateOutcome {
         session_id: Uuid,
         user_id: Uuid,
         amr: Vec<String>,
+        /// The login that started the session.
+        auth_time: DateTime<Utc>,
     },
     /// The token was rotated moments ago and its successor is still current:
-    /// a retry; answer with the same successor.
+    /// a retry; answer with the same successor (`successor_hash` says which,
+    /// one of `Presented::retry_hashes`).
     Retried {
         session_id: Uuid,
         user_id: Uuid,
         amr: Vec<String>,
+        auth_time: DateTime<Utc>,
+        successor_hash: Vec<u8>,
     },
     /// The token was already rotated or revoked: reuse. The session is now revoked.
     Reused { user_id: Uuid },
@@ -183,7 +191,7 @@ impl Store {
                              WHERE t.token_hash = $1 AND t.rotated_at IS NULL
                                AND t.revoked_at IS NULL AND t.expires_at > $3
                                AND s.id = t.family_id AND s.revoked_at IS NULL AND s.expires_at > $3
-                             RETURNING t.family_id, t.user_id, s.amr, s.expires_at AS ends
+                             RETURNING t.family_id, t.user_id, s.amr, s.expires_at AS ends, s.created_at AS login
                          ), touched AS (
                              UPDATE sessions SET last_used_at = $3
                              WHERE id IN (SELECT family_id FROM cur)
@@ -191,7 +199,7 @@ impl Store {
                              INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, amr, created_at, expires_at)
                              SELECT $5, family_id, user_id, $2, amr, $3, least($4, ends) FROM cur
                          )
-                         SELECT family_id, user_id, amr FROM cur",
+                         SELECT family_id, user_id, amr, login FROM cur",
                     )
                     .await?,
                 &[
@@ -208,6 +216,7 @@ impl Store {
                 session_id: r.try_get(0)?,
                 user_id: r.try_get(1)?,
                 amr: r.try_get(2)?,
+                auth_time: r.try_get(3)?,
             });
         }
         let known = client
@@ -220,14 +229,15 @@ impl Store {
                                 t.revoked_at IS NULL AND s.revoked_at IS NULL AND s.expires_at > $3
                                     AND t.rotated_at > $4
                                     AND n.rotated_at IS NULL AND n.revoked_at IS NULL
-                                    AND n.expires_at > $3 AS retry
+                                    AND n.expires_at > $3 AS retry,
+                                s.created_at, n.token_hash
                          FROM refresh_tokens t
                          JOIN sessions s ON s.id = t.family_id
-                         LEFT JOIN refresh_tokens n ON n.token_hash = $2 AND n.family_id = t.family_id
+                         LEFT JOIN refresh_tokens n ON n.token_hash = ANY($2) AND n.family_id = t.family_id
                          WHERE t.token_hash = $1",
                     )
                     .await?,
-                &[&p.token_hash, &p.successor_hash, &p.now, &p.grace_since],
+                &[&p.token_hash, &p.retry_hashes, &p.now, &p.grace_since],
             )
             .await?;
         let Some(r) = known else {
@@ -240,6 +250,8 @@ impl Store {
                 session_id,
                 user_id,
                 amr: r.try_get(2)?,
+                auth_time: r.try_get(5)?,
+                successor_hash: r.try_get(6)?,
             });
         }
         if r.try_get::<_, bool>(3)? {

@@ -277,7 +277,7 @@ async fn embedded_default_keeps_users_across_restarts_and_stops_its_postgres() {
         !data.join("pg/data/postmaster.pid").exists(),
         "private PostgreSQL still running after authgate stopped"
     );
-    assert!(data.join("jwt_secret").exists());
+    assert!(data.join("master_key").exists());
 
     let mut server = Server::start(&dir, &data, port);
     server.wait_ready().await;

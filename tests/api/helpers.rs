@@ -205,6 +205,7 @@ pub fn test_config() -> Config {
             enabled: false,
             ..Default::default()
         },
+        key_reload: Duration::from_millis(200),
         ..Config::default()
     }
 }

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authgate::crypto::Keys;
 use authgate::domain::phone::PhoneE164;
+use authgate::keyring::Keyring;
 use authgate::store::outbox::NewSms;
 use authgate::store::Store;
 use futures::future::join_all;
@@ -44,7 +44,9 @@ async fn a_minute_of_twilio_outage_delays_delivery_and_drops_expired_messages() 
         .collect::<Result<Vec<_>, _>>()
         .expect("set-up users");
     let store = Store::connect(db.cfg.clone(), 2, Duration::from_secs(5)).unwrap();
-    let keys = Keys::derive(&SecretString::from(JWT_SECRET.to_owned()));
+    let keys = Keyring::read(store.clone(), SecretString::from(JWT_SECRET.to_owned()))
+        .await
+        .unwrap();
     let enqueue = |tag: &str| {
         let (store, keys) = (store.clone(), keys.clone());
         let body = format!("{tag} message {}", uuid::Uuid::new_v4().simple());
