@@ -470,4 +470,78 @@ mod tests {
         let other = keys("another-secret-of-thirty-two-bytes-long");
         assert_ne!(h, other.otp_hash(&u, "phone_verify", "123456"));
     }
+
+    #[test]
+    fn hkdf_keys_differ_per_label_and_are_never_the_master_key() {
+        let master = b"a-master-key-of-at-least-thirty-two-bytes";
+        let a = hkdf_key(master, "authgate/v1/codes");
+        assert_eq!(a, hkdf_key(master, "authgate/v1/codes"));
+        assert_ne!(a, hkdf_key(master, "authgate/v1/outbox"));
+        assert_ne!(
+            a,
+            hkdf_key(
+                b"another-master-key-of-thirty-two-bytes!!",
+                "authgate/v1/codes"
+            )
+        );
+        assert_ne!(&a[..], &master[..32]);
+    }
+
+    #[test]
+    fn a_key_set_makes_with_its_active_key_and_accepts_what_the_others_made() {
+        let base = keys("a-secret-of-at-least-thirty-two-bytes!!").snapshot();
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let with = |active: [u8; 32], others: Vec<[u8; 32]>| {
+            let sym = SymmetricKeys::new(active, others);
+            Keys::new(KeySet {
+                codes: sym.clone(),
+                outbox: sym.clone(),
+                refresh: sym.clone(),
+                recovery: sym,
+                signing: base.signing.clone(),
+            })
+        };
+        let old = with(k1, vec![]);
+        let rotated = with(k2, vec![k1]);
+        let dropped = with(k2, vec![]);
+        let u = uuid::Uuid::new_v4();
+        let stored = old.otp_hash(&u, "phone_verify", "123456");
+        assert_ne!(stored, rotated.otp_hash(&u, "phone_verify", "123456"));
+        assert!(rotated
+            .otp_hashes(&u, "phone_verify", "123456")
+            .contains(&stored.to_vec()));
+        assert!(!dropped
+            .otp_hashes(&u, "phone_verify", "123456")
+            .contains(&stored.to_vec()));
+        let sealed = old.seal("Your code is 123456", ROW);
+        assert_eq!(
+            rotated.open(&sealed, ROW).as_deref(),
+            Some("Your code is 123456")
+        );
+        assert_eq!(dropped.open(&sealed, ROW), None);
+        let rc = old.recovery_hash(&u, "abcdefghjk");
+        assert!(rotated
+            .recovery_hashes(&u, "abcdefghjk")
+            .contains(&rc.to_vec()));
+        let succ = old.refresh_successor("token");
+        assert_eq!(rotated.refresh_successors("token")[1], succ);
+        assert_ne!(rotated.refresh_successors("token")[0], succ);
+        // Installing a set is seen by every clone of the handle.
+        let handle = old.clone();
+        old.install((*rotated.snapshot()).clone());
+        assert_eq!(
+            handle.refresh_successor("token"),
+            rotated.refresh_successor("token")
+        );
+    }
+
+    #[test]
+    fn legacy_keys_are_what_earlier_versions_derived() {
+        let secret = b"a-secret-of-at-least-thirty-two-bytes!!";
+        assert_eq!(
+            legacy_key(secret, "codes"),
+            Some(hmac(secret, &[b"authgate/otp/v1"]))
+        );
+        assert_eq!(legacy_key(secret, "signing"), None);
+    }
 }

@@ -741,3 +741,120 @@ fn alg_of_symmetric(purpose: Purpose) -> &'static str {
         _ => "HMAC-SHA256",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(rotation: Option<Duration>) -> KeyringSettings {
+        KeyringSettings {
+            alg: SigningAlg::EdDSA,
+            hs256_secret: None,
+            master: SecretString::from("m".repeat(32)),
+            master_previous: None,
+            legacy_secret: None,
+            rotation,
+            reload_every: Duration::from_secs(30),
+            access_ttl: Duration::from_secs(900),
+            code_ttl: Duration::from_secs(600),
+            outbox_retention: Duration::from_secs(7 * 86_400),
+            refresh_grace: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn retired_keys_outlive_what_they_made_by_two_reloads_and_recovery_keys_stay() {
+        let s = settings(Some(Duration::from_secs(30 * 86_400)));
+        let margin = Duration::from_secs(65);
+        assert_eq!(
+            s.retention(Purpose::Signing),
+            Some(Duration::from_secs(900) + margin)
+        );
+        assert_eq!(
+            s.retention(Purpose::Codes),
+            Some(Duration::from_secs(600) + margin)
+        );
+        assert_eq!(
+            s.retention(Purpose::Refresh),
+            Some(Duration::from_secs(10) + margin)
+        );
+        assert_eq!(s.retention(Purpose::Recovery), None);
+        assert!(!Purpose::Recovery.scheduled());
+        assert_eq!(s.min_next_age(), Duration::from_secs(61));
+    }
+
+    #[test]
+    fn the_jwks_cache_lifetime_follows_the_schedule_within_a_minute_and_an_hour() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            settings(Some(30 * day)).jwks_max_age(),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            settings(Some(Duration::from_secs(3600))).jwks_max_age(),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(settings(None).jwks_max_age(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn generated_keys_sign_what_their_published_jwk_verifies() {
+        let rng = ring::rand::SystemRandom::new();
+        let cases = [
+            (
+                Algorithm::EdDSA,
+                Ed25519KeyPair::generate_pkcs8(&rng)
+                    .unwrap()
+                    .as_ref()
+                    .to_vec(),
+            ),
+            (
+                Algorithm::ES256,
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .unwrap()
+                    .as_ref()
+                    .to_vec(),
+            ),
+        ];
+        for (alg, pkcs8) in cases {
+            let key = signing_key_from_pkcs8("k1", alg, &pkcs8).unwrap();
+            let jwk = key.jwk.clone().unwrap();
+            assert_eq!(jwk.kid, "k1");
+            assert_eq!(jwk.use_, "sig");
+            let json = serde_json::to_value(&jwk).unwrap();
+            assert!(json.get("d").is_none() && json.get("use").is_some());
+            let sig = jsonwebtoken::crypto::sign(b"message", &key.encoding, alg).unwrap();
+            assert!(jsonwebtoken::crypto::verify(&sig, b"message", &key.decoding, alg).unwrap());
+            assert!(!jsonwebtoken::crypto::verify(&sig, b"massage", &key.decoding, alg).unwrap());
+        }
+        assert!(signing_key_from_pkcs8("k", Algorithm::HS256, b"x").is_err());
+        assert!(signing_key_from_pkcs8("k", Algorithm::EdDSA, b"junk").is_err());
+    }
+
+    #[test]
+    fn a_sealed_key_opens_only_as_the_key_it_was_sealed_as() {
+        let kek = kek_of(&SecretString::from("m".repeat(32)));
+        let sealed = seal_key(&kek, "codes", "codes-v1", "HMAC-SHA256", &[7u8; 32]);
+        let open = |p, k, a| aead_open(&kek, &sealed, &aad(p, k, a));
+        assert_eq!(
+            open("codes", "codes-v1", "HMAC-SHA256"),
+            Some(vec![7u8; 32])
+        );
+        assert_eq!(open("outbox", "codes-v1", "HMAC-SHA256"), None);
+        assert_eq!(open("codes", "codes-v2", "HMAC-SHA256"), None);
+        let other = kek_of(&SecretString::from("n".repeat(32)));
+        assert_eq!(
+            aead_open(&other, &sealed, &aad("codes", "codes-v1", "HMAC-SHA256")),
+            None
+        );
+    }
+
+    #[test]
+    fn algorithms_parse_by_their_jose_names() {
+        assert_eq!(SigningAlg::parse("EdDSA"), Some(SigningAlg::EdDSA));
+        assert_eq!(SigningAlg::parse("ES256"), Some(SigningAlg::ES256));
+        assert_eq!(SigningAlg::parse("HS256"), Some(SigningAlg::HS256));
+        assert_eq!(SigningAlg::parse("RS256"), None);
+        assert_eq!(SigningAlg::parse("none"), None);
+    }
+}

@@ -62,6 +62,26 @@ fn configuration_errors_name_the_variable_in_one_line_without_a_backtrace() {
             "3",
             "OTP_LENGTH: `3` is not a whole number from 4 to 10",
         ),
+        (
+            "JWT_ALGORITHM",
+            "RS256",
+            "JWT_ALGORITHM: `RS256` is not EdDSA, ES256 or HS256",
+        ),
+        (
+            "JWT_ALGORITHM",
+            "HS256",
+            "JWT_SECRET: JWT_ALGORITHM=HS256 signs with JWT_SECRET",
+        ),
+        (
+            "AUTHGATE_KEY_ROTATION",
+            "5m",
+            "AUTHGATE_KEY_ROTATION: must be at least 1h",
+        ),
+        (
+            "AUTHGATE_MASTER_KEY",
+            "short",
+            "AUTHGATE_MASTER_KEY: must be at least 32 bytes",
+        ),
     ];
     for (var, value, expected) in cases {
         for command in ["serve", "check-config", "migrate"] {
@@ -100,9 +120,11 @@ fn configuration_errors_name_the_variable_in_one_line_without_a_backtrace() {
 fn check_config_masks_secrets() {
     let dir = temp_dir();
     let secret = "a-very-secret-jwt-key-of-40-bytes-000000";
+    let master = "the-master-key-of-the-key-ring-00000000";
     let out = authgate(&dir)
         .arg("check-config")
         .env("JWT_SECRET", secret)
+        .env("AUTHGATE_MASTER_KEY", master)
         .env("SMS_SENDER", "console")
         .env(
             "DATABASE_URL",
@@ -117,9 +139,97 @@ fn check_config_masks_secrets() {
         "{text}"
     );
     assert!(
-        !text.contains(secret) && !text.contains("hunter22"),
+        !text.contains(secret) && !text.contains("hunter22") && !text.contains(master),
         "{text}"
     );
+    assert!(
+        text.contains("JWT_ALGORITHM") && text.contains("EdDSA"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn keys_subcommand_lists_the_ring_and_rotates_only_a_next_key_every_process_knows() {
+    let admin = connect(&admin_config()).await;
+    let name = format!("authgate_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = database_url(&name);
+    let dir = temp_dir();
+    let keys = |args: &[&str]| {
+        authgate(&dir)
+            .arg("keys")
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("SMS_SENDER", "console")
+            .env("JWT_SECRET", "the-servers-secret-the-servers-secret-01")
+            .output()
+            .unwrap()
+    };
+    let out = keys(&["list"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The first use makes an active and a next key for each of five purposes.
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 10, "{list}");
+    for purpose in ["signing", "codes", "outbox", "refresh", "recovery"] {
+        for state in ["active", "next"] {
+            assert!(
+                rows.iter()
+                    .any(|r| r.starts_with(purpose) && r.contains(&format!(" {state} "))),
+                "no {state} {purpose} key: {list}"
+            );
+        }
+    }
+    assert!(list.contains("EdDSA"), "{list}");
+    // The next key was made a moment ago: some process may not know it yet.
+    let out = keys(&["rotate", "signing"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("too recently"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = keys(&["rotate", "signing", "--force"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("signing: rotated, active key ed25519-"),
+        "{text}"
+    );
+    let list = String::from_utf8_lossy(&keys(&["list"]).stdout).into_owned();
+    assert_eq!(
+        list.lines()
+            .filter(|l| l.starts_with("signing") && l.contains(" retired "))
+            .count(),
+        1,
+        "{list}"
+    );
+    // Nothing secret is printed, ever.
+    let mut cfg = admin_config();
+    cfg.dbname(&name);
+    let db = connect(&cfg).await;
+    let kids: Vec<String> = db
+        .query("SELECT kid FROM keyring", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kids.len(), 11);
+    assert!(kids.iter().all(|k| list.contains(k.as_str())), "{list}");
+    drop(db);
+    for bad in [&["rotate", "everything"][..], &["delete"], &[]] {
+        let out = keys(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr_of(&out));
+    }
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -631,3 +631,56 @@ async fn the_ring_opens_only_with_its_master_key_and_a_new_master_key_reseals_it
     .await;
     assert_eq!(me(&only_new, &a.access).await, 200);
 }
+
+#[tokio::test]
+async fn an_upgrade_from_the_single_secret_keeps_pending_codes_checkable() {
+    let (mut app, fake) = spawn_app_with_twilio().await;
+    let a = account(&app).await;
+    let r = post_auth(&app, "/api/v1/account/phone/verify/send", &a.access, None).await;
+    expect_json(r, 202).await;
+    let code = code_for(&fake, &a.phone, 0).await;
+    app.stop().await;
+    // As an earlier version left it: no key ring, the code hashed under the
+    // key derived from JWT_SECRET.
+    let secret = test_config().jwt_secret.unwrap();
+    let legacy = authgate::crypto::legacy_key(
+        secrecy::ExposeSecret::expose_secret(&secret).as_bytes(),
+        "codes",
+    )
+    .unwrap();
+    let base = authgate::crypto::Keys::derive(&secret).snapshot();
+    let old = authgate::crypto::Keys::new(authgate::crypto::KeySet {
+        codes: authgate::crypto::SymmetricKeys::new(legacy, []),
+        ..(*base).clone()
+    });
+    let user: uuid::Uuid = a.id.parse().unwrap();
+    let hash = old.otp_hash(&user, "phone_verify", &code).to_vec();
+    let db = app.db_client().await;
+    db.batch_execute("DELETE FROM keyring").await.unwrap();
+    let n = db
+        .execute(
+            "UPDATE otp_codes SET code_hash = $2 WHERE user_id = $1 AND state = 'live'",
+            &[&user, &hash],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let upgraded = spawn_on(app.db.clone(), |c| {
+        c.sms.twilio = Some(twilio_config(&fake.base_url()))
+    })
+    .await;
+    let ring = upgraded.state.keyring().list().await.unwrap();
+    assert!(ring
+        .iter()
+        .any(|k| k.kid == "codes-legacy-v0" && k.state == "retired"));
+    // The old access token was signed by a key that is gone: log in again.
+    let token = relogin(&upgraded, &a).await;
+    let r = post_auth(
+        &upgraded,
+        "/api/v1/account/phone/verify/confirm",
+        &token,
+        Some(json!({"code": code})),
+    )
+    .await;
+    expect_json(r, 200).await;
+}
