@@ -66,7 +66,7 @@ trap 'exit 130' INT TERM
 # environment. The server runs in the data folder so no .env is picked up.
 (
   cd "$DATA"
-  exec env -u DATABASE_URL -u JWT_SECRET -u TWILIO_ACCOUNT_SID -u TWILIO_AUTH_TOKEN \
+  exec env -u DATABASE_URL -u JWT_SECRET -u AUTHGATE_MASTER_KEY -u JWT_ALGORITHM -u TWILIO_ACCOUNT_SID -u TWILIO_AUTH_TOKEN \
     -u TWILIO_PHONE_NUMBER -u TWILIO_MESSAGING_SERVICE_SID -u SMS_SENDER -u AUTHGATE_RATE_LIMITS \
     AUTHGATE_DATA_DIR="$DATA" PORT="$PORT" RUST_LOG=info AUTHGATE_LOG_FORMAT=text \
     "$BIN" serve
