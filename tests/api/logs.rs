@@ -200,3 +200,39 @@ async fn login_flow_ids_never_appear_in_info_logs() {
         "a flow id appears in the logs: {leaked:?}"
     );
 }
+
+#[tokio::test]
+async fn hs256_is_announced_with_a_warning_and_no_secret_reaches_the_logs() {
+    let logs = captured_logs();
+    let secret = "hs256-shared-secret-never-logged-0123456789";
+    let master = "the-master-key-never-logged-0123456789abc";
+    let app = spawn_app_with(|c| {
+        c.jwt_algorithm = authgate::keyring::SigningAlg::HS256;
+        c.jwt_secret = Some(secrecy::SecretString::from(secret.to_owned()));
+        c.master_key = Some(secrecy::SecretString::from(master.to_owned()));
+    })
+    .await;
+    let a = account(&app).await;
+    app.state
+        .keyring()
+        .rotate(authgate::keyring::Purpose::Codes, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.http
+            .get(app.url("/api/v1/account/me"))
+            .bearer_auth(&a.access)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("JWT_ALGORITHM=HS256: access tokens are signed with the shared JWT_SECRET"),
+        "no start-up warning"
+    );
+    assert!(text.contains("key rotated"), "rotations are logged");
+    assert!(!text.contains(secret) && !text.contains(master));
+}
