@@ -6,12 +6,13 @@
 // A benchmark that cannot set itself up should stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use authgate::crypto::Keys;
+use authgate::crypto::{KeySet, Keys, Signing};
 use authgate::domain::email::Email;
 use authgate::domain::login_flow::{self, Event, Limits};
 use authgate::domain::otp::{generate_code, parse_code, Purpose};
 use authgate::domain::password::{self, Password};
 use authgate::domain::phone::PhoneE164;
+use authgate::keyring::signing_key_from_pkcs8;
 use authgate::routes::{
     account::{parse_code_body, parse_signup},
     body::parse_object,
@@ -115,23 +116,54 @@ fn codes(c: &mut Criterion) {
     });
 }
 
+/// The same key set, signing with `alg`: a generated P-256 key for ES256, a
+/// shared secret for HS256, the derived Ed25519 key for EdDSA.
+fn keys_for(alg: jsonwebtoken::Algorithm) -> Keys {
+    let base = keys().snapshot();
+    let signing = match alg {
+        jsonwebtoken::Algorithm::HS256 => Signing::hs256(&[7u8; 32]),
+        jsonwebtoken::Algorithm::ES256 => {
+            let rng = ring::rand::SystemRandom::new();
+            let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &rng,
+            )
+            .unwrap();
+            Signing::single(signing_key_from_pkcs8("es", alg, pkcs8.as_ref()).unwrap())
+        }
+        _ => base.signing.clone(),
+    };
+    Keys::new(KeySet {
+        signing,
+        ..(*base).clone()
+    })
+}
+
 fn jwt(c: &mut Criterion) {
-    let keys = keys();
-    let issuer = TokenIssuer::new(
-        &keys,
-        "authgate",
-        &["authgate".to_owned()],
-        std::time::Duration::from_secs(900),
-    );
-    let user = uuid::Uuid::from_u128(0x5eed);
-    let now = Utc::now();
-    let token = issuer.issue(user, &["pwd", "sms"], now).unwrap();
-    c.bench_function("jwt: sign (EdDSA)", |b| {
-        b.iter(|| issuer.issue(black_box(user), &["pwd", "sms"], now).unwrap())
-    });
-    c.bench_function("jwt: verify (EdDSA)", |b| {
-        b.iter(|| issuer.verify(black_box(&token), now).unwrap())
-    });
+    // Back to back, so the cost of a public-key signature (what lets other
+    // services verify without being able to mint) is read against HS256.
+    for alg in [
+        jsonwebtoken::Algorithm::EdDSA,
+        jsonwebtoken::Algorithm::ES256,
+        jsonwebtoken::Algorithm::HS256,
+    ] {
+        let keys = keys_for(alg);
+        let issuer = TokenIssuer::new(
+            &keys,
+            "authgate",
+            &["authgate".to_owned()],
+            std::time::Duration::from_secs(900),
+        );
+        let user = uuid::Uuid::from_u128(0x5eed);
+        let now = Utc::now();
+        let token = issuer.issue(user, &["pwd", "sms"], now).unwrap();
+        c.bench_function(&format!("jwt: sign ({alg:?})"), |b| {
+            b.iter(|| issuer.issue(black_box(user), &["pwd", "sms"], now).unwrap())
+        });
+        c.bench_function(&format!("jwt: verify ({alg:?})"), |b| {
+            b.iter(|| issuer.verify(black_box(&token), now).unwrap())
+        });
+    }
 }
 
 fn hashing(c: &mut Criterion) {
