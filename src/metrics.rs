@@ -61,7 +61,9 @@ pub fn route_index(path: &str) -> usize {
         .unwrap_or(ROUTES.len())
 }
 
-fn matches_pattern(pattern: &str, path: &str) -> bool {
+/// Whether `path` is an instance of the route `pattern` (`{name}` matches
+/// one non-empty segment).
+pub(crate) fn matches_pattern(pattern: &str, path: &str) -> bool {
     let (mut a, mut b) = (pattern.split('/'), path.split('/'));
     loop {
         match (a.next(), b.next()) {

@@ -202,6 +202,15 @@ fn finish(registry: &crate::metrics::Metrics, ctx: RequestCtx, outcome: Outcome)
             error_response(&e, &ctx.path)
         }
     };
+    // RFC 9110 15.5.6: a 405 lists the methods the target does accept.
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = allowed_methods(&ctx.path);
+        if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+            if !allowed.is_empty() {
+                response.headers_mut().insert(header::ALLOW, v);
+            }
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&ctx.id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
@@ -217,6 +226,28 @@ fn finish(registry: &crate::metrics::Metrics, ctx: RequestCtx, outcome: Outcome)
         "request"
     );
     response
+}
+
+/// The methods `ROUTES` declares for `path`: those of the routes written out
+/// exactly when any matches (`/sessions/revoke-others`), else those whose
+/// `{id}` segments match (`/sessions/{id}`).
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let matching = |exact: bool| -> Vec<&'static str> {
+        let mut methods: Vec<&'static str> = ROUTES
+            .iter()
+            .filter(|(_, p)| p.contains('{') != exact && crate::metrics::matches_pattern(p, path))
+            .map(|(m, _)| *m)
+            .collect();
+        methods.sort_unstable();
+        methods.dedup();
+        methods
+    };
+    let exact = matching(true);
+    if exact.is_empty() {
+        matching(false)
+    } else {
+        exact
+    }
 }
 
 /// An error and its causes on one line ("db error" alone says nothing).

@@ -20,9 +20,43 @@ async fn wrong_method_is_405_with_envelope() {
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.headers()["allow"], "POST");
     expect_error(resp, 405, "method_not_allowed").await;
     let resp = app.http.delete(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.headers()["allow"], "GET");
     expect_error(resp, 405, "method_not_allowed").await;
+    // RFC 9110: the Allow header lists what the target accepts.
+    for (method, path, allow) in [
+        (
+            reqwest::Method::PUT,
+            format!("/api/v1/account/sessions/{}", uuid::Uuid::new_v4()),
+            "DELETE",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/account/sessions/revoke-others".to_owned(),
+            "POST",
+        ),
+        (
+            reqwest::Method::POST,
+            "/.well-known/jwks.json".to_owned(),
+            "GET",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/account/me".to_owned(),
+            "GET",
+        ),
+    ] {
+        let resp = app
+            .http
+            .request(method.clone(), app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+    }
 }
 
 #[tokio::test]
