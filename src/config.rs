@@ -14,7 +14,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use warp::http::header::HeaderName;
 
-use crate::domain::phone::{is_known_region, NumberType, SmsDestinations};
+use crate::domain::phone::{is_known_region, NumberType, SmsDestinations, TestPhones};
 pub use crate::keyring::SigningAlg;
 
 /// The smallest accepted `JWT_SECRET`, in bytes: HS256 wants at least the hash size.
@@ -86,6 +86,12 @@ pub struct Config {
     /// `AUTHGATE_KEY_RELOAD`: how often each process reloads the key ring
     /// (default 30 s); a rotation waits two of these before promoting again.
     pub key_reload: Duration,
+    /// `AUTHGATE_ENV`: `development` (default), `staging` or `production`.
+    /// Production refuses test phone numbers.
+    pub env: DeployEnv,
+    /// `AUTHGATE_TEST_PHONES`: `+15005550006=123456,...`: numbers with a
+    /// fixed code whose SMS never reach a provider (not in production).
+    pub test_phones: TestPhones,
     /// `AUTHGATE_PUBLIC_URL`: the base URL clients reach authgate at, for the
     /// `jwks_uri` of `/.well-known/openid-configuration` (default: the
     /// listening address, `http://127.0.0.1:PORT` for an unspecified one).
@@ -450,6 +456,8 @@ impl Default for Config {
             key_rotation: Some(Duration::from_secs(30 * 86_400)),
             key_reload: Duration::from_secs(30),
             public_url: None,
+            env: DeployEnv::Development,
+            test_phones: TestPhones::default(),
             jwt_expiration: Duration::from_secs(15 * 60),
             otp_expiration: Duration::from_secs(10 * 60),
             otp_length: 6,
@@ -653,6 +661,10 @@ impl Config {
                 }
             })
         });
+        set!(cfg.env, "AUTHGATE_ENV", |s: &str| DeployEnv::parse(s)
+            .ok_or_else(|| format!(
+                "`{s}` is not development, staging or production"
+            )));
         set!(cfg.public_url, "AUTHGATE_PUBLIC_URL", |s: &str| {
             let s = s.trim_end_matches('/');
             if (s.starts_with("https://") || s.starts_with("http://"))
@@ -921,6 +933,19 @@ impl Config {
                 "must be at least AUTHGATE_CODE_LOCK_BASE",
             ));
         }
+        // After OTP_LENGTH: each fixed code must have the configured length.
+        if let Some(raw) = var("AUTHGATE_TEST_PHONES") {
+            match TestPhones::parse(&raw, cfg.otp_length) {
+                Ok(t) if !t.is_empty() && cfg.env == DeployEnv::Production => {
+                    errors.push(ConfigError::new(
+                        "AUTHGATE_TEST_PHONES",
+                        "test numbers are refused with AUTHGATE_ENV=production: their codes are fixed",
+                    ))
+                }
+                Ok(t) => cfg.test_phones = t,
+                Err(e) => errors.push(ConfigError::new("AUTHGATE_TEST_PHONES", e)),
+            }
+        }
         if cfg.jwt_algorithm == SigningAlg::HS256 && cfg.jwt_secret.is_none() {
             errors.push(ConfigError::new(
                 "JWT_SECRET",
@@ -1034,6 +1059,15 @@ impl Config {
             ("JWT_ISSUER", self.jwt_issuer.clone()),
             ("JWT_AUDIENCE", self.jwt_audience.join(",")),
             ("AUTHGATE_PUBLIC_URL", self.public_url()),
+            ("AUTHGATE_ENV", self.env.as_str().to_owned()),
+            (
+                "AUTHGATE_TEST_PHONES",
+                if self.test_phones.is_empty() {
+                    "none".to_owned()
+                } else {
+                    format!("{} numbers (codes masked)", self.test_phones.len())
+                },
+            ),
             ("JWT_EXPIRATION_TIME", format!("{:?}", self.jwt_expiration)),
             (
                 "AUTHGATE_SESSION_MAX_LIFETIME",
@@ -1426,6 +1460,33 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Parses `900`, `900s`, `15m`, `1h`, `1d` or `250ms`, at most ten years; a bare
 /// number is seconds, as in the tutorial's `JWT_EXPIRATION_TIME`.
+/// Where the server runs (`AUTHGATE_ENV`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployEnv {
+    Development,
+    Staging,
+    Production,
+}
+
+impl DeployEnv {
+    pub fn parse(s: &str) -> Option<DeployEnv> {
+        match s {
+            "development" | "dev" => Some(DeployEnv::Development),
+            "staging" => Some(DeployEnv::Staging),
+            "production" | "prod" => Some(DeployEnv::Production),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployEnv::Development => "development",
+            DeployEnv::Staging => "staging",
+            DeployEnv::Production => "production",
+        }
+    }
+}
+
 /// `http://host:port` for a listening address (loopback for an unspecified one).
 pub fn url_of(host: IpAddr, port: u16) -> String {
     if host.is_unspecified() {

@@ -301,6 +301,8 @@ pub struct Metrics {
     hash_dropped: [AtomicU64; 3],
     /// Rows deleted by the purge actor, indexed like `PURGED_TABLES`.
     purged: [AtomicU64; 4],
+    /// SMS to test numbers (`AUTHGATE_TEST_PHONES`), kept from every provider.
+    sms_test_numbers: AtomicU64,
 }
 
 /// Why a password hash was not run: the queue was full, the wait too long, or
@@ -348,7 +350,13 @@ impl Metrics {
             hash_wait: Histogram::new(HASH_WAIT_BOUNDS),
             hash_dropped: counters(),
             purged: counters(),
+            sms_test_numbers: AtomicU64::new(0),
         }
+    }
+
+    /// An SMS to a test number that no provider saw.
+    pub fn sms_to_test_number(&self) {
+        bump(Some(&self.sms_test_numbers));
     }
 
     /// One answered request. `path` is the raw request path; it is mapped to its
@@ -428,6 +436,17 @@ impl Metrics {
                 q.label()
             );
         }
+        header(
+            &mut out,
+            "authgate_sms_test_numbers_total",
+            "counter",
+            "SMS to test numbers (AUTHGATE_TEST_PHONES) in this process: kept from every provider (the outbox records them as sent, so authgate_sms_outcomes_total counts them too).",
+        );
+        let _ = writeln!(
+            out,
+            "authgate_sms_test_numbers_total {}",
+            self.sms_test_numbers.load(Ordering::Relaxed)
+        );
         header(
             &mut out,
             "authgate_password_hash_queue_wait_seconds",

@@ -95,6 +95,15 @@ impl Application {
         revocations.listen(db.clone());
         let sms = SmsHandle::new(&config.sms, store.clone());
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let test_phones = Arc::new(config.test_phones.clone());
+        if !test_phones.is_empty() {
+            tracing::warn!(
+                numbers = test_phones.len(),
+                env = config.env.as_str(),
+                "AUTHGATE_TEST_PHONES: these numbers get fixed codes and no SMS; \
+                 never use them where real users sign up"
+            );
+        }
         sms::start(
             &supervisor,
             &sms,
@@ -103,7 +112,11 @@ impl Application {
                 keys: keys.clone(),
                 clock: clock.clone(),
                 config: config.sms.clone(),
-                sender: sms::sender_for(&config.sms)?,
+                sender: crate::sms::test_phones::TestPhoneSender::wrap(
+                    sms::sender_for(&config.sms)?,
+                    test_phones.clone(),
+                    metrics.clone(),
+                ),
                 pg: db,
             },
         )
@@ -121,6 +134,7 @@ impl Application {
                 sender_name: config.sms.sender_name.clone(),
                 quotas: config.quotas.clone(),
                 metrics: metrics.clone(),
+                test_phones,
                 on_enqueued: {
                     let sms = sms.clone();
                     Arc::new(move || sms.nudge())

@@ -99,6 +99,8 @@ pub struct OtpSettings {
     pub quotas: crate::config::QuotaConfig,
     /// Codes issued and checked, quota refusals (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Numbers whose code is fixed (`AUTHGATE_TEST_PHONES`).
+    pub test_phones: Arc<crate::domain::phone::TestPhones>,
     /// Called after a code and its SMS are committed: wakes the SMS actor at once.
     pub on_enqueued: Arc<dyn Fn() + Send + Sync>,
 }
@@ -246,16 +248,22 @@ async fn issue(
     phone: &PhoneE164,
     client: &ClientInfo,
 ) -> Result<Issued, AppError> {
-    // Refuse before anything is stored or queued.
+    // Refuse before anything is stored or queued. A test number's SMS goes
+    // nowhere, so no destination rule applies (Twilio's +1 500 numbers are
+    // not mobile lines); the quotas still do.
     let q = &s.quotas;
-    let region = phone
-        .sms_destination(&q.sms_destinations)
-        .map_err(|refusal| {
-            AppError::SmsRefused(match refusal {
-                DestinationRefusal::Region => SmsRefusal::CountryNotAllowed,
-                DestinationRefusal::NumberType(_) => SmsRefusal::NotMobile,
-            })
-        })?;
+    let fixed = s.test_phones.code_for(phone);
+    let region = match fixed {
+        Some(_) => phone.region().unwrap_or_else(|| "ZZ".to_owned()),
+        None => phone
+            .sms_destination(&q.sms_destinations)
+            .map_err(|refusal| {
+                AppError::SmsRefused(match refusal {
+                    DestinationRefusal::Region => SmsRefusal::CountryNotAllowed,
+                    DestinationRefusal::NumberType(_) => SmsRefusal::NotMobile,
+                })
+            })?,
+    };
     let quotas = [
         Quota {
             key: format!("sms:phone:{}:h", phone.as_str()),
@@ -275,7 +283,10 @@ async fn issue(
     ];
     let shared = shared_quotas(q, &region);
     let now = s.clock.now();
-    let code = otp::generate_code(&mut rand::rngs::OsRng, s.code_length);
+    let code = match fixed {
+        Some(code) => code.to_owned(),
+        None => otp::generate_code(&mut rand::rngs::OsRng, s.code_length),
+    };
     let minutes = s.ttl.as_secs().div_ceil(60);
     let body = otp::sms_text(&s.sender_name, &code, purpose, minutes);
     let expires_at = now + chrono_of(s.ttl);

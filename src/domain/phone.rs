@@ -130,6 +130,62 @@ impl From<phonenumber::Type> for NumberType {
     }
 }
 
+/// Test phone numbers (`AUTHGATE_TEST_PHONES`): numbers whose codes are fixed
+/// and whose SMS never reach a provider, for staging and automated checks.
+/// Never in production (the configuration refuses them there).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestPhones {
+    /// E.164 number to its fixed code.
+    codes: std::collections::BTreeMap<String, String>,
+}
+
+impl TestPhones {
+    /// `+15005550006=123456,+15005550007=654321`: each number valid, each
+    /// code exactly `code_length` digits, no number twice.
+    pub fn parse(s: &str, code_length: u8) -> Result<TestPhones, String> {
+        let mut codes = std::collections::BTreeMap::new();
+        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((number, code)) = entry.split_once('=') else {
+                return Err(format!("`{entry}` is not NUMBER=CODE"));
+            };
+            let phone = PhoneE164::parse(number)
+                .map_err(|e| format!("`{}`: {}", number.trim(), e.message()))?;
+            let code = code.trim();
+            if code.len() != usize::from(code_length) || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "the code of {} must be {code_length} digits (OTP_LENGTH)",
+                    phone.as_str()
+                ));
+            }
+            if codes
+                .insert(phone.as_str().to_owned(), code.to_owned())
+                .is_some()
+            {
+                return Err(format!("{} is listed twice", phone.as_str()));
+            }
+        }
+        Ok(TestPhones { codes })
+    }
+
+    /// The fixed code of `phone`, if it is a test number.
+    pub fn code_for(&self, phone: &PhoneE164) -> Option<&str> {
+        self.codes.get(phone.as_str()).map(String::as_str)
+    }
+
+    /// Whether `e164` (as stored) is a test number.
+    pub fn contains(&self, e164: &str) -> bool {
+        self.codes.contains_key(e164)
+    }
+
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+}
+
 /// Where SMS may go: the operator's allow-lists (`QuotaConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmsDestinations {
@@ -445,6 +501,26 @@ mod tests {
             if let Ok(p) = PhoneE164::parse(&s) {
                 prop_assert_eq!(PhoneE164::parse(p.as_str()), Ok(p.clone()));
             }
+        }
+    }
+
+    #[test]
+    fn test_phones_parse_strictly_and_answer_their_fixed_code() {
+        let t = TestPhones::parse("+1 500 555 0006=123456, +15005550007=654321", 6).unwrap();
+        assert_eq!(t.len(), 2);
+        let p = PhoneE164::parse("+15005550006").unwrap();
+        assert_eq!(t.code_for(&p), Some("123456"));
+        assert!(t.contains("+15005550007"));
+        assert!(!t.contains("+14155550100"));
+        assert!(TestPhones::parse("", 6).unwrap().is_empty());
+        for bad in [
+            "+15005550006",
+            "+15005550006=12345",
+            "+15005550006=12345a",
+            "12=123456",
+            "+15005550006=123456,+15005550006=654321",
+        ] {
+            assert!(TestPhones::parse(bad, 6).is_err(), "{bad}");
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod console;
 pub mod retry;
 pub mod signature;
+pub mod test_phones;
 pub mod twilio;
 
 use std::sync::atomic::{AtomicU64, Ordering};

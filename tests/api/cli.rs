@@ -82,6 +82,16 @@ fn configuration_errors_name_the_variable_in_one_line_without_a_backtrace() {
             "short",
             "AUTHGATE_MASTER_KEY: must be at least 32 bytes",
         ),
+        (
+            "AUTHGATE_TEST_PHONES",
+            "+15005550006=12345",
+            "AUTHGATE_TEST_PHONES: the code of +15005550006 must be 6 digits",
+        ),
+        (
+            "AUTHGATE_ENV",
+            "prod-eu",
+            "AUTHGATE_ENV: `prod-eu` is not development, staging or production",
+        ),
     ];
     for (var, value, expected) in cases {
         for command in ["serve", "check-config", "migrate"] {
@@ -100,6 +110,33 @@ fn configuration_errors_name_the_variable_in_one_line_without_a_backtrace() {
             );
         }
     }
+    // Test numbers have fixed codes: never in production.
+    let out = authgate(&dir)
+        .arg("check-config")
+        .env("AUTHGATE_ENV", "production")
+        .env("AUTHGATE_TEST_PHONES", "+15005550006=123456")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains(
+            "AUTHGATE_TEST_PHONES: test numbers are refused with AUTHGATE_ENV=production"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = authgate(&dir)
+        .arg("check-config")
+        .env("AUTHGATE_ENV", "staging")
+        .env("AUTHGATE_TEST_PHONES", "+15005550006=123456")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("1 numbers (codes masked)") && !text.contains("123456"),
+        "{text}"
+    );
     // Several problems: one line each.
     let out = authgate(&dir)
         .env("PORT", "x")

@@ -27,6 +27,7 @@ mod sessions;
 mod signup;
 mod sms;
 mod sms_batching;
+mod test_phones;
 mod webhooks;
 
 mod password_reset;
