@@ -10,6 +10,7 @@ mod cli;
 mod fake_twilio;
 mod http_envelope;
 mod issuing;
+mod jwks_verifier;
 mod keys;
 mod layers;
 mod lockout;

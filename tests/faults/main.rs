@@ -17,6 +17,7 @@ mod helpers;
 mod harness;
 mod load;
 
+mod key_rotation;
 mod kill9;
 mod pg_restart;
 mod three_processes;
