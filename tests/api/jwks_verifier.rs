@@ -278,14 +278,10 @@ async fn pyjwt_keeps_verifying_across_signing_rotations_old_and_new_tokens() {
     for (token, k) in [(&c, &k2), (&b, &k1), (&a.access, &k0)] {
         fresh_after_miss.accepts(token, k, "EdDSA").await;
     }
-    // With PyJWT's default 30 s cooldown, the first verifier (which fetched
-    // the set moments ago) does not refetch yet: a key made and activated at
-    // once (`keys rotate --force`) is refused by such services for up to
-    // that long. Ordinary rotations publish the key ahead (above).
-    let why = v
-        .refuses(&c, "a token of a key made after the set was cached")
-        .await;
-    assert!(why.contains("Unable to find a signing key"), "{why}");
+    // A verifier that cached the set moments ago may not refetch it for a
+    // while (PyJWT: 30 s) and refuse a key made and activated at once (`keys
+    // rotate --force`); ordinary rotations publish the key ahead (above). That
+    // is the library's policy, not authgate's, so it is not asserted here.
     v.accepts(&b, &k1, "EdDSA").await;
 }
 
