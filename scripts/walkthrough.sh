@@ -148,7 +148,8 @@ failed = False
 for n, (command, expected) in enumerate(steps, 1):
     run = command.replace("127.0.0.1:3000", f"127.0.0.1:{port}")
     proc = subprocess.run(["bash", "-c", run], env=env, capture_output=True, text=True, timeout=60)
-    actual = proc.stdout
+    # The server's own URLs (discovery) name its real port; the README's, 3000.
+    actual = proc.stdout.replace(f"127.0.0.1:{port}", "127.0.0.1:3000")
     first = command.strip().split("\n")[0]
     if proc.returncode != 0:
         print(f"walkthrough: step {n} failed to run (exit {proc.returncode}): {first}\n{proc.stderr}", file=sys.stderr)
