@@ -27,6 +27,7 @@ mod sessions;
 mod signup;
 mod sms;
 mod sms_batching;
+mod sms_webhook;
 mod webhooks;
 
 mod password_reset;
