@@ -848,7 +848,11 @@ fn judge(ctx: &BatchCtx, msg: &ClaimedSms, attempts: u32, outcome: SendOutcome) 
                 }
             ) || c == Some(retry::TWILIO_AUTH_FAILED)
             {
-                tracing::error!(outbox_id = msg.id, error = %why, "Twilio refused authgate's credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN");
+                if ctx.deps.sender.name() == "webhook" {
+                    tracing::error!(outbox_id = msg.id, error = %why, "the SMS webhook refused authgate's request: check that its receiver verifies with SMS_WEBHOOK_SECRET");
+                } else {
+                    tracing::error!(outbox_id = msg.id, error = %why, "Twilio refused authgate's credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN");
+                }
             }
             fail(ctx, msg, c.or(code), why)
         }
