@@ -393,12 +393,34 @@ pub enum TwilioSender {
     MessagingService(String),
 }
 
+/// `SMS_SENDER=webhook`: every message is POSTed as JSON to an operator's
+/// endpoint, signed per the Standard Webhooks specification, so any provider
+/// can deliver it.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `SMS_WEBHOOK_URL`: an absolute http(s) URL.
+    pub url: String,
+    /// `SMS_WEBHOOK_SECRET`: `whsec_` + base64 of 24 to 64 random bytes (the
+    /// Standard Webhooks form); the HMAC key is the decoded bytes.
+    pub secret: SecretString,
+}
+
+impl WebhookConfig {
+    /// The HMAC-SHA256 key: the secret's decoded bytes (validated at start-up).
+    pub fn key(&self) -> Result<Vec<u8>, String> {
+        decode_webhook_secret(self.secret.expose_secret())
+    }
+}
+
 /// The SMS outbox and its actor.
 #[derive(Debug, Clone)]
 pub struct SmsConfig {
-    /// None: messages are printed to the console: the embedded development
+    /// Twilio, when `TWILIO_*` is set. At most one of `twilio` and `webhook`;
+    /// neither: messages are printed to the console: the embedded development
     /// default, or `SMS_SENDER=console` (required with a `DATABASE_URL`).
     pub twilio: Option<TwilioConfig>,
+    /// `SMS_SENDER=webhook` with `SMS_WEBHOOK_URL` and `SMS_WEBHOOK_SECRET`.
+    pub webhook: Option<WebhookConfig>,
     /// `SMS_SENDER_NAME`: the name in the message text (default `authgate`).
     pub sender_name: String,
     /// `AUTHGATE_SMS_RATE_PER_SEC`: outbound messages per second (default 10).
@@ -426,6 +448,7 @@ impl Default for SmsConfig {
     fn default() -> Self {
         SmsConfig {
             twilio: None,
+            webhook: None,
             sender_name: "authgate".to_owned(),
             rate_per_sec: 10,
             concurrency: 8,
@@ -914,8 +937,15 @@ impl Config {
         match twilio_from(&var) {
             Ok(t) => {
                 cfg.sms.twilio = t;
-                if let Err(e) = check_sms_sender(var("SMS_SENDER"), &cfg) {
-                    errors.push(e);
+                let webhook_set =
+                    var("SMS_WEBHOOK_URL").is_some() || var("SMS_WEBHOOK_SECRET").is_some();
+                match check_sms_sender(var("SMS_SENDER"), &cfg, webhook_set) {
+                    Ok(SenderChoice::Webhook) => match webhook_from(&var) {
+                        Ok(w) => cfg.sms.webhook = Some(w),
+                        Err(es) => errors.extend(es),
+                    },
+                    Ok(SenderChoice::TwilioOrConsole) => {}
+                    Err(e) => errors.push(e),
                 }
             }
             Err(e) => errors.push(e),
@@ -1140,9 +1170,13 @@ impl Config {
             ),
             (
                 "SMS_SENDER",
-                match &self.sms.twilio {
-                    Some(_) => "twilio".to_owned(),
-                    None => "console (codes printed to standard output)".to_owned(),
+                match (&self.sms.twilio, &self.sms.webhook) {
+                    (Some(_), _) => "twilio".to_owned(),
+                    (None, Some(w)) => format!(
+                        "webhook (POST to {}, Standard Webhooks signature, secret masked)",
+                        masked_url(&w.url)
+                    ),
+                    (None, None) => "console (codes printed to standard output)".to_owned(),
                 },
             ),
             (
@@ -1228,31 +1262,153 @@ fn is_sid(s: &str, prefix: &str) -> bool {
     s.len() == 34 && s.starts_with(prefix) && s[2..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
-/// `SMS_SENDER` (`twilio` or `console`): the console prints codes to standard
-/// output, so it is the silent default only of the embedded development mode; a
-/// deployment with a `DATABASE_URL` must name its sender, or a forgotten Twilio
-/// setting would ship every code into its log stream.
-fn check_sms_sender(choice: Option<String>, cfg: &Config) -> Result<(), ConfigError> {
+/// What `SMS_SENDER` settled on; Twilio or the console follow from `TWILIO_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SenderChoice {
+    TwilioOrConsole,
+    Webhook,
+}
+
+/// `SMS_SENDER` (`twilio`, `console` or `webhook`): the console prints codes to
+/// standard output, so it is the silent default only of the embedded
+/// development mode; a deployment with a `DATABASE_URL` must name its sender,
+/// or a forgotten Twilio setting would ship every code into its log stream.
+/// The webhook is never implied: `SMS_WEBHOOK_*` without `SMS_SENDER=webhook`
+/// (or with Twilio) is a contradiction worth stopping for.
+fn check_sms_sender(
+    choice: Option<String>,
+    cfg: &Config,
+    webhook_set: bool,
+) -> Result<SenderChoice, ConfigError> {
     let twilio = cfg.sms.twilio.is_some();
     let problem = match choice.map(|c| c.trim().to_ascii_lowercase()).as_deref() {
+        None if webhook_set => "SMS_WEBHOOK_URL or SMS_WEBHOOK_SECRET is set: set \
+                                SMS_SENDER=webhook to send through the webhook, or unset them"
+            .to_owned(),
         None if !twilio && matches!(cfg.database, DatabaseSource::Url(_)) => {
             "DATABASE_URL is set but no SMS sender is: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN \
-             and TWILIO_PHONE_NUMBER (or TWILIO_MESSAGING_SERVICE_SID), or SMS_SENDER=console to \
-             print codes to standard output on purpose"
+             and TWILIO_PHONE_NUMBER (or TWILIO_MESSAGING_SERVICE_SID), or SMS_SENDER=webhook \
+             with SMS_WEBHOOK_URL and SMS_WEBHOOK_SECRET, or SMS_SENDER=console to print codes \
+             to standard output on purpose"
                 .to_owned()
         }
-        None => return Ok(()),
-        Some("twilio") if twilio => return Ok(()),
+        None => return Ok(SenderChoice::TwilioOrConsole),
+        Some(c @ ("twilio" | "console")) if webhook_set => format!(
+            "`{c}` while SMS_WEBHOOK_URL or SMS_WEBHOOK_SECRET is set: unset them or set \
+             SMS_SENDER=webhook"
+        ),
+        Some("twilio") if twilio => return Ok(SenderChoice::TwilioOrConsole),
         Some("twilio") => "`twilio` needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and \
                            TWILIO_PHONE_NUMBER (or TWILIO_MESSAGING_SERVICE_SID)"
             .to_owned(),
-        Some("console") if !twilio => return Ok(()),
+        Some("console") if !twilio => return Ok(SenderChoice::TwilioOrConsole),
         Some("console") => "`console` while TWILIO_* is set: unset the TWILIO_* variables or \
                             set SMS_SENDER=twilio"
             .to_owned(),
-        Some(other) => format!("`{other}` is not one of: twilio, console"),
+        Some("webhook") if !twilio => return Ok(SenderChoice::Webhook),
+        Some("webhook") => "`webhook` while TWILIO_* is set: unset the TWILIO_* variables or \
+                            set SMS_SENDER=twilio"
+            .to_owned(),
+        Some(other) => format!("`{other}` is not one of: twilio, console, webhook"),
     };
     Err(ConfigError::new("SMS_SENDER", problem))
+}
+
+/// `SMS_WEBHOOK_URL` and `SMS_WEBHOOK_SECRET`, both required once
+/// `SMS_SENDER=webhook`; every problem is named.
+fn webhook_from(var: &impl Fn(&str) -> Option<String>) -> Result<WebhookConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let url = match var("SMS_WEBHOOK_URL").map(|u| u.trim().to_owned()) {
+        None => {
+            errors.push(ConfigError::new(
+                "SMS_WEBHOOK_URL",
+                "required with SMS_SENDER=webhook: the http(s) URL messages are POSTed to",
+            ));
+            None
+        }
+        Some(u) => match parse_webhook_url(&u) {
+            Ok(()) => Some(u),
+            Err(problem) => {
+                errors.push(ConfigError::new("SMS_WEBHOOK_URL", problem));
+                None
+            }
+        },
+    };
+    let secret = match var("SMS_WEBHOOK_SECRET").map(|s| s.trim().to_owned()) {
+        None => {
+            errors.push(ConfigError::new(
+                "SMS_WEBHOOK_SECRET",
+                "required with SMS_SENDER=webhook: whsec_ followed by base64 of 24 to 64 \
+                 random bytes (e.g. `echo whsec_$(openssl rand -base64 32)`)",
+            ));
+            None
+        }
+        Some(s) => match decode_webhook_secret(&s) {
+            Ok(_) => Some(SecretString::from(s)),
+            Err(problem) => {
+                errors.push(ConfigError::new("SMS_WEBHOOK_SECRET", problem));
+                None
+            }
+        },
+    };
+    match (url, secret) {
+        (Some(url), Some(secret)) if errors.is_empty() => Ok(WebhookConfig { url, secret }),
+        _ => Err(errors),
+    }
+}
+
+/// An absolute http(s) URL with a host.
+fn parse_webhook_url(u: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(u).map_err(|_| "must be an absolute http(s) URL".to_owned())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err("must be an absolute http(s) URL".to_owned());
+    }
+    Ok(())
+}
+
+/// The bounds Standard Webhooks sets on a secret's decoded length, in bytes.
+pub const WEBHOOK_SECRET_MIN_BYTES: usize = 24;
+pub const WEBHOOK_SECRET_MAX_BYTES: usize = 64;
+
+/// The key bytes of a `whsec_<base64>` secret. The message never quotes the
+/// secret.
+pub fn decode_webhook_secret(s: &str) -> Result<Vec<u8>, String> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine;
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let Some(b64) = s.strip_prefix("whsec_") else {
+        return Err(
+            "must start with whsec_ (the Standard Webhooks form: whsec_ followed by \
+                    base64 of 24 to 64 random bytes)"
+                .to_owned(),
+        );
+    };
+    let key = LENIENT
+        .decode(b64)
+        .map_err(|_| "the part after whsec_ is not valid base64".to_owned())?;
+    if !(WEBHOOK_SECRET_MIN_BYTES..=WEBHOOK_SECRET_MAX_BYTES).contains(&key.len()) {
+        return Err(format!(
+            "decodes to {} bytes; must be {WEBHOOK_SECRET_MIN_BYTES} to \
+             {WEBHOOK_SECRET_MAX_BYTES} random bytes",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// A URL for display and logs: any password in it masked.
+pub fn masked_url(u: &str) -> String {
+    match reqwest::Url::parse(u) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("masked"));
+            parsed.to_string()
+        }
+        _ => u.to_owned(),
+    }
 }
 
 /// Twilio is all or nothing: credentials without a sender (or the reverse) is a
@@ -1957,6 +2113,129 @@ mod tests {
         ] {
             assert_eq!(vars_of(cfg(&bad)), ["SMS_SENDER"], "{bad:?}");
         }
+    }
+
+    /// The Standard Webhooks specification's example secret (24 bytes).
+    const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn webhook_sender_parses_and_masks_its_secret() {
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://u@localhost/db"),
+            ("SMS_SENDER", " Webhook "),
+            ("SMS_WEBHOOK_URL", " https://hooks.example/sms "),
+            ("SMS_WEBHOOK_SECRET", SPEC_SECRET),
+        ])
+        .unwrap();
+        assert!(c.sms.twilio.is_none());
+        let w = c.sms.webhook.as_ref().unwrap();
+        assert_eq!(w.url, "https://hooks.example/sms");
+        assert_eq!(w.key().unwrap().len(), 24);
+        let row = c
+            .describe()
+            .into_iter()
+            .find(|(k, _)| *k == "SMS_SENDER")
+            .map(|(_, v)| v)
+            .unwrap();
+        assert!(row.starts_with("webhook") && row.contains("https://hooks.example/sms"));
+        let text = format!("{:?} {:?}", c.describe(), c);
+        assert!(!text.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "{text}");
+        // A password in the URL is masked too.
+        let c = cfg(&[
+            ("SMS_SENDER", "webhook"),
+            ("SMS_WEBHOOK_URL", "http://user:hunter4@127.0.0.1:9/hook"),
+            ("SMS_WEBHOOK_SECRET", SPEC_SECRET),
+        ])
+        .unwrap();
+        assert!(!format!("{:?}", c.describe()).contains("hunter4"));
+    }
+
+    #[test]
+    fn webhook_secret_is_the_standard_webhooks_form() {
+        let b64 = |n: usize| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(vec![7u8; n])
+        };
+        assert_eq!(decode_webhook_secret(SPEC_SECRET).map(|k| k.len()), Ok(24));
+        assert_eq!(
+            decode_webhook_secret(&format!("whsec_{}", b64(64))).map(|k| k.len()),
+            Ok(64)
+        );
+        // Unpadded base64 is accepted (the reference libraries decode it).
+        let unpadded = format!("whsec_{}", b64(32).trim_end_matches('='));
+        assert_eq!(decode_webhook_secret(&unpadded).map(|k| k.len()), Ok(32));
+        for bad in [
+            b64(32),                        // no prefix
+            format!("whsec {}", b64(32)),   // wrong prefix
+            "whsec_not*base64!".to_owned(), // not base64
+            format!("whsec_{}", b64(23)),   // too short
+            format!("whsec_{}", b64(65)),   // too long
+            "whsec_".to_owned(),            // empty
+        ] {
+            let problem = decode_webhook_secret(&bad).unwrap_err();
+            // The message never quotes the secret.
+            assert!(bad.len() <= 8 || !problem.contains(&bad[6..]), "{problem}");
+            assert_eq!(
+                vars_of(cfg(&[
+                    ("SMS_SENDER", "webhook"),
+                    ("SMS_WEBHOOK_URL", "https://hooks.example/sms"),
+                    ("SMS_WEBHOOK_SECRET", &bad),
+                ])),
+                ["SMS_WEBHOOK_SECRET"],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn webhook_sender_names_each_missing_or_contradicting_variable() {
+        let url = ("SMS_WEBHOOK_URL", "https://hooks.example/sms");
+        let secret = ("SMS_WEBHOOK_SECRET", SPEC_SECRET);
+        let webhook = ("SMS_SENDER", "webhook");
+        let sid = ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef");
+        let token = ("TWILIO_AUTH_TOKEN", "t");
+        let from = ("TWILIO_PHONE_NUMBER", "+15005550006");
+        // Neither variable: both named, one line each.
+        assert_eq!(
+            vars_of(cfg(&[webhook])),
+            ["SMS_WEBHOOK_URL", "SMS_WEBHOOK_SECRET"]
+        );
+        assert_eq!(vars_of(cfg(&[webhook, url])), ["SMS_WEBHOOK_SECRET"]);
+        assert_eq!(vars_of(cfg(&[webhook, secret])), ["SMS_WEBHOOK_URL"]);
+        for bad_url in ["ftp://hooks.example/sms", "hooks.example/sms", "http://"] {
+            assert_eq!(
+                vars_of(cfg(&[webhook, ("SMS_WEBHOOK_URL", bad_url), secret])),
+                ["SMS_WEBHOOK_URL"],
+                "{bad_url}"
+            );
+        }
+        // Never implied, never beside Twilio or the console.
+        for bad in [
+            vec![url, secret],
+            vec![("SMS_SENDER", "console"), url, secret],
+            vec![("SMS_SENDER", "twilio"), sid, token, from, url, secret],
+            vec![webhook, sid, token, from, url, secret],
+            vec![sid, token, from, url, secret],
+        ] {
+            let r = cfg(&bad);
+            assert_eq!(vars_of(cfg(&bad)), ["SMS_SENDER"], "{bad:?}");
+            let Err(errors) = r else { unreachable!() };
+            assert!(
+                errors[0].to_string().contains("SMS_SENDER="),
+                "{}",
+                errors[0]
+            );
+        }
+        let line = match cfg(&[("DATABASE_URL", "postgres://u@localhost/db")]) {
+            Err(errors) => errors[0].to_string(),
+            Ok(_) => unreachable!(),
+        };
+        assert!(line.contains("SMS_SENDER=webhook"), "{line}");
+        let line = match cfg(&[("SMS_SENDER", "pigeon")]) {
+            Err(errors) => errors[0].to_string(),
+            Ok(_) => unreachable!(),
+        };
+        assert!(line.contains("twilio, console, webhook"), "{line}");
     }
 
     #[test]

@@ -68,6 +68,7 @@ use crate::error::BoxError;
 use crate::sms::console::ConsoleSender;
 use crate::sms::retry::{self, Decision, FailReason, RetryPolicy};
 use crate::sms::twilio::TwilioSender;
+use crate::sms::webhook::WebhookSender;
 use crate::sms::{delivery_rank, OutgoingSms, SendOutcome, SmsMetrics, SmsSender};
 use crate::store::outbox::{ClaimedSms, OutboxListener, SmsOutcome};
 use crate::store::{Store, StoreError};
@@ -179,20 +180,30 @@ pub struct SmsDeps {
     pub pg: tokio_postgres::Config,
 }
 
-/// Twilio when configured, else the console.
+/// Twilio or the webhook when configured, else the console.
 pub fn sender_for(config: &SmsConfig) -> Result<Arc<dyn SmsSender>, BoxError> {
-    match &config.twilio {
-        Some(twilio) => {
+    match (&config.twilio, &config.webhook) {
+        (Some(_), Some(_)) => Err("both Twilio and the SMS webhook are configured; set one".into()),
+        (Some(twilio), None) => {
             tracing::info!(api = %twilio.api_base_url, "SMS are sent through Twilio");
             Ok(Arc::new(TwilioSender::new(twilio, config.request_timeout)?))
         }
-        None => {
+        (None, Some(webhook)) => {
+            let sender = WebhookSender::new(webhook, config.request_timeout)?;
+            tracing::info!(
+                url = %crate::config::masked_url(&webhook.url),
+                "SMS are sent through the webhook (Standard Webhooks signatures)"
+            );
+            Ok(Arc::new(sender))
+        }
+        (None, None) => {
             // Loud on purpose: in this mode every code is readable by whoever
             // reads this process's output.
             tracing::warn!(
                 "SMS ARE NOT SENT: the console sender prints every SMS, with its one-time code, \
                  to standard output. For development only: set TWILIO_ACCOUNT_SID, \
-                 TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER before real use"
+                 TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER (or SMS_SENDER=webhook with \
+                 SMS_WEBHOOK_URL and SMS_WEBHOOK_SECRET) before real use"
             );
             Ok(Arc::new(ConsoleSender))
         }
@@ -771,6 +782,7 @@ async fn process(ctx: &BatchCtx, msg: ClaimedSms, mut cancelled: watch::Receiver
     let outcome = deps
         .sender
         .send(OutgoingSms {
+            outbox_id: msg.id,
             to: &msg.recipient,
             body: &body,
             expires_at: msg.expires_at,
@@ -836,7 +848,11 @@ fn judge(ctx: &BatchCtx, msg: &ClaimedSms, attempts: u32, outcome: SendOutcome) 
                 }
             ) || c == Some(retry::TWILIO_AUTH_FAILED)
             {
-                tracing::error!(outbox_id = msg.id, error = %why, "Twilio refused authgate's credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN");
+                if ctx.deps.sender.name() == "webhook" {
+                    tracing::error!(outbox_id = msg.id, error = %why, "the SMS webhook refused authgate's request: check that its receiver verifies with SMS_WEBHOOK_SECRET");
+                } else {
+                    tracing::error!(outbox_id = msg.id, error = %why, "Twilio refused authgate's credentials: check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN");
+                }
             }
             fail(ctx, msg, c.or(code), why)
         }

@@ -1,5 +1,6 @@
-//! Sending one SMS: the [`SmsSender`] abstraction the SMS actor drives, its two
-//! implementations ([`twilio`] for production, [`console`] for development), the
+//! Sending one SMS: the [`SmsSender`] abstraction the SMS actor drives, its
+//! implementations ([`twilio`] and [`webhook`] for production, [`console`] for
+//! development), the
 //! pure retry policy ([`retry`]), Twilio's webhook signature ([`signature`]) and
 //! the delivery counters ([`SmsMetrics`]).
 //!
@@ -12,6 +13,7 @@ pub mod retry;
 pub mod signature;
 pub mod test_phones;
 pub mod twilio;
+pub mod webhook;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +24,9 @@ use futures::future::BoxFuture;
 /// One message, ready to go. The body is plaintext only for the time of the call.
 #[derive(Clone, Copy)]
 pub struct OutgoingSms<'a> {
+    /// The outbox row: the same on every attempt at this message (the webhook
+    /// derives its `webhook-id` from it, so receivers can drop duplicates).
+    pub outbox_id: i64,
     /// E.164 recipient.
     pub to: &'a str,
     pub body: &'a str,
@@ -36,6 +41,7 @@ impl std::fmt::Debug for OutgoingSms<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the body: it carries a code.
         f.debug_struct("OutgoingSms")
+            .field("outbox_id", &self.outbox_id)
             .field("to", &self.to)
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
@@ -101,7 +107,7 @@ pub trait SmsSender: Send + Sync + 'static {
     /// One attempt; never retries.
     fn send<'a>(&'a self, msg: OutgoingSms<'a>) -> BoxFuture<'a, SendOutcome>;
 
-    /// For logs: `twilio` or `console`.
+    /// For logs: `twilio`, `webhook` or `console`.
     fn name(&self) -> &'static str;
 }
 

@@ -194,6 +194,7 @@ mod tests {
         );
         let now = Utc::now();
         let msg = OutgoingSms {
+            outbox_id: 1,
             to: "+14155550100",
             body: "hi",
             expires_at: Some(now + chrono::Duration::seconds(600)),
@@ -230,6 +231,7 @@ mod tests {
     fn validity_is_clamped_to_twilios_range() {
         let now = Utc::now();
         let msg = |secs: i64| OutgoingSms {
+            outbox_id: 1,
             to: "+14155550100",
             body: "",
             expires_at: Some(now + chrono::Duration::seconds(secs)),

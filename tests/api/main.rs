@@ -28,6 +28,7 @@ mod sessions;
 mod signup;
 mod sms;
 mod sms_batching;
+mod sms_webhook;
 mod test_phones;
 mod webhooks;
 
