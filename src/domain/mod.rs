@@ -11,6 +11,7 @@ pub mod otp;
 pub mod password;
 pub mod phone;
 pub mod recovery;
+pub mod sms_text;
 pub mod user;
 
 use serde::Serialize;
