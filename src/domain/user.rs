@@ -17,6 +17,9 @@ pub struct NewUser {
     pub password: Password,
     pub first_name: PersonName,
     pub last_name: PersonName,
+    /// The language of the account's SMS: the body's `locale`, else the
+    /// request's `Accept-Language` (filled in by the route); `None` is English.
+    pub locale: Option<super::sms_text::Locale>,
 }
 
 /// A stored user, as the REST contract shows it (camelCase, ISO-8601 times).

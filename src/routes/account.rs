@@ -18,6 +18,7 @@ use crate::domain::login_flow::{self, Event, Reply};
 use crate::domain::name::PersonName;
 use crate::domain::password::Password;
 use crate::domain::phone::PhoneE164;
+use crate::domain::sms_text::Locale;
 use crate::domain::user::NewUser;
 use crate::error::AppError;
 use crate::service::account::{self, CodeAction};
@@ -31,9 +32,14 @@ pub fn routes(
         .and(warp::post())
         .and(limit(state.limits(), RouteClass::Signup))
         .and(json_object())
+        .and(warp::header::optional::<String>("accept-language"))
         .and(with_state(state.clone()))
         .and(client_info(state.clone()))
-        .then(|body, state, client| async move { signup(state, client, body).await });
+        .then(
+            |body, accept_language: Option<String>, state, client| async move {
+                signup(state, client, body, accept_language).await
+            },
+        );
     let audit_trail = warp::path!("account" / "audit")
         .and(warp::get())
         .and(bearer(state.clone()))
@@ -234,6 +240,12 @@ pub fn parse_signup(body: Map<String, Value>) -> Result<NewUser, AppError> {
     let last_name = f.parse("lastName", |s| {
         PersonName::parse(s).map_err(|e| (e.code(), name_message("lastName", e.code())))
     });
+    let locale = f.optional("locale", |s| {
+        Locale::ALL.into_iter().find(|l| l.as_str() == s).ok_or((
+            "invalid_format",
+            "locale must be one of en, es, fr, de, pt".to_owned(),
+        ))
+    });
     f.finish()?;
     match (email, phone, password, first_name, last_name) {
         (Some(email), Some(phone), Some(password), Some(first_name), Some(last_name)) => {
@@ -243,6 +255,7 @@ pub fn parse_signup(body: Map<String, Value>) -> Result<NewUser, AppError> {
                 password,
                 first_name,
                 last_name,
+                locale,
             })
         }
         // `finish` returned Ok, so every field parsed.
@@ -264,8 +277,20 @@ fn name_message(field: &str, code: &str) -> String {
 /// account verified) answers exactly like a fresh sign-up, after the same hash
 /// and the same statement, so the answer does not tell who is registered; the
 /// owner is told by SMS instead. `AUTHGATE_SIGNUP_REVEAL_TAKEN` restores 409.
-async fn signup(state: AppState, client: ClientInfo, body: Map<String, Value>) -> Outcome {
-    let new_user = parse_signup(body)?;
+/// The SMS language is the body's `locale`, else the `Accept-Language` header's
+/// preferred shipped language, else English.
+async fn signup(
+    state: AppState,
+    client: ClientInfo,
+    body: Map<String, Value>,
+    accept_language: Option<String>,
+) -> Outcome {
+    let mut new_user = parse_signup(body)?;
+    if new_user.locale.is_none() {
+        new_user.locale = accept_language
+            .as_deref()
+            .and_then(Locale::from_accept_language);
+    }
     let user = crate::service::signup::sign_up(&state, new_user, &client).await?;
     Ok(json(StatusCode::CREATED, &user))
 }

@@ -71,6 +71,12 @@ pub struct SignupRequest {
     pub first_name: String,
     /// 1 to 100 characters, no control characters.
     pub last_name: String,
+    /// Optional: the language of the account's SMS, one of `en`, `es`, `fr`,
+    /// `de`, `pt`. Without it, the request's `Accept-Language` header picks
+    /// the most preferred of these; otherwise English.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, pattern = "^(en|es|fr|de|pt)$")]
+    pub locale: Option<String>,
 }
 
 /// `POST /account/login`.

@@ -5,6 +5,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
+use crate::domain::sms_text::Locale;
 use crate::domain::user::{NewUser, User};
 
 /// What a confirmed code changes on an account.
@@ -205,9 +206,9 @@ impl Store {
                  LIMIT 1
              ), ins AS (
                  INSERT INTO users (id, email, phone, password_hash, first_name, last_name,
-                                    created_at, updated_at)
+                                    created_at, updated_at, locale)
                  SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text,
-                        $7::timestamptz, $7::timestamptz
+                        $7::timestamptz, $7::timestamptz, $10::text
                  WHERE NOT EXISTS (SELECT 1 FROM holder)
                  ON CONFLICT DO NOTHING
                  RETURNING {USER_COLUMNS}
@@ -243,6 +244,7 @@ impl Store {
                     &now,
                     &entry.ip(),
                     &entry.user_agent(),
+                    &user.locale.unwrap_or_default().as_str(),
                 ],
             )
             .await?;
@@ -277,6 +279,24 @@ impl Store {
             .query_opt(&client.prepare_cached(&sql).await?, &[&id])
             .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    /// The language of a user's SMS (`users.locale`); `None` for no such user.
+    pub async fn user_locale(&self, id: Uuid) -> Result<Option<Locale>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT locale FROM users WHERE id = $1")
+                    .await?,
+                &[&id],
+            )
+            .await?;
+        // The column's CHECK admits only shipped tags; anything else reads as English.
+        Ok(row
+            .map(|r| r.try_get::<_, String>(0))
+            .transpose()?
+            .map(|tag| Locale::parse(&tag).unwrap_or_default()))
     }
 
     /// The stored password hash of a user, for tests and the login path.
