@@ -412,6 +412,86 @@ impl WebhookConfig {
     }
 }
 
+/// Reads `<locale>.<purpose>.txt` overrides (one trailing line break
+/// dropped); any other visible file, an unknown locale or purpose, or a text
+/// without exactly one `{code}` is refused naming the file.
+fn load_templates(dir: &std::path::Path) -> Result<crate::domain::sms_text::Templates, String> {
+    use crate::domain::otp::Purpose;
+    use crate::domain::sms_text::{check_template, Locale, Templates};
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            names.push((name, entry.path()));
+        }
+    }
+    names.sort();
+    let mut templates = Templates::default();
+    let mut problems = Vec::new();
+    for (name, path) in names {
+        let parsed = name.strip_suffix(".txt").and_then(|stem| {
+            let (l, p) = stem.split_once('.')?;
+            Some((Locale::parse(l)?, l, Purpose::parse(p)?))
+        });
+        let Some((locale, tag, purpose)) = parsed else {
+            problems.push(format!(
+                "{name}: not <locale>.<purpose>.txt (locales en, es, fr, de, pt; purposes {})",
+                Purpose::ALL.map(Purpose::as_str).join(", ")
+            ));
+            continue;
+        };
+        if tag != locale.as_str() {
+            problems.push(format!("{name}: the locale must be written {locale}"));
+            continue;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let text = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        match check_template(text) {
+            Ok(()) => templates.set_override(locale, purpose, text.to_owned()),
+            Err(e) => problems.push(format!("{name}: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(templates)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// A host name for the WebOTP line: lower-case labels of letters, digits and
+/// hyphens, no scheme, port or path.
+fn parse_webotp_domain(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "must be a lower-case host name such as auth.example.com (no scheme, port or path)"
+                .into(),
+        )
+    }
+}
+
 /// The SMS outbox and its actor.
 #[derive(Debug, Clone)]
 pub struct SmsConfig {
@@ -423,6 +503,13 @@ pub struct SmsConfig {
     pub webhook: Option<WebhookConfig>,
     /// `SMS_SENDER_NAME`: the name in the message text (default `authgate`).
     pub sender_name: String,
+    /// `AUTHGATE_SMS_TEMPLATES_DIR`: a folder of `<locale>.<purpose>.txt`
+    /// files replacing shipped code texts (read and checked at start).
+    pub templates_dir: Option<PathBuf>,
+    /// The code texts: shipped, with the folder's overrides.
+    pub templates: crate::domain::sms_text::Templates,
+    /// `SMS_WEBOTP_DOMAIN`: when set, every code SMS ends with `@<domain> #<code>`.
+    pub webotp_domain: Option<String>,
     /// `AUTHGATE_SMS_RATE_PER_SEC`: outbound messages per second (default 10).
     pub rate_per_sec: u32,
     /// `AUTHGATE_SMS_CONCURRENCY`: provider calls in flight at once (default 8).
@@ -450,6 +537,9 @@ impl Default for SmsConfig {
             twilio: None,
             webhook: None,
             sender_name: "authgate".to_owned(),
+            templates_dir: None,
+            templates: Default::default(),
+            webotp_domain: None,
             rate_per_sec: 10,
             concurrency: 8,
             batch_size: 50,
@@ -733,6 +823,21 @@ impl Config {
             } else {
                 Err("must be at most 30 printable characters".to_owned())
             }
+        });
+        if let Some(raw) = var("AUTHGATE_SMS_TEMPLATES_DIR") {
+            let dir = PathBuf::from(raw.trim());
+            match load_templates(&dir) {
+                Ok(t) => {
+                    cfg.sms.templates = t;
+                    cfg.sms.templates_dir = Some(dir);
+                }
+                Err(problem) => {
+                    errors.push(ConfigError::new("AUTHGATE_SMS_TEMPLATES_DIR", problem))
+                }
+            }
+        }
+        set!(cfg.sms.webotp_domain, "SMS_WEBOTP_DOMAIN", |s: &str| {
+            parse_webotp_domain(s).map(Some)
         });
         set!(cfg.sms.rate_per_sec, "AUTHGATE_SMS_RATE_PER_SEC", |s| {
             parse_range(s, 1, 10_000)
@@ -1030,6 +1135,61 @@ impl Config {
     }
 
     /// The configuration as `check-config` prints it: secrets masked.
+    /// Per language and purpose, the code SMS as sent (a sample code of the
+    /// configured length, the configured validity): its length, encoding and
+    /// segments, with a `warning:` line for each text that needs more than one
+    /// segment (each segment is billed).
+    pub fn sms_text_report(&self) -> Vec<String> {
+        use crate::domain::otp::Purpose;
+        use crate::domain::sms_text::{segments, Encoding, Locale};
+        let code: String = "0123456789"
+            .chars()
+            .cycle()
+            .take(usize::from(self.otp_length))
+            .collect();
+        let minutes = self.otp_expiration.as_secs().div_ceil(60);
+        let mut lines = Vec::new();
+        for locale in Locale::ALL {
+            for purpose in Purpose::ALL {
+                let text = self.sms.templates.render(
+                    locale,
+                    purpose,
+                    &self.sms.sender_name,
+                    &code,
+                    minutes,
+                    self.sms.webotp_domain.as_deref(),
+                );
+                let s = segments(&text);
+                let source = if self.sms.templates.is_overridden(locale, purpose) {
+                    "override"
+                } else {
+                    "shipped"
+                };
+                let name = format!("sms {locale}.{}", purpose.as_str());
+                lines.push(format!(
+                    "{name:<28} {} {}, {}, {} segment{} ({source})",
+                    s.units,
+                    match s.encoding {
+                        Encoding::Gsm7 => "septets",
+                        Encoding::Ucs2 => "UTF-16 units",
+                    },
+                    s.encoding,
+                    s.segments,
+                    if s.segments == 1 { "" } else { "s" }
+                ));
+                if s.segments > 1 {
+                    lines.push(format!(
+                        "warning: {locale}.{} needs {} {} segments: each is billed as one SMS",
+                        purpose.as_str(),
+                        s.segments,
+                        s.encoding
+                    ));
+                }
+            }
+        }
+        lines
+    }
+
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let db = match &self.database {
             DatabaseSource::Url(c) => format!(
@@ -1177,6 +1337,21 @@ impl Config {
                         masked_url(&w.url)
                     ),
                     (None, None) => "console (codes printed to standard output)".to_owned(),
+                },
+            ),
+            ("SMS_SENDER_NAME", self.sms.sender_name.clone()),
+            (
+                "AUTHGATE_SMS_TEMPLATES_DIR",
+                match &self.sms.templates_dir {
+                    Some(d) => format!("{} (overrides listed below)", d.display()),
+                    None => "unset (shipped texts)".to_owned(),
+                },
+            ),
+            (
+                "SMS_WEBOTP_DOMAIN",
+                match &self.sms.webotp_domain {
+                    Some(d) => format!("{d} (last line `@{d} #<code>`)"),
+                    None => "unset (no WebOTP line)".to_owned(),
                 },
             ),
             (
@@ -1712,6 +1887,77 @@ mod tests {
             Ok(_) => vec![],
             Err(es) => es.into_iter().map(|e| e.var).collect(),
         }
+    }
+
+    #[test]
+    fn sms_templates_dir_overrides_and_names_bad_files() {
+        use crate::domain::otp::Purpose;
+        use crate::domain::sms_text::Locale;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap().to_owned();
+        std::fs::write(dir.path().join("es.login_2fa.txt"), "{app}: {code}\n").unwrap();
+        std::fs::write(dir.path().join(".keep"), "").unwrap();
+        let c = cfg(&[("AUTHGATE_SMS_TEMPLATES_DIR", &path)]).unwrap();
+        assert!(c.sms.templates.is_overridden(Locale::Es, Purpose::Login2fa));
+        assert_eq!(
+            c.sms
+                .templates
+                .render(Locale::Es, Purpose::Login2fa, "app", "1234", 5, None),
+            "app: 1234"
+        );
+        let report = c.sms_text_report().join("\n");
+        assert!(report.contains("sms es.login_2fa"), "{report}");
+        assert!(report.contains("(override)"), "{report}");
+        for (name, text) in [
+            ("fr.phone_verify.txt", "no code here"),
+            ("it.login_2fa.txt", "{code}"),
+            ("de.login.txt", "{code}"),
+            ("ES.login_2fa.txt", "{code}"),
+        ] {
+            let bad = tempfile::tempdir().unwrap();
+            std::fs::write(bad.path().join(name), text).unwrap();
+            let errs =
+                cfg(&[("AUTHGATE_SMS_TEMPLATES_DIR", bad.path().to_str().unwrap())]).unwrap_err();
+            assert_eq!(errs.len(), 1);
+            assert_eq!(errs[0].var, "AUTHGATE_SMS_TEMPLATES_DIR");
+            assert!(errs[0].problem.contains(name), "{}", errs[0].problem);
+        }
+        assert_eq!(
+            vars_of(cfg(&[("AUTHGATE_SMS_TEMPLATES_DIR", "/no/such/folder")])),
+            ["AUTHGATE_SMS_TEMPLATES_DIR"]
+        );
+    }
+
+    #[test]
+    fn sms_webotp_domain_is_a_host_name() {
+        let c = cfg(&[("SMS_WEBOTP_DOMAIN", "auth.example.com")]).unwrap();
+        assert_eq!(c.sms.webotp_domain.as_deref(), Some("auth.example.com"));
+        for bad in [
+            "https://auth.example.com",
+            "auth.example.com:443",
+            "Auth.Example.com",
+            "auth..example.com",
+            "-a.example.com",
+            "a.example.com/x",
+        ] {
+            assert_eq!(
+                vars_of(cfg(&[("SMS_WEBOTP_DOMAIN", bad)])),
+                ["SMS_WEBOTP_DOMAIN"],
+                "{bad}"
+            );
+        }
+        // The shipped texts at the defaults: English fits one GSM-7 segment;
+        // accented Spanish needs UCS-2, and the report warns about it.
+        let report = cfg(&[]).unwrap().sms_text_report();
+        let en = report
+            .iter()
+            .find(|l| l.starts_with("sms en.login_2fa"))
+            .unwrap();
+        assert!(en.contains("GSM-7, 1 segment "), "{en}");
+        assert!(
+            report.iter().any(|l| l.starts_with("warning: es.")),
+            "{report:?}"
+        );
     }
 
     #[test]

@@ -87,6 +87,9 @@ fn main() -> ExitCode {
             for (name, value) in config.describe() {
                 println!("{name:<28} {value}");
             }
+            for line in config.sms_text_report() {
+                println!("{line}");
+            }
             return ExitCode::SUCCESS;
         }
         other => {

@@ -132,6 +132,8 @@ impl Application {
                 max_attempts: config.otp_max_attempts,
                 cooldown: config.otp_resend_cooldown,
                 sender_name: config.sms.sender_name.clone(),
+                templates: Arc::new(config.sms.templates.clone()),
+                webotp_domain: config.sms.webotp_domain.clone(),
                 quotas: config.quotas.clone(),
                 metrics: metrics.clone(),
                 test_phones,

@@ -95,6 +95,10 @@ pub struct OtpSettings {
     pub max_attempts: u32,
     pub cooldown: Duration,
     pub sender_name: String,
+    /// The code texts per language and purpose (`AUTHGATE_SMS_TEMPLATES_DIR`).
+    pub templates: Arc<crate::domain::sms_text::Templates>,
+    /// `SMS_WEBOTP_DOMAIN`: adds the `@domain #code` last line.
+    pub webotp_domain: Option<String>,
     /// Send quotas and the destination rules.
     pub quotas: crate::config::QuotaConfig,
     /// Codes issued and checked, quota refusals (`GET /metrics`).
@@ -288,7 +292,19 @@ async fn issue(
         None => otp::generate_code(&mut rand::rngs::OsRng, s.code_length),
     };
     let minutes = s.ttl.as_secs().div_ceil(60);
-    let body = otp::sms_text(&s.sender_name, &code, purpose, minutes);
+    // The account's language, read here rather than carried by every caller
+    // (login flows, resends, resets): one primary-key read per code sent,
+    // which the SMS quotas bound. A vanished account reads as English; the
+    // issue statement below refuses it anyway.
+    let locale = s.store.user_locale(user_id).await?.unwrap_or_default();
+    let body = s.templates.render(
+        locale,
+        purpose,
+        &s.sender_name,
+        &code,
+        minutes,
+        s.webotp_domain.as_deref(),
+    );
     let expires_at = now + chrono_of(s.ttl);
     let cooldown = chrono_of(s.cooldown);
     let mut detail = serde_json::json!({ "purpose": purpose.as_str() });

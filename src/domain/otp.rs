@@ -40,16 +40,8 @@ impl Purpose {
         }
     }
 
-    /// What the SMS says the code is for.
-    fn action(self) -> &'static str {
-        match self {
-            Purpose::PhoneVerify => "verify your phone",
-            Purpose::Login2fa => "sign in",
-            Purpose::Enable2fa => "turn on two-factor authentication",
-            Purpose::Disable2fa => "turn off two-factor authentication",
-            Purpose::PhoneChange => "make this your account's phone number",
-            Purpose::PasswordReset => "reset your password",
-        }
+    pub fn parse(s: &str) -> Option<Purpose> {
+        Purpose::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
 
@@ -128,14 +120,6 @@ pub fn attempts_left_after_miss(c: &CodeFacts) -> u32 {
     u32::try_from(c.max_attempts - c.attempts - 1).unwrap_or(0)
 }
 
-/// The message text: the code first, so phones can offer to autofill it.
-pub fn sms_text(sender_name: &str, code: &str, purpose: Purpose, valid_minutes: u64) -> String {
-    format!(
-        "{code} is your {sender_name} code to {}. It expires in {valid_minutes} minutes. Never share it.",
-        purpose.action()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,13 +185,6 @@ mod tests {
             .sum();
         // 9 degrees of freedom: 27.88 is the 0.1% critical value.
         assert!(chi2 < 27.88, "chi2 = {chi2}, counts = {counts:?}");
-    }
-
-    #[test]
-    fn sms_text_names_code_and_validity() {
-        let t = sms_text("authgate", "123456", Purpose::Login2fa, 10);
-        assert!(t.starts_with("123456 is your authgate code"));
-        assert!(t.contains("10 minutes"));
     }
 
     proptest! {
