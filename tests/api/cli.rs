@@ -154,6 +154,58 @@ fn configuration_errors_name_the_variable_in_one_line_without_a_backtrace() {
 }
 
 #[test]
+fn check_config_shows_sms_segments_and_names_a_bad_template() {
+    let dir = temp_dir();
+    let templates = dir.join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    // Over 160 septets: two GSM-7 segments.
+    let long = format!("{{code}} {}", "x".repeat(160));
+    std::fs::write(templates.join("de.login_2fa.txt"), &long).unwrap();
+    let out = authgate(&dir)
+        .arg("check-config")
+        .env("AUTHGATE_SMS_TEMPLATES_DIR", &templates)
+        .env("SMS_WEBOTP_DOMAIN", "auth.example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start}: {text}"))
+            .to_owned()
+    };
+    assert!(
+        line("sms en.login_2fa").contains("GSM-7, 1 segment (shipped)"),
+        "{text}"
+    );
+    assert!(
+        line("sms de.login_2fa").contains("GSM-7, 2 segments (override)"),
+        "{text}"
+    );
+    line("warning: de.login_2fa needs 2 GSM-7 segments");
+    assert!(line("sms es.login_2fa").contains("UCS-2"), "{text}");
+    assert!(
+        line("SMS_WEBOTP_DOMAIN").contains("auth.example.com"),
+        "{text}"
+    );
+
+    std::fs::write(templates.join("es.phone_verify.txt"), "{app}: sin código").unwrap();
+    let out = authgate(&dir)
+        .arg("check-config")
+        .env("AUTHGATE_SMS_TEMPLATES_DIR", &templates)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("AUTHGATE_SMS_TEMPLATES_DIR") && err.contains("es.phone_verify.txt"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn check_config_masks_secrets() {
     let dir = temp_dir();
     let secret = "a-very-secret-jwt-key-of-40-bytes-000000";

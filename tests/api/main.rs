@@ -13,6 +13,7 @@ mod issuing;
 mod jwks_verifier;
 mod keys;
 mod layers;
+mod locale;
 mod lockout;
 mod login;
 mod login_work;
