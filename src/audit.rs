@@ -42,6 +42,17 @@ pub enum AuditKind {
     PhoneChanged,
     /// The password was reset with an SMS code.
     PasswordReset,
+    /// Admin API (the address is the admin's): a search of accounts (detail:
+    /// how many matched, never the query), and one account viewed.
+    AdminUsersSearched,
+    AdminUserViewed,
+    /// Admin API: the account was banned (its sessions end) or unbanned.
+    AdminUserBanned,
+    AdminUserUnbanned,
+    /// Admin API: 2FA turned off and recovery codes deleted.
+    AdminTwoFaReset,
+    /// Admin API: the account was deleted; the row keeps only its id.
+    AdminUserDeleted,
 }
 
 impl AuditKind {
@@ -62,6 +73,12 @@ impl AuditKind {
             AuditKind::RecoveryCodesReplaced => "recovery_codes_replaced",
             AuditKind::PhoneChanged => "phone_changed",
             AuditKind::PasswordReset => "password_reset",
+            AuditKind::AdminUsersSearched => "admin_users_searched",
+            AuditKind::AdminUserViewed => "admin_user_viewed",
+            AuditKind::AdminUserBanned => "admin_user_banned",
+            AuditKind::AdminUserUnbanned => "admin_user_unbanned",
+            AuditKind::AdminTwoFaReset => "admin_two_fa_reset",
+            AuditKind::AdminUserDeleted => "admin_user_deleted",
         }
     }
 }

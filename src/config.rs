@@ -80,6 +80,9 @@ pub struct Config {
     /// `AUTHGATE_MASTER_KEY_PREVIOUS`: the master key before a change; keys
     /// sealed under it are resealed under the new one at start.
     pub master_key_previous: Option<SecretString>,
+    /// `AUTHGATE_ADMIN_TOKEN`: the bearer token of the admin API (at least 32
+    /// bytes). Unset: the admin API is off and its routes answer 404.
+    pub admin_token: Option<SecretString>,
     /// `AUTHGATE_KEY_ROTATION`: how often signing, code, outbox and refresh keys
     /// rotate (default 30 days; `off`: only by `authgate keys rotate`).
     pub key_rotation: Option<Duration>,
@@ -347,11 +350,12 @@ pub struct RateLimitConfig {
     /// clients share one bucket (bounds memory under a many-IP flood).
     pub max_keys: usize,
     /// `AUTHGATE_LIMIT_SIGNUP`, `AUTHGATE_LIMIT_LOGIN`, `AUTHGATE_LIMIT_CODE_CHECK`,
-    /// `AUTHGATE_LIMIT_CODE_SEND`: per client IP.
+    /// `AUTHGATE_LIMIT_CODE_SEND`, `AUTHGATE_LIMIT_ADMIN`: per client IP.
     pub signup: Rate,
     pub login: Rate,
     pub code_check: Rate,
     pub code_send: Rate,
+    pub admin: Rate,
 }
 
 impl Default for RateLimitConfig {
@@ -366,6 +370,7 @@ impl Default for RateLimitConfig {
             login: Rate::new(20, MINUTE),
             code_check: Rate::new(30, MINUTE),
             code_send: Rate::new(5, MINUTE),
+            admin: Rate::new(60, MINUTE),
         }
     }
 }
@@ -566,6 +571,7 @@ impl Default for Config {
             jwt_algorithm: SigningAlg::EdDSA,
             master_key: None,
             master_key_previous: None,
+            admin_token: None,
             key_rotation: Some(Duration::from_secs(30 * 86_400)),
             key_reload: Duration::from_secs(30),
             public_url: None,
@@ -753,6 +759,9 @@ impl Config {
             "AUTHGATE_MASTER_KEY_PREVIOUS",
             |s: &str| parse_secret(s).map(Some)
         );
+        set!(cfg.admin_token, "AUTHGATE_ADMIN_TOKEN", |s: &str| {
+            parse_secret(s).map(Some)
+        });
         set!(cfg.key_rotation, "AUTHGATE_KEY_ROTATION", |s: &str| {
             if s == "off" {
                 return Ok(None);
@@ -1011,6 +1020,9 @@ impl Config {
             "AUTHGATE_LIMIT_CODE_SEND",
             |s: &str| s.parse::<Rate>()
         );
+        set!(cfg.rate_limits.admin, "AUTHGATE_LIMIT_ADMIN", |s: &str| {
+            s.parse::<Rate>()
+        });
         set!(
             cfg.signup_reveal_taken,
             "AUTHGATE_SIGNUP_REVEAL_TAKEN",
@@ -1239,6 +1251,13 @@ impl Config {
                 },
             ),
             (
+                "AUTHGATE_ADMIN_TOKEN",
+                match &self.admin_token {
+                    Some(_) => "set (masked; admin API on)".to_owned(),
+                    None => "unset (admin API off)".to_owned(),
+                },
+            ),
+            (
                 "AUTHGATE_KEY_ROTATION",
                 match self.key_rotation {
                     Some(d) => format!("{d:?}"),
@@ -1324,6 +1343,7 @@ impl Config {
                 "AUTHGATE_LIMIT_CODE_SEND",
                 self.rate_limits.code_send.to_string(),
             ),
+            ("AUTHGATE_LIMIT_ADMIN", self.rate_limits.admin.to_string()),
             (
                 "AUTHGATE_LIMIT_MAX_KEYS",
                 self.rate_limits.max_keys.to_string(),
@@ -2496,10 +2516,15 @@ mod tests {
                 "TWILIO_MESSAGING_SERVICE_SID",
                 "MG0123456789abcdef0123456789abcdef",
             ),
+            (
+                "AUTHGATE_ADMIN_TOKEN",
+                "admin-token-hunter4-admin-token-hunter4",
+            ),
         ])
         .unwrap();
         let text = format!("{:?} {:?}", c.describe(), c);
         assert!(!text.contains(secret));
+        assert!(!text.contains("hunter4"));
         assert!(!text.contains("hunter2"));
         assert!(!text.contains("hunter3"));
     }

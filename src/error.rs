@@ -58,6 +58,13 @@ pub enum AppError {
     /// 404: no live session of the caller has this id.
     #[error("session not found")]
     SessionNotFound,
+    /// 401: an admin route without the admin token (`AUTHGATE_ADMIN_TOKEN`);
+    /// a user's access token is not one.
+    #[error("admin token required")]
+    AdminTokenRequired,
+    /// 404: the admin API found no account with this id.
+    #[error("user not found")]
+    UserNotFound,
     /// 404: no code was issued for this action; ask for one first.
     #[error("no active code")]
     NoActiveCode,
@@ -158,11 +165,13 @@ impl AppError {
             | AppError::InvalidRefreshToken
             | AppError::StepUpRequired
             | AppError::RefreshTokenReused
-            | AppError::InvalidResetCode => StatusCode::UNAUTHORIZED,
+            | AppError::InvalidResetCode
+            | AppError::AdminTokenRequired => StatusCode::UNAUTHORIZED,
             AppError::Forbidden => StatusCode::FORBIDDEN,
-            AppError::NotFound | AppError::NoActiveCode | AppError::SessionNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            AppError::NotFound
+            | AppError::NoActiveCode
+            | AppError::SessionNotFound
+            | AppError::UserNotFound => StatusCode::NOT_FOUND,
             AppError::State(_) => StatusCode::CONFLICT,
             AppError::Gone(_) => StatusCode::GONE,
             AppError::SmsRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -196,6 +205,8 @@ impl AppError {
             AppError::NotFound => "not_found",
             AppError::NoActiveCode => "no_active_code",
             AppError::SessionNotFound => "session_not_found",
+            AppError::AdminTokenRequired => "admin_token_required",
+            AppError::UserNotFound => "user_not_found",
             AppError::State(StateConflict::PhoneNotVerified) => "phone_not_verified",
             AppError::State(StateConflict::PhoneAlreadyVerified) => "phone_already_verified",
             AppError::State(StateConflict::TwoFaAlreadyEnabled) => "two_fa_already_enabled",
@@ -265,6 +276,11 @@ impl AppError {
             AppError::SessionNotFound => {
                 "no live session of yours has this id".to_owned()
             }
+            AppError::AdminTokenRequired => {
+                "the admin token is required (Authorization: Bearer <AUTHGATE_ADMIN_TOKEN>)"
+                    .to_owned()
+            }
+            AppError::UserNotFound => "no account has this id".to_owned(),
             AppError::NoActiveCode => {
                 "no code was sent for this action; ask for one first".to_owned()
             }

@@ -274,6 +274,7 @@ pub fn class_label(class: RouteClass) -> &'static str {
         RouteClass::Login => "login",
         RouteClass::CodeCheck => "code_check",
         RouteClass::CodeSend => "code_send",
+        RouteClass::Admin => "admin",
     }
 }
 

@@ -45,9 +45,11 @@ use crate::crypto::Jwk;
 use crate::domain::user::User;
 use crate::domain::FieldError;
 use crate::error::{AppError, GoneReason, SmsRefusal, StateConflict};
+use crate::service::admin::{AdminActionBody, AdminUserDetail, AdminUsersPage};
 use crate::service::password_reset::{ResetDoneBody, ResetStartedBody};
 use crate::service::recovery::{RecoveryCodesBody, TwoFaEnabledBody};
 use crate::service::session::{EndedBody, SessionBody, SessionsBody, TokensBody};
+use crate::store::admin::AdminUser;
 use crate::store::audit::AuditRow;
 
 /// Where the document is served (also one of `ROUTES`).
@@ -204,6 +206,8 @@ enum Auth {
     /// Logout: a refresh token in the body, or else a bearer token.
     BearerOptional,
     TwilioSignature,
+    /// The admin API: `Authorization: Bearer <AUTHGATE_ADMIN_TOKEN>`.
+    Admin,
 }
 
 /// What a route reads from the body.
@@ -318,6 +322,20 @@ fn code_gone() -> Vec<AppError> {
         AppError::Gone(GoneReason::CodeAttemptsExhausted),
         AppError::Gone(GoneReason::CodeSuperseded),
     ]
+}
+
+/// What an admin route on one account may answer. 404 `not_found` is also
+/// every admin route's answer while the admin API is off.
+fn admin_errors() -> Vec<AppError> {
+    concat(vec![
+        vec![
+            AppError::AdminTokenRequired,
+            AppError::UserNotFound,
+            AppError::NotFound,
+            too_many(),
+        ],
+        server_errors(),
+    ])
 }
 
 fn concat(parts: Vec<Vec<AppError>>) -> Vec<AppError> {
@@ -905,6 +923,126 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 server_errors(),
             ]),
         },
+        ("GET", "/api/v1/admin/users") => Spec {
+            id: "adminUsersList",
+            tag: "admin",
+            summary: "List and search accounts",
+            description: Some(
+                "Newest first, a page at a time (`limit`, 1 to 100, default 20); pass the \
+                 answer's `nextCursor` as `cursor` for the next page (keyset: no account \
+                 is skipped or repeated while accounts are added). `query`: digits, spaces \
+                 and `+()-.` only, with at least three digits, searches phone numbers by \
+                 their digits; anything else is a case-insensitive part of the e-mail \
+                 address. Audited (`admin_users_searched`, without the query).",
+            ),
+            auth: Auth::Admin,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "One page of accounts.",
+                Reply::Json("AdminUsersPage"),
+            )],
+            errors: concat(vec![
+                vec![
+                    AppError::Validation(vec![FieldError::new(
+                        "limit",
+                        "out_of_range",
+                        "limit must be a whole number from 1 to 100",
+                    )]),
+                    E::AdminTokenRequired,
+                    E::NotFound,
+                    too_many(),
+                ],
+                server_errors(),
+            ]),
+        },
+        ("GET", "/api/v1/admin/users/{id}") => Spec {
+            id: "adminUserShow",
+            tag: "admin",
+            summary: "One account, its live sessions and its newest 50 events",
+            description: Some("Audited (`admin_user_viewed`)."),
+            auth: Auth::Admin,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "The account.",
+                Reply::Json("AdminUserDetail"),
+            )],
+            errors: admin_errors(),
+        },
+        ("DELETE", "/api/v1/admin/users/{id}") => Spec {
+            id: "adminUserDelete",
+            tag: "admin",
+            summary: "Delete an account",
+            description: Some(
+                "In one transaction: the account and everything tied to it (sessions, \
+                 refresh and device tokens, codes, recovery codes, login flows) are \
+                 deleted, its audit events are kept without address, user agent or \
+                 detail, and an `admin_user_deleted` event naming only the account's id is \
+                 written. Its access tokens fail at once; its e-mail and phone are free \
+                 to sign up again.",
+            ),
+            auth: Auth::Admin,
+            body: Body::None,
+            ok: vec![(StatusCode::NO_CONTENT, "Deleted.", Reply::Empty)],
+            errors: admin_errors(),
+        },
+        ("POST", "/api/v1/admin/users/{id}/ban") => Spec {
+            id: "adminUserBan",
+            tag: "admin",
+            summary: "Ban an account",
+            description: Some(
+                "Every session, refresh token and access token of the account ends at \
+                 once, and it can neither log in (a right password answers 401 \
+                 invalid_credentials, like a wrong one) nor refresh until unbanned. \
+                 Banning a banned account keeps the first ban's time. Audited \
+                 (`admin_user_banned`).",
+            ),
+            auth: Auth::Admin,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "The account, and how many sessions ended.",
+                Reply::Json("AdminActionBody"),
+            )],
+            errors: admin_errors(),
+        },
+        ("POST", "/api/v1/admin/users/{id}/unban") => Spec {
+            id: "adminUserUnban",
+            tag: "admin",
+            summary: "Unban an account",
+            description: Some(
+                "It can log in again (its ended sessions stay ended). Audited \
+                 (`admin_user_unbanned`).",
+            ),
+            auth: Auth::Admin,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "The account (`sessionsEnded` is 0).",
+                Reply::Json("AdminActionBody"),
+            )],
+            errors: admin_errors(),
+        },
+        ("POST", "/api/v1/admin/users/{id}/2fa/reset") => Spec {
+            id: "adminUserTwoFaReset",
+            tag: "admin",
+            summary: "Force a 2FA reset",
+            description: Some(
+                "For an owner who lost both phone and recovery codes: 2FA is turned off, \
+                 the recovery codes are deleted, and every session and access token ends. \
+                 The next login is password-only; the owner can turn 2FA on again. \
+                 Audited (`admin_two_fa_reset`).",
+            ),
+            auth: Auth::Admin,
+            body: Body::None,
+            ok: vec![(
+                StatusCode::OK,
+                "The account, and how many sessions ended.",
+                Reply::Json("AdminActionBody"),
+            )],
+            errors: admin_errors(),
+        },
         _ => return None,
     };
     Some(spec)
@@ -1009,6 +1147,7 @@ fn operation(path: &str, spec: Spec) -> utoipa::openapi::path::Operation {
         Auth::BearerOptional => op
             .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
             .security(SecurityRequirement::default()),
+        Auth::Admin => op.security(SecurityRequirement::new("adminToken", Vec::<String>::new())),
         Auth::TwilioSignature => op.parameter(
             ParameterBuilder::new()
                 .name("X-Twilio-Signature")
@@ -1022,18 +1161,54 @@ fn operation(path: &str, spec: Spec) -> utoipa::openapi::path::Operation {
         ),
     };
     if path.contains("{id}") {
+        let what = if path.starts_with("/api/v1/admin/") {
+            "The account's id (a UUID). An id that is not a UUID matches no route."
+        } else {
+            "The session id (a UUID; the access tokens' `sid`)."
+        };
         op = op.parameter(
             ParameterBuilder::new()
                 .name("id")
                 .parameter_in(ParameterIn::Path)
                 .required(Required::True)
-                .description(Some("The session id (a UUID; the access tokens' `sid`)."))
+                .description(Some(what))
                 .schema(Some(ObjectBuilder::new().schema_type(Type::String).format(
                     Some(utoipa::openapi::SchemaFormat::KnownFormat(
                         utoipa::openapi::KnownFormat::Uuid,
                     )),
                 ))),
         );
+    }
+    if path == "/api/v1/admin/users" {
+        let query = |name: &str, description: &str, schema: ObjectBuilder| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(description))
+                .schema(Some(schema))
+        };
+        op = op
+            .parameter(query(
+                "query",
+                "A part of the e-mail address, or of the phone number's digits.",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(254)),
+            ))
+            .parameter(query(
+                "limit",
+                "Accounts per page (default 20).",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(100)),
+            ))
+            .parameter(query(
+                "cursor",
+                "The `nextCursor` of the previous page.",
+                ObjectBuilder::new().schema_type(Type::String),
+            ));
     }
     let body = |media: &str, name: &str, required: Required| {
         RequestBodyBuilder::new()
@@ -1131,6 +1306,10 @@ const CLOSED_SCHEMAS: &[&str] = &[
     "OpenIdConfigurationBody",
     "ResetStartedBody",
     "ResetDoneBody",
+    "AdminUser",
+    "AdminUsersPage",
+    "AdminUserDetail",
+    "AdminActionBody",
 ];
 
 fn components() -> utoipa::openapi::Components {
@@ -1165,6 +1344,17 @@ fn components() -> utoipa::openapi::Components {
         .schema_from::<PasswordResetConfirmRequest>()
         .schema_from::<ResetStartedBody>()
         .schema_from::<ResetDoneBody>()
+        .schema_from::<AdminUser>()
+        .schema_from::<AdminUsersPage>()
+        .schema_from::<AdminUserDetail>()
+        .schema_from::<AdminActionBody>()
+        .security_scheme(
+            "adminToken",
+            SecurityScheme::Http(Http::builder()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("The admin API's token, `AUTHGATE_ADMIN_TOKEN`: not a user's access token."))
+                .build()),
+        )
         .security_scheme(
             "bearer",
             SecurityScheme::Http(Http::builder()
@@ -1226,6 +1416,13 @@ pub fn document() -> OpenApi {
                  `sid`; the header names the key in `kid`.",
             ),
             tag("operations", "Health, readiness and this document."),
+            tag(
+                "admin",
+                "The admin API, with `AUTHGATE_ADMIN_TOKEN` as bearer token (off, every route \
+                 404, while it is unset): find accounts, see their sessions and events, ban \
+                 and unban, force a 2FA reset, delete. Every action is audited with the \
+                 admin's address and rate-limited per address (`AUTHGATE_LIMIT_ADMIN`).",
+            ),
         ]))
         .build()
 }

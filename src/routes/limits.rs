@@ -55,14 +55,17 @@ pub enum RouteClass {
     CodeCheck,
     /// Every endpoint that sends an SMS code (each one costs money).
     CodeSend,
+    /// The admin API (`/admin/...`): its token is a secret a script could guess.
+    Admin,
 }
 
 impl RouteClass {
-    pub const ALL: [RouteClass; 4] = [
+    pub const ALL: [RouteClass; 5] = [
         RouteClass::Signup,
         RouteClass::Login,
         RouteClass::CodeCheck,
         RouteClass::CodeSend,
+        RouteClass::Admin,
     ];
 }
 
@@ -189,8 +192,9 @@ struct Inner {
     login: Limiter,
     code_check: Limiter,
     code_send: Limiter,
+    admin: Limiter,
     /// Refusals per class since start, for `/metrics` (indexed like `RouteClass::ALL`).
-    refused: [AtomicU64; 4],
+    refused: [AtomicU64; 5],
 }
 
 impl Inner {
@@ -200,6 +204,7 @@ impl Inner {
             RouteClass::Login => &self.login,
             RouteClass::CodeCheck => &self.code_check,
             RouteClass::CodeSend => &self.code_send,
+            RouteClass::Admin => &self.admin,
         }
     }
 
@@ -224,6 +229,7 @@ impl LocalLimits {
                 login: limiter(config.login, max),
                 code_check: limiter(config.code_check, max),
                 code_send: limiter(config.code_send, max),
+                admin: limiter(config.admin, max),
                 refused: Default::default(),
             }),
         }

@@ -6,6 +6,7 @@
 //! else a fresh one), echoed in the response and carried by its log line.
 
 pub mod account;
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod docs;
@@ -66,6 +67,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/account/phone/change/confirm"),
     ("POST", "/api/v1/account/password/reset"),
     ("POST", "/api/v1/account/password/reset/confirm"),
+    ("GET", "/api/v1/admin/users"),
+    ("GET", "/api/v1/admin/users/{id}"),
+    ("DELETE", "/api/v1/admin/users/{id}"),
+    ("POST", "/api/v1/admin/users/{id}/ban"),
+    ("POST", "/api/v1/admin/users/{id}/unban"),
+    ("POST", "/api/v1/admin/users/{id}/2fa/reset"),
 ];
 
 /// Request bodies above this are refused with 413 before they are read in full.
@@ -169,6 +176,8 @@ pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infall
             .or(docs::routes().boxed())
             .unify()
             .or(lifecycle::routes(state.clone()).boxed())
+            .unify()
+            .or(admin::routes(state.clone()).boxed())
             .unify()
             .boxed(),
     );
@@ -378,6 +387,9 @@ fn clone_client_error(e: &AppError) -> AppError {
         AppError::UnsupportedMediaType => AppError::UnsupportedMediaType,
         AppError::LengthRequired => AppError::LengthRequired,
         AppError::InvalidToken => AppError::InvalidToken,
+        // The admin guard: no admin token, or the admin API is off.
+        AppError::AdminTokenRequired => AppError::AdminTokenRequired,
+        AppError::NotFound => AppError::NotFound,
         // The local rate limit filter refuses before the handler runs.
         AppError::TooManyRequests { retry_after } => AppError::TooManyRequests {
             retry_after: *retry_after,

@@ -200,6 +200,19 @@ pub async fn check_password(
         .await;
         return Ok(None);
     }
+    if password_ok && found.banned {
+        // Said only after the right password, and then as a wrong one would
+        // be: the answer tells nobody that the account exists or is banned.
+        audit::record(
+            state,
+            Some(found.user_id),
+            AuditKind::LoginFailed,
+            client,
+            json!({ "reason": "banned", "device": device }),
+        )
+        .await;
+        return Ok(None);
+    }
     if password_ok {
         return Ok(Some(Verified {
             user_id: found.user_id,

@@ -3,13 +3,14 @@
 //! ([`session`]), what a code check's outcome means ([`codes`]), the
 //! account changes a code confirms ([`account`]), recovery codes
 //! ([`recovery`]), sign-up ([`signup`]), the phone change ([`phone_change`]),
-//! the password reset ([`password_reset`]) and the notices they send
-//! ([`notice`]).
+//! the password reset ([`password_reset`]), the notices they send
+//! ([`notice`]) and the admin API's actions ([`admin`]).
 //!
 //! Routes parse and answer; actors hold per-flow state; the store speaks SQL.
 //! This layer calls the store and the actors' handles, never a route.
 
 pub mod account;
+pub mod admin;
 pub mod codes;
 pub mod login;
 pub mod notice;

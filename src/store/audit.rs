@@ -81,7 +81,8 @@ impl Store {
         Ok(())
     }
 
-    /// A user's newest events first.
+    /// A user's newest events first, without the admin API's actions on the
+    /// account (their address is the admin's; the admin API shows them).
     pub async fn audit_for_user(
         &self,
         user_id: Uuid,
@@ -92,7 +93,8 @@ impl Store {
             .query(
                 &c.prepare_cached(
                     "SELECT kind, host(ip), user_agent, detail, created_at FROM audit_events
-                 WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+                 WHERE user_id = $1 AND kind NOT LIKE 'admin\\_%'
+                 ORDER BY created_at DESC, id DESC LIMIT $2",
                 )
                 .await?,
                 &[&user_id, &limit],

@@ -38,6 +38,8 @@ pub struct Admission {
     /// False: locked, or at the ceiling. The caller still verifies (against the
     /// dummy hash) so that a refusal costs and looks like a wrong password.
     pub admitted: bool,
+    /// The account is banned (admin API): a right password still logs nothing in.
+    pub banned: bool,
 }
 
 /// How an admitted attempt ended.
@@ -128,7 +130,8 @@ fn admit_sql() -> String {
          )
          SELECT u.id, u.password_hash, u.phone, u.two_fa,
                 (SELECT id FROM known_device),
-                EXISTS (SELECT 1 FROM device) OR EXISTS (SELECT 1 FROM account)
+                EXISTS (SELECT 1 FROM device) OR EXISTS (SELECT 1 FROM account),
+                u.banned_at IS NOT NULL
          FROM users u WHERE u.id = (SELECT id FROM target)",
         reserve_d = reserve("d"),
         count_d = live_and_recent("d"),
@@ -241,6 +244,7 @@ impl Store {
                 two_fa: r.try_get(3)?,
                 device_id: r.try_get(4)?,
                 admitted: r.try_get::<_, Option<bool>>(5)?.unwrap_or(false),
+                banned: r.try_get(6)?,
             }),
             None => None,
         })

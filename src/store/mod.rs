@@ -5,6 +5,7 @@
 //! counts, single use) are expressed here as single atomic statements or
 //! constraints, never as read-then-write in Rust.
 
+pub mod admin;
 pub mod audit;
 pub mod flows;
 pub mod keyring;

@@ -108,7 +108,7 @@ pub struct RevocationFacts {
 
 impl Store {
     /// Creates a session and its first refresh token, unless the account now has
-    /// 2FA on and `amr` lacks `sms` (or the account is gone): then nothing is
+    /// 2FA on and `amr` lacks `sms` (or the account is banned or gone): then nothing is
     /// stored and the answer is false. `FOR SHARE` makes the check wait for a
     /// concurrent change of `two_fa` and re-read it, and makes that change wait
     /// for this insert, so the revocation that follows it sees this session.
@@ -121,6 +121,7 @@ impl Store {
                         "WITH u AS (
                              SELECT id FROM users
                              WHERE id = $2 AND NOT (two_fa AND NOT ($5::text[] && ARRAY['sms', 'otp']))
+                               AND banned_at IS NULL
                              FOR SHARE
                          ), s AS (
                              INSERT INTO sessions (id, user_id, amr, created_at, expires_at, last_used_at, ip, user_agent)

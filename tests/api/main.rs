@@ -4,6 +4,7 @@
 
 mod abuse;
 mod accounts;
+mod admin;
 mod helpers;
 
 mod cli;

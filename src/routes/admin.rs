@@ -1,0 +1,128 @@
+//! `/admin/...`: the admin API (issue 18), behind `Authorization: Bearer
+//! <AUTHGATE_ADMIN_TOKEN>` (a user's access token is not an admin token).
+//! With `AUTHGATE_ADMIN_TOKEN` unset every admin route answers 404
+//! `not_found`, as if it did not exist. Rate-limited per client address (the
+//! `admin` route class) before the token is checked.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+use warp::http::{HeaderMap, StatusCode};
+use warp::{Filter, Rejection};
+
+use super::limits::{limit, RouteClass};
+use super::{client_info, json, with_state, Outcome};
+use crate::audit::ClientInfo;
+use crate::error::AppError;
+use crate::service::admin;
+use crate::state::AppState;
+
+/// Whether `headers` carry the admin token; `NotFound` when the admin API is off.
+fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    use secrecy::ExposeSecret;
+    let Some(expected) = state.config().admin_token.as_ref() else {
+        return Err(AppError::NotFound);
+    };
+    let presented = headers
+        .get(warp::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or(AppError::AdminTokenRequired)?;
+    // Compared as digests, in constant time: neither the token's bytes nor its
+    // length show in the timing.
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.expose_secret().as_bytes());
+    if bool::from(a.ct_eq(&b)) {
+        Ok(())
+    } else {
+        Err(AppError::AdminTokenRequired)
+    }
+}
+
+/// The admin guard: the route class's rate limit, then the token. Put it
+/// after path and method matching, so unknown routes stay 404.
+fn guard(state: AppState) -> impl Filter<Extract = (ClientInfo,), Error = Rejection> + Clone {
+    limit(state.limits(), RouteClass::Admin)
+        .and(warp::header::headers_cloned())
+        .and(with_state(state.clone()))
+        .and_then(|headers: HeaderMap, state: AppState| async move {
+            check_admin(&state, &headers).map_err(warp::reject::custom)
+        })
+        .untuple_one()
+        .and(client_info(state))
+}
+
+pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Rejection> + Clone {
+    let list = warp::path!("admin" / "users")
+        .and(warp::get())
+        .and(guard(state.clone()))
+        .and(warp::query::<Vec<(String, String)>>())
+        .and(with_state(state.clone()))
+        .then(
+            |admin: ClientInfo, query: Vec<(String, String)>, state: AppState| async move {
+                let params = admin::parse_list_params(&query)?;
+                let page = admin::list_users(&state, &admin, params).await?;
+                Ok(json(StatusCode::OK, &page))
+            },
+        );
+    // A segment that is not a UUID matches no route (404 `not_found`).
+    let show = warp::path!("admin" / "users" / Uuid)
+        .and(warp::get())
+        .and(guard(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+            let body = admin::show_user(&state, &admin, id).await?;
+            Ok(json(StatusCode::OK, &body))
+        });
+    let delete = warp::path!("admin" / "users" / Uuid)
+        .and(warp::delete())
+        .and(guard(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+            admin::delete_user(&state, &admin, id).await?;
+            Ok(no_content())
+        });
+    let ban = warp::path!("admin" / "users" / Uuid / "ban")
+        .and(warp::post())
+        .and(guard(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+            let body = admin::set_banned(&state, &admin, id, true).await?;
+            Ok(json(StatusCode::OK, &body))
+        });
+    let unban = warp::path!("admin" / "users" / Uuid / "unban")
+        .and(warp::post())
+        .and(guard(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+            let body = admin::set_banned(&state, &admin, id, false).await?;
+            Ok(json(StatusCode::OK, &body))
+        });
+    let reset = warp::path!("admin" / "users" / Uuid / "2fa" / "reset")
+        .and(warp::post())
+        .and(guard(state.clone()))
+        .and(with_state(state))
+        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+            let body = admin::reset_two_fa(&state, &admin, id).await?;
+            Ok(json(StatusCode::OK, &body))
+        });
+    list.or(show)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(ban)
+        .unify()
+        .or(unban)
+        .unify()
+        .or(reset)
+        .unify()
+}
+
+fn no_content() -> warp::reply::Response {
+    let mut r = warp::reply::Response::new(warp::hyper::Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
