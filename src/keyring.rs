@@ -286,6 +286,23 @@ fn jwk(kty: &str, crv: &str, x: String, y: Option<String>, kid: &str, alg: &str)
 }
 
 impl Keyring {
+    /// A ring whose `keys` hold a placeholder set until `load` has read the
+    /// real one (the handle must exist before, as it is shared by clones).
+    fn unloaded(store: Store, clock: Clock, settings: KeyringSettings) -> Keyring {
+        Keyring {
+            store,
+            clock,
+            kek: kek_of(&settings.master),
+            kek_previous: settings.master_previous.as_ref().map(kek_of),
+            keys: Keys::derive(&SecretString::from(
+                "placeholder: replaced before use".to_owned(),
+            )),
+            activated: Mutex::new(HashMap::new()),
+            last_unknown_kid_reload: tokio::sync::Mutex::new(None),
+            settings,
+        }
+    }
+
     /// Makes sure every purpose has its keys (the first process on a database
     /// makes them), then loads them.
     pub async fn open(
@@ -293,20 +310,7 @@ impl Keyring {
         clock: Clock,
         settings: KeyringSettings,
     ) -> Result<Keyring, String> {
-        let kek = kek_of(&settings.master);
-        let kek_previous = settings.master_previous.as_ref().map(kek_of);
-        let ring = Keyring {
-            store,
-            clock,
-            kek,
-            kek_previous,
-            keys: Keys::derive(&SecretString::from(
-                "placeholder: replaced before use".to_owned(),
-            )),
-            activated: Mutex::new(HashMap::new()),
-            last_unknown_kid_reload: tokio::sync::Mutex::new(None),
-            settings,
-        };
+        let ring = Keyring::unloaded(store, clock, settings);
         ring.bootstrap().await?;
         let set = ring.load().await?;
         ring.keys.install(set);
@@ -330,18 +334,7 @@ impl Keyring {
             outbox_retention: defaults.purge.outbox_retention,
             refresh_grace: defaults.refresh_grace,
         };
-        let ring = Keyring {
-            store,
-            clock: Clock::system(),
-            kek: kek_of(&settings.master),
-            kek_previous: None,
-            keys: Keys::derive(&SecretString::from(
-                "placeholder: replaced before use".to_owned(),
-            )),
-            activated: Mutex::new(HashMap::new()),
-            last_unknown_kid_reload: tokio::sync::Mutex::new(None),
-            settings,
-        };
+        let ring = Keyring::unloaded(store, Clock::system(), settings);
         let set = ring.load().await?;
         ring.keys.install(set);
         Ok(ring.keys)

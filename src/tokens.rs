@@ -13,7 +13,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Header, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -102,6 +102,9 @@ pub struct TokenIssuer {
     issuer: String,
     audiences: Vec<String>,
     access_ttl: chrono::Duration,
+    /// One per algorithm a key may have, built once: verification is on
+    /// every authenticated request.
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 impl TokenIssuer {
@@ -112,11 +115,26 @@ impl TokenIssuer {
         audiences: &[String],
         access_ttl: std::time::Duration,
     ) -> Self {
+        let validations = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::HS256]
+            .into_iter()
+            .map(|alg| {
+                let mut v = Validation::new(alg);
+                v.set_issuer(&[issuer]);
+                v.set_audience(audiences);
+                v.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+                // Expiry and not-before are checked against the app clock.
+                v.validate_exp = false;
+                v.validate_nbf = false;
+                v.leeway = 0;
+                (alg, v)
+            })
+            .collect();
         TokenIssuer {
             keys: keys.clone(),
             issuer: issuer.to_owned(),
             audiences: audiences.to_vec(),
             access_ttl: crate::clock::span(access_ttl),
+            validations,
         }
     }
 
@@ -197,15 +215,10 @@ impl TokenIssuer {
         if header.alg != key.alg {
             return Err(TokenError::Invalid);
         }
-        let mut validation = Validation::new(key.alg);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&self.audiences);
-        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
-        // Expiry and not-before are checked against the app clock below.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+        let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == key.alg) else {
+            return Err(TokenError::Invalid);
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
             .map_err(|_| TokenError::Invalid)?;
         // A minute's leeway for clocks of several hosts; `nbf` is the issue time.
         if data
@@ -233,6 +246,15 @@ pub fn new_refresh_token() -> String {
 /// a retry within the grace window gets the very same token back.
 pub fn successor_refresh_token(keys: &Keys, token: &str) -> String {
     URL_SAFE_NO_PAD.encode(keys.refresh_successor(token))
+}
+
+/// The successors `token` may have been given, one per accepted refresh key,
+/// the active key's first (the one a new rotation hands out).
+pub fn successor_refresh_tokens(keys: &Keys, token: &str) -> Vec<String> {
+    keys.refresh_successors(token)
+        .iter()
+        .map(|s| URL_SAFE_NO_PAD.encode(s))
+        .collect()
 }
 
 /// The stored form of a refresh token. The token has 256 bits of entropy, so an

@@ -15,7 +15,9 @@ use crate::error::AppError;
 use crate::service::session::{end_other_sessions, tokens_body};
 use crate::state::AppState;
 use crate::store::tokens::{Presented, RotateOutcome};
-use crate::tokens::{looks_like_refresh_token, refresh_token_hash, Claims, TokenError};
+use crate::tokens::{
+    looks_like_refresh_token, refresh_token_hash, successor_refresh_tokens, Claims, TokenError,
+};
 
 /// The caller, as proven by a valid access token.
 #[derive(Debug, Clone)]
@@ -113,12 +115,7 @@ async fn refresh(state: AppState, client: ClientInfo, body: Map<String, Value>) 
     let config = state.config();
     // The successor under each accepted refresh key, the active key's first:
     // a retry after a rotation still finds the one it was given.
-    let successors: Vec<String> = state
-        .keys()
-        .refresh_successors(&token)
-        .iter()
-        .map(|s| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s))
-        .collect();
+    let successors = successor_refresh_tokens(state.keys(), &token);
     let hashes: Vec<Vec<u8>> = successors.iter().map(|s| refresh_token_hash(s)).collect();
     let (Some(successor), Some(successor_hash)) = (successors.first(), hashes.first()) else {
         return Err(AppError::internal("no refresh key"));

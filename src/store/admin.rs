@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::audit::{AuditEntry, AuditRow};
+use super::audit::{audit_rows, AuditEntry, AuditRow};
 use super::tokens::REVOCATION_CHANNEL;
 use super::{Store, StoreError};
 
@@ -133,18 +133,7 @@ impl Store {
                 &[&user, &limit],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    kind: r.try_get(0)?,
-                    ip: r.try_get(1)?,
-                    user_agent: r.try_get(2)?,
-                    detail: r.try_get(3)?,
-                    created_at: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, tokio_postgres::Error>>()
-            .map_err(StoreError::from)
+        audit_rows(&rows)
     }
 
     /// Bans (`banned`) or unbans an account, with its audit row, in one

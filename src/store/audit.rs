@@ -100,17 +100,22 @@ impl Store {
                 &[&user_id, &limit],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    kind: r.try_get(0)?,
-                    ip: r.try_get(1)?,
-                    user_agent: r.try_get(2)?,
-                    detail: r.try_get(3)?,
-                    created_at: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, tokio_postgres::Error>>()
-            .map_err(StoreError::from)
+        audit_rows(&rows)
     }
+}
+
+/// Rows of `SELECT kind, host(ip), user_agent, detail, created_at`, in order.
+pub(crate) fn audit_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<AuditRow>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok(AuditRow {
+                kind: r.try_get(0)?,
+                ip: r.try_get(1)?,
+                user_agent: r.try_get(2)?,
+                detail: r.try_get(3)?,
+                created_at: r.try_get(4)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(StoreError::from)
 }
