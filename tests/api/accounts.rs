@@ -125,3 +125,47 @@ pub async fn enable_2fa(app: &TestApp, fake: &FakeTwilio, a: &Account) {
 pub fn count_to(fake: &FakeTwilio, phone: &str) -> usize {
     fake.messages().iter().filter(|m| m.to == phone).count()
 }
+
+/// The status of `GET /account/me` with `token`.
+pub async fn me_status(app: &TestApp, token: &str) -> u16 {
+    app.http
+        .get(app.url("/api/v1/account/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Verifies the phone and turns 2FA on; the answer's recovery codes.
+pub async fn enable_2fa_with_codes(app: &TestApp, fake: &FakeTwilio, a: &Account) -> Vec<String> {
+    verify_phone(app, fake, a).await;
+    let before = count_to(fake, &a.phone);
+    expect_json(
+        post_auth(app, "/api/v1/account/2fa/enable", &a.access, None).await,
+        202,
+    )
+    .await;
+    let code = code_for(fake, &a.phone, before).await;
+    let r = post_auth(
+        app,
+        "/api/v1/account/2fa/enable/confirm",
+        &a.access,
+        Some(json!({"code": code})),
+    )
+    .await;
+    let body = expect_json(r, 200).await;
+    assert_eq!(body["twoFA"], true, "{body}");
+    assert_eq!(body["id"], a.id.as_str(), "{body}");
+    assert_eq!(body["isPhoneVerified"], true, "{body}");
+    strings(&body["recoveryCodes"])
+}

@@ -240,13 +240,8 @@ fn check_config_masks_secrets() {
 
 #[tokio::test]
 async fn keys_subcommand_lists_the_ring_and_rotates_only_a_next_key_every_process_knows() {
-    let admin = connect(&admin_config()).await;
-    let name = format!("authgate_test_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = database_url(&name);
+    let (name, cfg) = fresh_database().await;
+    let url = database_url_for(&cfg);
     let dir = temp_dir();
     let keys = |args: &[&str]| {
         authgate(&dir)
@@ -298,8 +293,6 @@ async fn keys_subcommand_lists_the_ring_and_rotates_only_a_next_key_every_proces
         "{list}"
     );
     // Nothing secret is printed, ever.
-    let mut cfg = admin_config();
-    cfg.dbname(&name);
     let db = connect(&cfg).await;
     let kids: Vec<String> = db
         .query("SELECT kid FROM keyring", &[])
@@ -315,10 +308,7 @@ async fn keys_subcommand_lists_the_ring_and_rotates_only_a_next_key_every_proces
         let out = keys(bad);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr_of(&out));
     }
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    drop_database(name);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -33,17 +33,6 @@ async fn get(app: &TestApp, path: &str) -> reqwest::Response {
     app.http.get(app.url(path)).send().await.unwrap()
 }
 
-async fn me(app: &TestApp, token: &str) -> u16 {
-    app.http
-        .get(app.url("/api/v1/account/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 async fn jwks(app: &TestApp) -> Vec<Value> {
     let body = expect_json(get(app, "/.well-known/jwks.json").await, 200).await;
     body["keys"].as_array().unwrap().clone()
@@ -162,7 +151,7 @@ async fn es256_is_a_configurable_choice_and_several_audiences_make_an_array() {
     let keys = jwks(&app).await;
     assert!(keys.iter().all(|k| k["kty"] == "EC" && k["crv"] == "P-256"));
     assert!(verify_with_jwks(&a.access, &keys));
-    assert_eq!(me(&app, &a.access).await, 200);
+    assert_eq!(me_status(&app, &a.access).await, 200);
     let discovery = expect_json(get(&app, "/.well-known/openid-configuration").await, 200).await;
     assert_eq!(
         discovery["id_token_signing_alg_values_supported"],
@@ -179,8 +168,8 @@ async fn a_changed_algorithm_takes_over_at_start_and_older_tokens_stay_valid() {
     let b = relogin(&es, &a).await;
     assert_eq!(parts(&b).0["alg"], "ES256");
     // The EdDSA token, signed before the switch, is still accepted by both.
-    assert_eq!(me(&es, &a.access).await, 200);
-    assert_eq!(me(&app, &b).await, 200);
+    assert_eq!(me_status(&es, &a.access).await, 200);
+    assert_eq!(me_status(&app, &b).await, 200);
 }
 
 #[tokio::test]
@@ -206,7 +195,7 @@ async fn hs256_only_when_asked_signs_with_jwt_secret_and_publishes_no_key() {
     )
     .unwrap();
     assert!(jwks(&app).await.is_empty());
-    assert_eq!(me(&app, &a.access).await, 200);
+    assert_eq!(me_status(&app, &a.access).await, 200);
     // The code keys are not the shared secret's: the ring holds its own.
     let ring = app.state.keyring().list().await.unwrap();
     assert!(ring
@@ -288,9 +277,13 @@ async fn tokens_signed_before_a_rotation_verify_until_expiry_then_fail_with_401(
     );
     let b = relogin(&app, &a).await;
     assert_eq!(kid(&b), next_kid, "the published next key signs now");
-    assert_eq!(me(&app, &a.access).await, 200, "signed before the rotation");
-    assert_eq!(me(&app, &b).await, 200);
-    assert_eq!(me(&app, &before).await, 200, "within the overlap");
+    assert_eq!(
+        me_status(&app, &a.access).await,
+        200,
+        "signed before the rotation"
+    );
+    assert_eq!(me_status(&app, &b).await, 200);
+    assert_eq!(me_status(&app, &before).await, 200, "within the overlap");
     let kids: Vec<Value> = jwks(&app).await.iter().map(|k| k["kid"].clone()).collect();
     assert_eq!(kids[0], json!(next_kid));
     assert!(
@@ -303,12 +296,12 @@ async fn tokens_signed_before_a_rotation_verify_until_expiry_then_fail_with_401(
     app.clock
         .advance(Duration::from_secs(15 * 60) + Duration::from_secs(6));
     app.state.keyring().reload().await.unwrap();
-    assert_eq!(me(&app, &a.access).await, 401, "expired anyway");
-    assert_eq!(me(&app, &before).await, 401, "its key is gone");
+    assert_eq!(me_status(&app, &a.access).await, 401, "expired anyway");
+    assert_eq!(me_status(&app, &before).await, 401, "its key is gone");
     let kids: Vec<Value> = jwks(&app).await.iter().map(|k| k["kid"].clone()).collect();
     assert!(!kids.contains(&json!(old_kid)));
     let fresh = relogin(&app, &a).await;
-    assert_eq!(me(&app, &fresh).await, 200);
+    assert_eq!(me_status(&app, &fresh).await, 200);
 }
 
 #[tokio::test]
@@ -326,8 +319,8 @@ async fn another_process_accepts_a_rotation_at_once_and_signs_with_it_after_its_
         .unwrap();
     let b = relogin(&app, &a).await;
     assert_ne!(kid(&b), kid(&a.access));
-    assert_eq!(me(&slow, &b).await, 200, "the next key was known");
-    assert_eq!(me(&slow, &a.access).await, 200);
+    assert_eq!(me_status(&slow, &b).await, 200, "the next key was known");
+    assert_eq!(me_status(&slow, &a.access).await, 200);
     // A second rotation at once (forced): a key the slow process never saw;
     // the unknown kid makes it reload.
     app.state
@@ -336,7 +329,11 @@ async fn another_process_accepts_a_rotation_at_once_and_signs_with_it_after_its_
         .await
         .unwrap();
     let c = relogin(&app, &a).await;
-    assert_eq!(me(&slow, &c).await, 200, "reloaded for an unknown kid");
+    assert_eq!(
+        me_status(&slow, &c).await,
+        200,
+        "reloaded for an unknown kid"
+    );
     // The quick one (200 ms reloads) signs with the new key within a second.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -478,23 +475,7 @@ async fn a_refresh_retried_across_a_refresh_key_rotation_gets_the_same_token() {
 async fn recovery_codes_survive_a_recovery_key_rotation() {
     let (app, fake) = spawn_app_with_twilio().await;
     let a = account(&app).await;
-    verify_phone(&app, &fake, &a).await;
-    let before = count_to(&fake, &a.phone);
-    let r = post_auth(&app, "/api/v1/account/2fa/enable", &a.access, None).await;
-    expect_json(r, 202).await;
-    let code = code_for(&fake, &a.phone, before).await;
-    let on = expect_json(
-        post_auth(
-            &app,
-            "/api/v1/account/2fa/enable/confirm",
-            &a.access,
-            Some(json!({"code": code})),
-        )
-        .await,
-        200,
-    )
-    .await;
-    let recovery = on["recoveryCodes"][0].as_str().unwrap().to_owned();
+    let recovery = enable_2fa_with_codes(&app, &fake, &a).await[0].clone();
     app.state
         .keyring()
         .rotate(Purpose::Recovery, true)
@@ -581,7 +562,7 @@ async fn the_scheduled_rotation_happens_once_across_processes_and_spares_recover
         .all(|k| k.purpose != "recovery" || k.state != "retired"));
     let b = relogin(&app, &a).await;
     assert_ne!(kid(&b), old_kid);
-    assert_eq!(me(&other, &b).await, 200);
+    assert_eq!(me_status(&other, &b).await, 200);
 }
 
 #[tokio::test]
@@ -614,7 +595,7 @@ async fn the_ring_opens_only_with_its_master_key_and_a_new_master_key_reseals_it
         c.master_key_previous = c.jwt_secret.clone();
     })
     .await;
-    assert_eq!(me(&moved, &a.access).await, 200);
+    assert_eq!(me_status(&moved, &a.access).await, 200);
     let resealed: Vec<Vec<u8>> = app
         .db_client()
         .await
@@ -629,7 +610,7 @@ async fn the_ring_opens_only_with_its_master_key_and_a_new_master_key_reseals_it
         c.master_key = Some(secrecy::SecretString::from(new_master.to_owned()));
     })
     .await;
-    assert_eq!(me(&only_new, &a.access).await, 200);
+    assert_eq!(me_status(&only_new, &a.access).await, 200);
 }
 
 #[tokio::test]

@@ -218,16 +218,7 @@ async fn hs256_is_announced_with_a_warning_and_no_secret_reaches_the_logs() {
         .rotate(authgate::keyring::Purpose::Codes, true)
         .await
         .unwrap();
-    assert_eq!(
-        app.http
-            .get(app.url("/api/v1/account/me"))
-            .bearer_auth(&a.access)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(me_status(&app, &a.access).await, 200);
     let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(
         text.contains("JWT_ALGORITHM=HS256: access tokens are signed with the shared JWT_SECRET"),

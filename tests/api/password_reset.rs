@@ -29,17 +29,6 @@ async fn tokens(app: &TestApp, a: &Account) -> (String, String) {
     )
 }
 
-async fn me_status(app: &TestApp, token: &str) -> u16 {
-    app.http
-        .get(app.url("/api/v1/account/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 async fn refresh_status(app: &TestApp, token: &str) -> u16 {
     app.post_json("/api/v1/auth/refresh", &json!({"refreshToken": token}))
         .await

@@ -29,38 +29,6 @@ fn many_codes(c: &mut authgate::config::Config) {
     c.quotas.sms_per_account_hour = 1000;
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|c| c.as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// Verifies the phone and turns 2FA on; the answer's recovery codes.
-async fn enable_2fa_with_codes(app: &TestApp, fake: &FakeTwilio, a: &Account) -> Vec<String> {
-    verify_phone(app, fake, a).await;
-    let before = count_to(fake, &a.phone);
-    expect_json(
-        post_auth(app, "/api/v1/account/2fa/enable", &a.access, None).await,
-        202,
-    )
-    .await;
-    let code = code_for(fake, &a.phone, before).await;
-    let r = post_auth(
-        app,
-        "/api/v1/account/2fa/enable/confirm",
-        &a.access,
-        Some(json!({"code": code})),
-    )
-    .await;
-    let body = expect_json(r, 200).await;
-    assert_eq!(body["twoFA"], true, "{body}");
-    assert_eq!(body["id"], a.id.as_str(), "{body}");
-    assert_eq!(body["isPhoneVerified"], true, "{body}");
-    strings(&body["recoveryCodes"])
-}
-
 /// Starts a 2FA login: the flow id and the SMS code.
 async fn start_flow(app: &TestApp, fake: &FakeTwilio, a: &Account) -> (String, String) {
     let before = count_to(fake, &a.phone);

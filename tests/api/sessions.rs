@@ -34,17 +34,6 @@ async fn login(app: &TestApp, a: &Account) -> (String, String) {
     )
 }
 
-async fn me_status(app: &TestApp, token: &str) -> u16 {
-    app.http
-        .get(app.url("/api/v1/account/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
     app.post_json(REFRESH, &json!({"refreshToken": token}))
         .await
