@@ -83,6 +83,10 @@ pub struct Config {
     /// `AUTHGATE_ADMIN_TOKEN`: the bearer token of the admin API (at least 32
     /// bytes). Unset: the admin API is off and its routes answer 404.
     pub admin_token: Option<SecretString>,
+    /// `AUTHGATE_ADMIN_JWT` (`on`/`off`, default off): the admin API also
+    /// accepts the access token of an account with the admin role (granted by
+    /// `authgate admin grant EMAIL`) whose session passed a second factor.
+    pub admin_jwt: bool,
     /// `AUTHGATE_KEY_ROTATION`: how often signing, code, outbox and refresh keys
     /// rotate (default 30 days; `off`: only by `authgate keys rotate`).
     pub key_rotation: Option<Duration>,
@@ -417,12 +421,47 @@ impl WebhookConfig {
     }
 }
 
-/// Reads `<locale>.<purpose>.txt` overrides (one trailing line break
-/// dropped); any other visible file, an unknown locale or purpose, or a text
-/// without exactly one `{code}` is refused naming the file.
+/// `check-config`'s line for one SMS text named `name` (`es.login_2fa`), and
+/// a warning when it needs more than one segment.
+fn segment_lines(name: &str, text: &str, source: &str) -> Vec<String> {
+    use crate::domain::sms_text::{segments, Encoding};
+    let s = segments(text);
+    let mut lines = vec![format!(
+        "{:<28} {} {}, {}, {} segment{} ({source})",
+        format!("sms {name}"),
+        s.units,
+        match s.encoding {
+            Encoding::Gsm7 => "septets",
+            Encoding::Ucs2 => "UTF-16 units",
+        },
+        s.encoding,
+        s.segments,
+        if s.segments == 1 { "" } else { "s" }
+    )];
+    if s.segments > 1 {
+        lines.push(format!(
+            "warning: {name} needs {} {} segments: each is billed as one SMS",
+            s.segments, s.encoding
+        ));
+    }
+    lines
+}
+
+/// Reads `<locale>.<purpose>.txt` overrides of code texts and
+/// `<locale>.<notice>.txt` overrides of notices (one trailing line break
+/// dropped); any other visible file, an unknown locale or purpose, a code text
+/// without exactly one `{code}` or a notice with a placeholder other than
+/// `{app}` is refused naming the file.
 fn load_templates(dir: &std::path::Path) -> Result<crate::domain::sms_text::Templates, String> {
     use crate::domain::otp::Purpose;
-    use crate::domain::sms_text::{check_template, Locale, Templates};
+    use crate::domain::sms_text::{
+        check_notice_template, check_template, Locale, NoticeKind, Templates,
+    };
+    /// What a file replaces.
+    enum Target {
+        Code(Purpose),
+        Notice(NoticeKind),
+    }
     let entries =
         std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut names = Vec::new();
@@ -439,12 +478,16 @@ fn load_templates(dir: &std::path::Path) -> Result<crate::domain::sms_text::Temp
     for (name, path) in names {
         let parsed = name.strip_suffix(".txt").and_then(|stem| {
             let (l, p) = stem.split_once('.')?;
-            Some((Locale::parse(l)?, l, Purpose::parse(p)?))
+            let target = Purpose::parse(p)
+                .map(Target::Code)
+                .or_else(|| NoticeKind::parse(p).map(Target::Notice))?;
+            Some((Locale::parse(l)?, l, target))
         });
-        let Some((locale, tag, purpose)) = parsed else {
+        let Some((locale, tag, target)) = parsed else {
             problems.push(format!(
-                "{name}: not <locale>.<purpose>.txt (locales en, es, fr, de, pt; purposes {})",
-                Purpose::ALL.map(Purpose::as_str).join(", ")
+                "{name}: not <locale>.<purpose>.txt (locales en, es, fr, de, pt; purposes {}, {})",
+                Purpose::ALL.map(Purpose::as_str).join(", "),
+                NoticeKind::ALL.map(NoticeKind::as_str).join(", ")
             ));
             continue;
         };
@@ -463,9 +506,14 @@ fn load_templates(dir: &std::path::Path) -> Result<crate::domain::sms_text::Temp
             .strip_suffix("\r\n")
             .or_else(|| text.strip_suffix('\n'))
             .unwrap_or(&text);
-        match check_template(text) {
-            Ok(()) => templates.set_override(locale, purpose, text.to_owned()),
-            Err(e) => problems.push(format!("{name}: {e}")),
+        let checked = match target {
+            Target::Code(purpose) => check_template(text)
+                .map(|()| templates.set_override(locale, purpose, text.to_owned())),
+            Target::Notice(kind) => check_notice_template(text)
+                .map(|()| templates.set_notice_override(locale, kind, text.to_owned())),
+        };
+        if let Err(e) = checked {
+            problems.push(format!("{name}: {e}"));
         }
     }
     if problems.is_empty() {
@@ -572,6 +620,7 @@ impl Default for Config {
             master_key: None,
             master_key_previous: None,
             admin_token: None,
+            admin_jwt: false,
             key_rotation: Some(Duration::from_secs(30 * 86_400)),
             key_reload: Duration::from_secs(30),
             public_url: None,
@@ -762,6 +811,7 @@ impl Config {
         set!(cfg.admin_token, "AUTHGATE_ADMIN_TOKEN", |s: &str| {
             parse_secret(s).map(Some)
         });
+        set!(cfg.admin_jwt, "AUTHGATE_ADMIN_JWT", parse_bool);
         set!(cfg.key_rotation, "AUTHGATE_KEY_ROTATION", |s: &str| {
             if s == "off" {
                 return Ok(None);
@@ -1147,23 +1197,25 @@ impl Config {
     }
 
     /// The configuration as `check-config` prints it: secrets masked.
-    /// Per language and purpose, the code SMS as sent (a sample code of the
-    /// configured length, the configured validity): its length, encoding and
-    /// segments, with a `warning:` line for each text that needs more than one
-    /// segment (each segment is billed).
+    /// Per language, each code SMS as sent (a sample code of the configured
+    /// length, the configured validity) and each notice: its length, encoding
+    /// and segments, with a `warning:` line for each text that needs more than
+    /// one segment (each segment is billed).
     pub fn sms_text_report(&self) -> Vec<String> {
         use crate::domain::otp::Purpose;
-        use crate::domain::sms_text::{segments, Encoding, Locale};
+        use crate::domain::sms_text::{Locale, NoticeKind};
         let code: String = "0123456789"
             .chars()
             .cycle()
             .take(usize::from(self.otp_length))
             .collect();
         let minutes = self.otp_expiration.as_secs().div_ceil(60);
+        let templates = &self.sms.templates;
+        let source = |overridden: bool| if overridden { "override" } else { "shipped" };
         let mut lines = Vec::new();
         for locale in Locale::ALL {
             for purpose in Purpose::ALL {
-                let text = self.sms.templates.render(
+                let text = templates.render(
                     locale,
                     purpose,
                     &self.sms.sender_name,
@@ -1171,32 +1223,19 @@ impl Config {
                     minutes,
                     self.sms.webotp_domain.as_deref(),
                 );
-                let s = segments(&text);
-                let source = if self.sms.templates.is_overridden(locale, purpose) {
-                    "override"
-                } else {
-                    "shipped"
-                };
-                let name = format!("sms {locale}.{}", purpose.as_str());
-                lines.push(format!(
-                    "{name:<28} {} {}, {}, {} segment{} ({source})",
-                    s.units,
-                    match s.encoding {
-                        Encoding::Gsm7 => "septets",
-                        Encoding::Ucs2 => "UTF-16 units",
-                    },
-                    s.encoding,
-                    s.segments,
-                    if s.segments == 1 { "" } else { "s" }
+                lines.extend(segment_lines(
+                    &format!("{locale}.{}", purpose.as_str()),
+                    &text,
+                    source(templates.is_overridden(locale, purpose)),
                 ));
-                if s.segments > 1 {
-                    lines.push(format!(
-                        "warning: {locale}.{} needs {} {} segments: each is billed as one SMS",
-                        purpose.as_str(),
-                        s.segments,
-                        s.encoding
-                    ));
-                }
+            }
+            for kind in NoticeKind::ALL {
+                let text = templates.render_notice(locale, kind, &self.sms.sender_name);
+                lines.extend(segment_lines(
+                    &format!("{locale}.{}", kind.as_str()),
+                    &text,
+                    source(templates.is_notice_overridden(locale, kind)),
+                ));
             }
         }
         lines
@@ -1254,7 +1293,15 @@ impl Config {
                 "AUTHGATE_ADMIN_TOKEN",
                 match &self.admin_token {
                     Some(_) => "set (masked; admin API on)".to_owned(),
-                    None => "unset (admin API off)".to_owned(),
+                    None => "unset".to_owned(),
+                },
+            ),
+            (
+                "AUTHGATE_ADMIN_JWT",
+                match (self.admin_jwt, self.admin_token.is_some()) {
+                    (true, _) => "on (admins' access tokens open the admin API)".to_owned(),
+                    (false, true) => "off".to_owned(),
+                    (false, false) => "off (admin API off)".to_owned(),
                 },
             ),
             (

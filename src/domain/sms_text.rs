@@ -1,7 +1,7 @@
-//! The text of code SMS, pure: the shipped languages, picking one from an
-//! `Accept-Language` header, the templates per language and purpose (with the
-//! operator's overrides), rendering, the WebOTP line, and how many segments a
-//! text costs (GSM-7 or UCS-2).
+//! The text of every SMS, pure: the shipped languages, picking one from an
+//! `Accept-Language` header, the templates per language and purpose of code
+//! SMS and per kind of notice (with the operator's overrides), rendering, the
+//! WebOTP line, and how many segments a text costs (GSM-7 or UCS-2).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -143,6 +143,104 @@ pub fn shipped(locale: Locale, purpose: Purpose) -> String {
     }
 }
 
+/// An SMS that tells an account's owner something happened: it carries no
+/// code, so its template may hold only `{app}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoticeKind {
+    /// Someone signed up with the account's e-mail or verified phone.
+    SignupAttempt,
+    /// The account's phone number was changed (sent to the old number).
+    PhoneChanged,
+}
+
+impl NoticeKind {
+    pub const ALL: [NoticeKind; 2] = [NoticeKind::SignupAttempt, NoticeKind::PhoneChanged];
+
+    /// Its name in override files and the outbox's `purpose` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::SignupAttempt => "signup_notice",
+            NoticeKind::PhoneChanged => "phone_change_notice",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NoticeKind> {
+        NoticeKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The shipped text of a notice; `{app}` is filled in by
+/// [`Templates::render_notice`].
+pub fn shipped_notice(locale: Locale, kind: NoticeKind) -> &'static str {
+    use NoticeKind::*;
+    match (locale, kind) {
+        (Locale::En, SignupAttempt) => {
+            "{app}: someone tried to sign up with your e-mail or phone number. \
+             If it was you, log in instead. If not, nothing was changed."
+        }
+        (Locale::Es, SignupAttempt) => {
+            "{app}: alguien intentó registrarse con tu e-mail o teléfono. \
+             Si fuiste tú, inicia sesión; si no, nada ha cambiado."
+        }
+        (Locale::Fr, SignupAttempt) => {
+            "{app} : quelqu'un a tenté de s'inscrire avec votre e-mail ou votre numéro. \
+             Si c'était vous, connectez-vous. Sinon, rien n'a été modifié."
+        }
+        (Locale::De, SignupAttempt) => {
+            "{app}: Jemand wollte sich mit deiner E-Mail-Adresse oder Telefonnummer \
+             registrieren. Warst du es, melde dich an. Sonst wurde nichts geändert."
+        }
+        (Locale::Pt, SignupAttempt) => {
+            "{app}: alguém tentou registar-se com o seu e-mail ou telefone. \
+             Se foi você, inicie sessão; se não, nada foi alterado."
+        }
+        (Locale::En, PhoneChanged) => {
+            "{app}: the phone number of your account was changed to another number. \
+             If this was not you, reset your password and contact support."
+        }
+        (Locale::Es, PhoneChanged) => {
+            "{app}: el número de teléfono de tu cuenta se cambió por otro. \
+             Si no fuiste tú, restablece tu contraseña y contacta con soporte."
+        }
+        (Locale::Fr, PhoneChanged) => {
+            "{app} : le numéro de votre compte a été remplacé par un autre. \
+             Si ce n'était pas vous, réinitialisez votre mot de passe et contactez le support."
+        }
+        (Locale::De, PhoneChanged) => {
+            "{app}: Die Telefonnummer deines Kontos wurde durch eine andere ersetzt. \
+             Warst du das nicht, setze dein Passwort zurück und kontaktiere den Support."
+        }
+        (Locale::Pt, PhoneChanged) => {
+            "{app}: o número de telefone da sua conta foi alterado para outro. \
+             Se não foi você, redefina a sua senha e contacte o suporte."
+        }
+    }
+}
+
+/// Why an operator's notice template is refused: a notice carries no code, so
+/// `{code}` and `{minutes}` have nothing to fill in.
+pub fn check_notice_template(text: &str) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i..];
+        match after.strip_prefix("{app}") {
+            Some(r) => rest = r,
+            None => return Err("unknown placeholder: a notice fills in only {app}".into()),
+        }
+    }
+    check_controls(text)
+}
+
+fn check_controls(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err("must not contain control characters other than line breaks".into());
+    }
+    Ok(())
+}
+
 /// Why an operator's template is refused.
 pub fn check_template(text: &str) -> Result<(), String> {
     let codes = text.matches("{code}").count();
@@ -166,16 +264,14 @@ pub fn check_template(text: &str) -> Result<(), String> {
             }
         }
     }
-    if text.chars().any(|c| c.is_control() && c != '\n') {
-        return Err("must not contain control characters other than line breaks".into());
-    }
-    Ok(())
+    check_controls(text)
 }
 
 /// Every template in use: the shipped ones, with the operator's overrides.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Templates {
     overrides: HashMap<(Locale, Purpose), String>,
+    notice_overrides: HashMap<(Locale, NoticeKind), String>,
 }
 
 impl Templates {
@@ -194,6 +290,27 @@ impl Templates {
             .get(&(locale, purpose))
             .cloned()
             .unwrap_or_else(|| shipped(locale, purpose))
+    }
+
+    /// Replaces the notice text of `locale` and `kind` (checked by the caller
+    /// with [`check_notice_template`]).
+    pub fn set_notice_override(&mut self, locale: Locale, kind: NoticeKind, text: String) {
+        self.notice_overrides.insert((locale, kind), text);
+    }
+
+    pub fn is_notice_overridden(&self, locale: Locale, kind: NoticeKind) -> bool {
+        self.notice_overrides.contains_key(&(locale, kind))
+    }
+
+    /// A notice in the account's language, with `app` as the app's name.
+    pub fn render_notice(&self, locale: Locale, kind: NoticeKind, app: &str) -> String {
+        let template = self
+            .notice_overrides
+            .get(&(locale, kind))
+            .map(String::as_str)
+            .unwrap_or_else(|| shipped_notice(locale, kind));
+        // `fill` with no code: an app name holding `{code}` stays literal text.
+        fill(template, app, "", 0)
     }
 
     /// The message: the template filled in, then, with a WebOTP domain, a
@@ -311,6 +428,57 @@ pub fn segments(text: &str) -> Segments {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_shipped_notice_names_the_app_once_and_takes_no_code() {
+        let t = Templates::default();
+        for locale in Locale::ALL {
+            for kind in NoticeKind::ALL {
+                let shipped = shipped_notice(locale, kind);
+                assert_eq!(shipped.matches("{app}").count(), 1, "{locale} {kind:?}");
+                assert_eq!(check_notice_template(shipped), Ok(()), "{locale} {kind:?}");
+                let text = t.render_notice(locale, kind, "Acme {code}");
+                assert!(text.starts_with("Acme {code}"), "{text}");
+                assert!(!text.contains("{app}"), "{text}");
+                assert!(segments(&text).segments <= 2, "{locale} {kind:?}: {text}");
+            }
+        }
+        // Each language says it in its own words.
+        let texts: std::collections::HashSet<_> = Locale::ALL
+            .map(|l| shipped_notice(l, NoticeKind::PhoneChanged))
+            .into_iter()
+            .collect();
+        assert_eq!(texts.len(), Locale::ALL.len());
+        assert_eq!(
+            NoticeKind::parse("signup_notice"),
+            Some(NoticeKind::SignupAttempt)
+        );
+        assert_eq!(NoticeKind::parse("phone_verify"), None);
+    }
+
+    #[test]
+    fn a_notice_override_replaces_one_language_and_kind_only() {
+        let mut t = Templates::default();
+        t.set_notice_override(
+            Locale::De,
+            NoticeKind::SignupAttempt,
+            "{app}: Achtung.".into(),
+        );
+        assert_eq!(
+            t.render_notice(Locale::De, NoticeKind::SignupAttempt, "Acme"),
+            "Acme: Achtung."
+        );
+        assert!(t.is_notice_overridden(Locale::De, NoticeKind::SignupAttempt));
+        assert!(!t.is_notice_overridden(Locale::De, NoticeKind::PhoneChanged));
+        assert!(t
+            .render_notice(Locale::En, NoticeKind::SignupAttempt, "Acme")
+            .starts_with("Acme: someone tried to sign up"));
+        assert!(check_notice_template("{app}: your code is {code}").is_err());
+        assert!(check_notice_template("valid for {minutes} min").is_err());
+        assert!(check_notice_template("  ").is_err());
+        assert!(check_notice_template("a\u{7}bell").is_err());
+        assert_eq!(check_notice_template("no app name, fine"), Ok(()));
+    }
 
     #[test]
     fn accept_language_picks_the_preferred_shipped_language() {

@@ -46,13 +46,3 @@ pub struct User {
 pub fn iso8601<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
-
-/// The SMS an account's owner gets when someone signs up with its e-mail or
-/// phone: the sign-up itself answers as if it were new, so only the owner learns
-/// the identifier is registered. Plain GSM-7, one segment.
-pub fn signup_notice_text(sender_name: &str) -> String {
-    format!(
-        "{sender_name}: someone tried to sign up with your e-mail or phone number. \
-         If it was you, log in instead. If not, nothing was changed."
-    )
-}

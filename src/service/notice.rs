@@ -1,21 +1,25 @@
 //! Notices: SMS that tell an account's owner something happened (not codes).
 //! Like codes, they count against the regional and global SMS ceilings, and
 //! each kind has its own per-phone daily quota so no one can flood a number
-//! through them. Best effort: a refused or failed notice is logged, never
-//! answered.
+//! through them. They are written in the account's language (the operator's
+//! override files apply as to codes). Best effort: a refused or failed notice
+//! is logged, never answered.
 
 use chrono::{DateTime, Utc};
 
 use crate::domain::phone::PhoneE164;
+use crate::domain::sms_text::{Locale, NoticeKind};
 use crate::state::AppState;
 use crate::store::quotas::Quota;
 
 /// One notice to queue.
-pub struct Notice<'a> {
+pub struct Notice {
     pub to: PhoneE164,
-    pub body: &'a str,
-    /// The outbox purpose (and the per-phone quota's name).
-    pub purpose: &'static str,
+    /// What it tells; its name is the outbox purpose and the per-phone
+    /// quota's name.
+    pub kind: NoticeKind,
+    /// The language of the account it is about.
+    pub locale: Locale,
     pub per_phone_day: i32,
     /// Dropped if it could not go out within this long.
     pub ttl: chrono::Duration,
@@ -23,24 +27,29 @@ pub struct Notice<'a> {
 
 /// Queues `notice` now: a unit of each shared ceiling, then the outbox row and
 /// its per-phone quota in one transaction. Returns whether it was queued.
-pub async fn queue(state: &AppState, notice: Notice<'_>, now: DateTime<Utc>) -> bool {
+pub async fn queue(state: &AppState, notice: Notice, now: DateTime<Utc>) -> bool {
     let phone = &notice.to;
+    let purpose = notice.kind.as_str();
+    let sms = &state.config().sms;
+    let body = sms
+        .templates
+        .render_notice(notice.locale, notice.kind, &sms.sender_name);
     let units = match units(state, phone, now).await {
         Ok(units) => units,
         Err(why) => {
-            tracing::info!(purpose = notice.purpose, why, "notice skipped");
+            tracing::info!(purpose, why, "notice skipped");
             return false;
         }
     };
     let quota = Quota {
-        key: format!("notice:{}:{}:d", notice.purpose, phone.as_str()),
+        key: format!("notice:{purpose}:{}:d", phone.as_str()),
         window: chrono::Duration::days(1),
         limit: notice.per_phone_day,
     };
     let msg = crate::store::outbox::NewSms {
         to: phone,
-        body: notice.body,
-        purpose: notice.purpose,
+        body: &body,
+        purpose,
         expires_at: Some(now + notice.ttl),
     };
     match state
@@ -54,15 +63,12 @@ pub async fn queue(state: &AppState, notice: Notice<'_>, now: DateTime<Utc>) -> 
         }
         Ok(false) => {
             release(state, units);
-            tracing::info!(
-                purpose = notice.purpose,
-                "notice skipped: daily notices spent"
-            );
+            tracing::info!(purpose, "notice skipped: daily notices spent");
             false
         }
         Err(e) => {
             release(state, units);
-            tracing::warn!(purpose = notice.purpose, error = %e, "notice not queued");
+            tracing::warn!(purpose, error = %e, "notice not queued");
             false
         }
     }

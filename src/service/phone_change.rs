@@ -10,6 +10,7 @@ use crate::actors::otp::{Confirms, Issued};
 use crate::audit::{AuditKind, ClientInfo};
 use crate::domain::otp::Purpose;
 use crate::domain::phone::PhoneE164;
+use crate::domain::sms_text::{Locale, NoticeKind};
 use crate::domain::user::User;
 use crate::error::{AppError, StateConflict};
 use crate::service::account::current_user;
@@ -24,14 +25,6 @@ use crate::store::users::AccountChange;
 const NOTICES_PER_PHONE_DAY: i32 = 3;
 /// A notice that could not go out within this long is dropped.
 const NOTICE_TTL: chrono::Duration = chrono::Duration::hours(1);
-
-/// The SMS to the number an account just left.
-pub fn notice_text(sender_name: &str) -> String {
-    format!(
-        "{sender_name}: the phone number of your account was changed to another number. \
-         If this was not you, reset your password and contact support."
-    )
-}
 
 /// `POST /account/phone/change`: sends a code to `phone`, after the step-up
 /// an account with 2FA needs. 409 `phone_unchanged` for the account's own
@@ -119,14 +112,22 @@ pub async fn confirm(
     // Only a number the account had proved is told: an unverified one may
     // belong to someone else.
     if before.is_phone_verified {
-        let body = notice_text(&state.config().sms.sender_name);
+        // The language is read only here, where a notice goes out: a rare
+        // path, unlike the code paths the `User` body serves.
+        let locale = match state.store().user_locale(user.id).await {
+            Ok(locale) => locale.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "account language unreadable: notice in English");
+                Locale::default()
+            }
+        };
         let now = state.clock().now();
         notice::queue(
             state,
             Notice {
                 to: PhoneE164::from_trusted(before.phone),
-                body: &body,
-                purpose: "phone_change_notice",
+                kind: NoticeKind::PhoneChanged,
+                locale,
                 per_phone_day: NOTICES_PER_PHONE_DAY,
                 ttl: NOTICE_TTL,
             },

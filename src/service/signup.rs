@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::audit::ClientInfo;
 use crate::domain::phone::PhoneE164;
+use crate::domain::sms_text::NoticeKind;
 use crate::domain::user::{NewUser, User};
 use crate::error::AppError;
 use crate::service::notice::{self, Notice};
@@ -88,11 +89,10 @@ fn notify_owner(state: &AppState, holder: Holder, now: DateTime<Utc>) {
     };
     let state = state.clone();
     tokio::spawn(async move {
-        let body = crate::domain::user::signup_notice_text(&state.config().sms.sender_name);
         let notice = Notice {
             to: PhoneE164::from_trusted(phone),
-            body: &body,
-            purpose: "signup_notice",
+            kind: NoticeKind::SignupAttempt,
+            locale: holder.locale,
             per_phone_day: NOTICES_PER_PHONE_DAY,
             ttl: NOTICE_TTL,
         };

@@ -145,6 +145,8 @@ pub struct Holder {
     pub id: Uuid,
     /// Its phone if verified: where its owner can be told of the attempt.
     pub verified_phone: Option<String>,
+    /// The language the owner is told in.
+    pub locale: Locale,
 }
 
 /// What a sign-up did.
@@ -199,7 +201,7 @@ impl Store {
         let client = self.client().await?;
         let sql = format!(
             "WITH holder AS (
-                 SELECT id, phone, phone_verified, lower(email) = lower($2) AS by_email
+                 SELECT id, phone, phone_verified, locale, lower(email) = lower($2) AS by_email
                  FROM users
                  WHERE lower(email) = lower($2) OR (phone = $3 AND phone_verified)
                  ORDER BY by_email DESC
@@ -228,7 +230,8 @@ impl Store {
                         $7::timestamptz
              )
              SELECT ins.*, holder.id AS holder_id, holder.phone AS holder_phone,
-                    holder.phone_verified AS holder_verified, holder.by_email AS holder_by_email
+                    holder.phone_verified AS holder_verified, holder.by_email AS holder_by_email,
+                    holder.locale AS holder_locale
              FROM (SELECT 1) AS one LEFT JOIN ins ON true LEFT JOIN holder ON true"
         );
         let row = client
@@ -262,11 +265,14 @@ impl Store {
         let by_email: bool = row.try_get("holder_by_email")?;
         let verified: bool = row.try_get("holder_verified")?;
         let phone: String = row.try_get("holder_phone")?;
+        // The column's CHECK admits only shipped tags; anything else reads as English.
+        let locale = Locale::parse(row.try_get("holder_locale")?).unwrap_or_default();
         Ok(Signup::Taken {
             by: if by_email { Taken::Email } else { Taken::Phone },
             holder: Some(Holder {
                 id,
                 verified_phone: verified.then_some(phone),
+                locale,
             }),
         })
     }

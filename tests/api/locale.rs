@@ -184,3 +184,139 @@ async fn an_override_file_changes_the_text_and_webotp_adds_the_last_line() {
         "{text}"
     );
 }
+
+/// Notices (no code) are written in the language of the account they are
+/// about: a French owner learns in French that someone used its e-mail to sign
+/// up, and in French that its number was changed.
+#[tokio::test]
+async fn notices_reach_the_owner_in_the_accounts_language() {
+    let (app, fake) = spawn_app_with_twilio().await;
+    let mut body = valid_signup();
+    body["locale"] = json!("fr");
+    let (a, _) = signup_and_send(&app, &fake, body.clone(), None).await;
+    let code = code_for(&fake, &a.phone, 0).await;
+    let r = post_auth(
+        &app,
+        "/api/v1/account/phone/verify/confirm",
+        &a.access,
+        Some(json!({"code": code})),
+    )
+    .await;
+    expect_json(r, 200).await;
+
+    // Someone signs up with the owner's e-mail, in English.
+    let before = count_to(&fake, &a.phone);
+    let mut copy = valid_signup();
+    copy["email"] = body["email"].clone();
+    let r = app
+        .http
+        .post(app.url("/api/v1/account/signup"))
+        .header("Accept-Language", "en")
+        .json(&copy)
+        .send()
+        .await
+        .unwrap();
+    expect_json(r, 201).await;
+    let notice = fake
+        .wait_for_message_to(&a.phone, before, Duration::from_secs(20))
+        .await;
+    assert!(
+        notice
+            .body
+            .starts_with("authgate : quelqu'un a tenté de s'inscrire"),
+        "{}",
+        notice.body
+    );
+
+    // The number changes: the old one is told, in French.
+    let before = count_to(&fake, &a.phone);
+    let new = unique_phone();
+    let r = post_auth(
+        &app,
+        "/api/v1/account/phone/change",
+        &a.access,
+        Some(json!({"phone": new})),
+    )
+    .await;
+    expect_json(r, 202).await;
+    let code = code_for(&fake, &new, 0).await;
+    let r = post_auth(
+        &app,
+        "/api/v1/account/phone/change/confirm",
+        &a.access,
+        Some(json!({"code": code})),
+    )
+    .await;
+    expect_json(r, 200).await;
+    let notice = fake
+        .wait_for_message_to(&a.phone, before, Duration::from_secs(20))
+        .await;
+    assert!(
+        notice
+            .body
+            .starts_with("authgate : le numéro de votre compte a été remplacé"),
+        "{}",
+        notice.body
+    );
+}
+
+/// Loads the templates of the folder `dir` as start-up does.
+fn templates_of(
+    dir: &std::path::Path,
+) -> Result<authgate::domain::sms_text::Templates, Vec<authgate::config::ConfigError>> {
+    let path = dir.to_str().unwrap().to_owned();
+    authgate::config::Config::from_lookup(|k| {
+        (k == "AUTHGATE_SMS_TEMPLATES_DIR").then(|| path.clone())
+    })
+    .map(|c| c.sms.templates)
+}
+
+/// An operator's notice file replaces the shipped text, `{app}` filled in;
+/// a notice file with a code placeholder is refused at start.
+#[tokio::test]
+async fn a_notice_override_file_replaces_the_shipped_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("es.signup_notice.txt"),
+        "{app}: alguien usó tus datos para registrarse.\n",
+    )
+    .unwrap();
+    let templates = templates_of(dir.path()).unwrap();
+    let (app, fake) = spawn_app_with_twilio_and(move |c| {
+        c.sms.sender_name = "Acme".into();
+        c.sms.templates = templates;
+    })
+    .await;
+    let mut body = valid_signup();
+    body["locale"] = json!("es");
+    let (a, _) = signup_and_send(&app, &fake, body.clone(), None).await;
+    let code = code_for(&fake, &a.phone, 0).await;
+    let r = post_auth(
+        &app,
+        "/api/v1/account/phone/verify/confirm",
+        &a.access,
+        Some(json!({"code": code})),
+    )
+    .await;
+    expect_json(r, 200).await;
+    let before = count_to(&fake, &a.phone);
+    let mut copy = valid_signup();
+    copy["email"] = body["email"].clone();
+    expect_json(app.signup(&copy).await, 201).await;
+    let notice = fake
+        .wait_for_message_to(&a.phone, before, Duration::from_secs(20))
+        .await;
+    assert_eq!(notice.body, "Acme: alguien usó tus datos para registrarse.");
+
+    std::fs::write(
+        dir.path().join("en.phone_change_notice.txt"),
+        "{app}: your code {code}",
+    )
+    .unwrap();
+    let errors = templates_of(dir.path()).unwrap_err();
+    let text = format!("{errors:?}");
+    assert!(
+        text.contains("en.phone_change_notice.txt") && text.contains("only {app}"),
+        "{text}"
+    );
+}
