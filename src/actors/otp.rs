@@ -20,6 +20,7 @@ use crate::clock::Clock;
 use crate::crypto::Keys;
 use crate::domain::otp::{self, Purpose};
 use crate::domain::phone::{DestinationRefusal, PhoneE164};
+use crate::domain::sms_text::Locale;
 use crate::domain::user::User;
 use crate::error::{AppError, SmsRefusal};
 use crate::metrics::QuotaRefusal;
@@ -292,19 +293,22 @@ async fn issue(
         None => otp::generate_code(&mut rand::rngs::OsRng, s.code_length),
     };
     let minutes = s.ttl.as_secs().div_ceil(60);
-    // The account's language, read here rather than carried by every caller
-    // (login flows, resends, resets): one primary-key read per code sent,
-    // which the SMS quotas bound. A vanished account reads as English; the
-    // issue statement below refuses it anyway.
-    let locale = s.store.user_locale(user_id).await?.unwrap_or_default();
-    let body = s.templates.render(
-        locale,
-        purpose,
-        &s.sender_name,
-        &code,
-        minutes,
-        s.webotp_domain.as_deref(),
-    );
+    // The text in every shipped language: the issue statement keeps the
+    // account's own, so knowing the language costs no read of its own (a few
+    // microseconds of rendering against a round trip to the database).
+    let bodies = Locale::ALL.map(|locale| {
+        (
+            locale,
+            s.templates.render(
+                locale,
+                purpose,
+                &s.sender_name,
+                &code,
+                minutes,
+                s.webotp_domain.as_deref(),
+            ),
+        )
+    });
     let expires_at = now + chrono_of(s.ttl);
     let cooldown = chrono_of(s.cooldown);
     let mut detail = serde_json::json!({ "purpose": purpose.as_str() });
@@ -320,7 +324,7 @@ async fn issue(
                 purpose,
                 flow_id,
                 code: &code,
-                sms_body: &body,
+                sms_bodies: &bodies,
                 phone,
                 now,
                 expires_at,

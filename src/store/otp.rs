@@ -22,6 +22,7 @@ use crate::audit::ClientInfo;
 use crate::crypto::{Keys, OutboxRow};
 use crate::domain::otp::{CodeFacts, CodeState, Purpose};
 use crate::domain::phone::PhoneE164;
+use crate::domain::sms_text::Locale;
 use crate::domain::user::User;
 
 /// A code to issue. `code` is the clear text, only hashed and sealed here.
@@ -30,7 +31,9 @@ pub struct IssueRequest<'a> {
     pub purpose: Purpose,
     pub flow_id: Option<Uuid>,
     pub code: &'a str,
-    pub sms_body: &'a str,
+    /// The SMS in each shipped language: the statement sends the account's
+    /// (`users.locale`), English if it has none.
+    pub sms_bodies: &'a [(Locale, String)],
     pub phone: &'a PhoneE164,
     pub now: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -193,13 +196,16 @@ impl Store {
     ) -> Result<Verdict, StoreError> {
         let hash = keys.otp_hash(&req.user_id, req.purpose.as_str(), req.code);
         let outbox_id = self.outbox_id(&*client).await?;
-        let sealed = keys.seal(
-            req.sms_body,
-            OutboxRow {
-                id: outbox_id,
-                recipient: req.phone.as_str(),
-            },
-        );
+        let row = OutboxRow {
+            id: outbox_id,
+            recipient: req.phone.as_str(),
+        };
+        let sealed: Vec<Vec<u8>> = req
+            .sms_bodies
+            .iter()
+            .map(|(_, body)| keys.seal(body, row))
+            .collect();
+        let locales: Vec<&str> = req.sms_bodies.iter().map(|(l, _)| l.as_str()).collect();
         let q = req.quotas;
         let q_keys: Vec<&str> = q.iter().map(|q| q.key.as_str()).collect();
         let windows: Vec<quotas::Windows> = q.iter().map(|q| q.windows(req.now)).collect();
@@ -218,7 +224,7 @@ impl Store {
         let (ip, user_agent) = (req.audit.ip(), req.audit.user_agent());
         // A phone-change code is bound to the number it is sent to.
         let target_phone = (req.purpose == Purpose::PhoneChange).then(|| req.phone.as_str());
-        let params: [&(dyn ToSql + Sync); 24] = [
+        let params: [&(dyn ToSql + Sync); 25] = [
             &req.user_id,
             &purpose,
             &req.flow_id,
@@ -243,6 +249,7 @@ impl Store {
             &user_agent,
             req.audit.detail,
             &target_phone,
+            &locales,
         ];
         let tx = client.transaction().await?;
         let lock = tx
@@ -484,9 +491,10 @@ enum Verdict {
 /// $6 now, $7 its expiry, $8 the cooldown in seconds, $9 the new code's id;
 /// per-subject quotas as arrays: $10 keys, $11 window starts, $12 previous
 /// window starts, $13 counter expiries, $14 limits, $15 how far into its window
-/// now is; the SMS: $16 outbox id, $17 recipient, $18 sealed body; $19 the
-/// shared quotas gave their units; the audit event: $20 kind, $21 IP, $22 user
-/// agent, $23 detail; $24 the number a phone-change code is bound to, or NULL.
+/// now is; the SMS: $16 outbox id, $17 recipient, $18 the sealed body in each
+/// language of $25 (the account's `locale` picks one); $19 the shared quotas
+/// gave their units; the audit event: $20 kind, $21 IP, $22 user agent, $23
+/// detail; $24 the number a phone-change code is bound to, or NULL.
 ///
 /// The verdict is, in this order: `locked` (code entry locked: nothing counted),
 /// `too_soon` (inside the cooldown of a code still live: a used, dead or expired
@@ -539,7 +547,12 @@ const ISSUE_SQL: &str = "WITH seen AS (
         RETURNING id
     ), queued AS (
         INSERT INTO sms_outbox (id, recipient, body_sealed, purpose, expires_at, next_attempt_at, created_at, updated_at)
-        SELECT $16, $17, $18, $2, $7, $6, $6, $6 FROM inserted
+        SELECT $16, $17,
+               ($18::bytea[])[coalesce(array_position($25::text[],
+                                               (SELECT locale FROM users WHERE id = $1)),
+                                       array_position($25::text[], 'en'))],
+               $2, $7, $6, $6, $6
+        FROM inserted
         RETURNING id
     ), logged AS (
         INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
