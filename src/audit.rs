@@ -53,6 +53,9 @@ pub enum AuditKind {
     AdminTwoFaReset,
     /// Admin API: the account was deleted; the row keeps only its id.
     AdminUserDeleted,
+    /// `authgate admin grant|revoke`: the account's admin role changed.
+    AdminRoleGranted,
+    AdminRoleRevoked,
 }
 
 impl AuditKind {
@@ -79,6 +82,8 @@ impl AuditKind {
             AuditKind::AdminUserUnbanned => "admin_user_unbanned",
             AuditKind::AdminTwoFaReset => "admin_two_fa_reset",
             AuditKind::AdminUserDeleted => "admin_user_deleted",
+            AuditKind::AdminRoleGranted => "admin_role_granted",
+            AuditKind::AdminRoleRevoked => "admin_role_revoked",
         }
     }
 }

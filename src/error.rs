@@ -277,7 +277,8 @@ impl AppError {
                 "no live session of yours has this id".to_owned()
             }
             AppError::AdminTokenRequired => {
-                "the admin token is required (Authorization: Bearer <AUTHGATE_ADMIN_TOKEN>)"
+                "the admin token or an admin's access token is required \
+                 (Authorization: Bearer <token>)"
                     .to_owned()
             }
             AppError::UserNotFound => "no account has this id".to_owned(),

@@ -27,6 +27,10 @@ Commands:
                  the next key (already known to every process) becomes
                  active; what older keys made stays valid until it expires.
                  --force promotes a next key younger than two reloads
+  admin grant EMAIL | admin revoke EMAIL
+                 Give or take the admin role of the account with EMAIL
+                 (audited): with AUTHGATE_ADMIN_JWT=on its access tokens,
+                 from a login with a second factor, open the admin API
   check-config   Print the effective configuration (secrets masked) and exit;
                  exits non-zero naming every problem
   openapi [FILE] Write the OpenAPI 3.1 document to FILE (default openapi.json;
@@ -81,8 +85,19 @@ fn main() -> ExitCode {
     } else {
         None
     };
+    let role_command = if command == "admin" {
+        match RoleCommand::parse(std::env::args().skip(2).collect()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("authgate admin: {e}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     match command.as_str() {
-        "serve" | "migrate" | "keys" => {}
+        "serve" | "migrate" | "keys" | "admin" => {}
         "check-config" => {
             for (name, value) in config.describe() {
                 println!("{name:<28} {value}");
@@ -105,9 +120,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let task = match (command.as_str(), keys_command) {
-        ("migrate", _) => Task::Migrate,
-        (_, Some(k)) => Task::Keys(k),
+    let task = match (command.as_str(), keys_command, role_command) {
+        ("migrate", _, _) => Task::Migrate,
+        (_, Some(k), _) => Task::Keys(k),
+        (_, _, Some(r)) => Task::Role(r),
         _ => Task::Serve,
     };
     let result = runtime.block_on(run(task, config));
@@ -182,10 +198,29 @@ impl KeysCommand {
     }
 }
 
+/// `authgate admin grant|revoke EMAIL`.
+struct RoleCommand {
+    admin: bool,
+    email: String,
+}
+
+impl RoleCommand {
+    fn parse(args: Vec<String>) -> Result<RoleCommand, String> {
+        match args.as_slice() {
+            [verb, email] if verb == "grant" || verb == "revoke" => Ok(RoleCommand {
+                admin: verb == "grant",
+                email: email.clone(),
+            }),
+            _ => Err("expected `admin grant EMAIL` or `admin revoke EMAIL`".to_owned()),
+        }
+    }
+}
+
 enum Task {
     Serve,
     Migrate,
     Keys(KeysCommand),
+    Role(RoleCommand),
 }
 
 async fn run(task: Task, config: Config) -> Result<(), String> {
@@ -208,6 +243,7 @@ async fn run(task: Task, config: Config) -> Result<(), String> {
         Task::Migrate => migrate(&config, db).await,
         Task::Serve => serve(config, db).await,
         Task::Keys(k) => keys(&config, db, k).await,
+        Task::Role(r) => role(&config, db, r).await,
     };
     if let Some(pg) = private_pg {
         tracing::info!("stopping the private PostgreSQL");
@@ -308,6 +344,37 @@ async fn keys(
     };
     store.close();
     result
+}
+
+/// `authgate admin grant|revoke EMAIL`, on the servers' database: they read
+/// the role on every admin call, so it counts at once.
+async fn role(
+    config: &Config,
+    db: tokio_postgres::Config,
+    command: RoleCommand,
+) -> Result<(), String> {
+    let store = Store::connect(db, 1, config.db_timeout).map_err(|e| e.to_string())?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("migration failed: {e}"))?;
+    let result = authgate::service::admin::set_role(&store, &command.email, command.admin).await;
+    store.close();
+    match result {
+        Ok(true) if command.admin => {
+            println!("{}: admin role granted", command.email);
+            if !config.admin_jwt {
+                println!("note: AUTHGATE_ADMIN_JWT is off, so the role opens nothing yet");
+            }
+            Ok(())
+        }
+        Ok(true) => {
+            println!("{}: admin role revoked", command.email);
+            Ok(())
+        }
+        Ok(false) => Err(format!("no account has the e-mail {}", command.email)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 async fn serve(config: Config, db: tokio_postgres::Config) -> Result<(), String> {

@@ -1,7 +1,8 @@
 //! `/admin/...`: the admin API (issue 18), behind `Authorization: Bearer
-//! <AUTHGATE_ADMIN_TOKEN>` (a user's access token is not an admin token).
-//! With `AUTHGATE_ADMIN_TOKEN` unset every admin route answers 404
-//! `not_found`, as if it did not exist. Rate-limited per client address (the
+//! <AUTHGATE_ADMIN_TOKEN>`, or with `AUTHGATE_ADMIN_JWT=on` an admin's own
+//! access token (a user's is refused like a wrong token). With neither
+//! configured every admin route answers 404 `not_found`, as if it did not
+//! exist. Rate-limited per client address (the
 //! `admin` route class) before the token is checked.
 
 use sha2::{Digest, Sha256};
@@ -14,15 +15,23 @@ use super::limits::{limit, RouteClass};
 use super::{client_info, json, with_state, Outcome};
 use crate::audit::ClientInfo;
 use crate::error::AppError;
-use crate::service::admin;
+use crate::service::admin::{self, Admin};
 use crate::state::AppState;
 
-/// Whether `headers` carry the admin token; `NotFound` when the admin API is off.
-fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+/// Who is calling, by `headers`: the admin token, or (with
+/// `AUTHGATE_ADMIN_JWT=on`) an admin's access token (see
+/// `admin::is_admin_session`). `NotFound` when the admin API is off; one 401
+/// for every other refusal, so it never tells a user token from a bad one.
+async fn check_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: ClientInfo,
+) -> Result<Admin, AppError> {
     use secrecy::ExposeSecret;
-    let Some(expected) = state.config().admin_token.as_ref() else {
+    let config = state.config();
+    if config.admin_token.is_none() && !config.admin_jwt {
         return Err(AppError::NotFound);
-    };
+    }
     let presented = headers
         .get(warp::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -31,28 +40,46 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .ok_or(AppError::AdminTokenRequired)?;
-    // Compared as digests, in constant time: neither the token's bytes nor its
-    // length show in the timing.
-    let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(expected.expose_secret().as_bytes());
-    if bool::from(a.ct_eq(&b)) {
-        Ok(())
-    } else {
-        Err(AppError::AdminTokenRequired)
+    if let Some(expected) = config.admin_token.as_ref() {
+        // Compared as digests, in constant time: neither the token's bytes nor
+        // its length show in the timing.
+        let a = Sha256::digest(presented.as_bytes());
+        let b = Sha256::digest(expected.expose_secret().as_bytes());
+        if bool::from(a.ct_eq(&b)) {
+            return Ok(Admin { client, user: None });
+        }
     }
+    if config.admin_jwt {
+        match super::auth::verify_access_token(state, presented).await {
+            Ok(user) => {
+                if admin::is_admin_session(state, user.id, user.claims.sid).await? {
+                    return Ok(Admin {
+                        client,
+                        user: Some(user.id),
+                    });
+                }
+            }
+            Err(AppError::InvalidToken) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    Err(AppError::AdminTokenRequired)
 }
 
-/// The admin guard: the route class's rate limit, then the token. Put it
+/// The admin guard: the route class's rate limit, then the caller. Put it
 /// after path and method matching, so unknown routes stay 404.
-fn guard(state: AppState) -> impl Filter<Extract = (ClientInfo,), Error = Rejection> + Clone {
+fn guard(state: AppState) -> impl Filter<Extract = (Admin,), Error = Rejection> + Clone {
     limit(state.limits(), RouteClass::Admin)
         .and(warp::header::headers_cloned())
-        .and(with_state(state.clone()))
-        .and_then(|headers: HeaderMap, state: AppState| async move {
-            check_admin(&state, &headers).map_err(warp::reject::custom)
-        })
-        .untuple_one()
-        .and(client_info(state))
+        .and(client_info(state.clone()))
+        .and(with_state(state))
+        .and_then(
+            |headers: HeaderMap, client: ClientInfo, state: AppState| async move {
+                check_admin(&state, &headers, client)
+                    .await
+                    .map_err(warp::reject::custom)
+            },
+        )
 }
 
 pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Rejection> + Clone {
@@ -62,7 +89,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .and(warp::query::<Vec<(String, String)>>())
         .and(with_state(state.clone()))
         .then(
-            |admin: ClientInfo, query: Vec<(String, String)>, state: AppState| async move {
+            |admin: Admin, query: Vec<(String, String)>, state: AppState| async move {
                 let params = admin::parse_list_params(&query)?;
                 let page = admin::list_users(&state, &admin, params).await?;
                 Ok(json(StatusCode::OK, &page))
@@ -73,7 +100,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .and(warp::get())
         .and(guard(state.clone()))
         .and(with_state(state.clone()))
-        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+        .then(|id: Uuid, admin: Admin, state: AppState| async move {
             let body = admin::show_user(&state, &admin, id).await?;
             Ok(json(StatusCode::OK, &body))
         });
@@ -81,7 +108,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .and(warp::delete())
         .and(guard(state.clone()))
         .and(with_state(state.clone()))
-        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+        .then(|id: Uuid, admin: Admin, state: AppState| async move {
             admin::delete_user(&state, &admin, id).await?;
             Ok(no_content())
         });
@@ -89,7 +116,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .and(warp::post())
         .and(guard(state.clone()))
         .and(with_state(state.clone()))
-        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+        .then(|id: Uuid, admin: Admin, state: AppState| async move {
             let body = admin::set_banned(&state, &admin, id, true).await?;
             Ok(json(StatusCode::OK, &body))
         });
@@ -97,7 +124,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .and(warp::post())
         .and(guard(state.clone()))
         .and(with_state(state.clone()))
-        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+        .then(|id: Uuid, admin: Admin, state: AppState| async move {
             let body = admin::set_banned(&state, &admin, id, false).await?;
             Ok(json(StatusCode::OK, &body))
         });
@@ -105,7 +132,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .and(warp::post())
         .and(guard(state.clone()))
         .and(with_state(state))
-        .then(|id: Uuid, admin: ClientInfo, state: AppState| async move {
+        .then(|id: Uuid, admin: Admin, state: AppState| async move {
             let body = admin::reset_two_fa(&state, &admin, id).await?;
             Ok(json(StatusCode::OK, &body))
         });

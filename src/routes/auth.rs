@@ -54,6 +54,15 @@ async fn authenticate(
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .ok_or(AppError::InvalidToken)?;
+    verify_access_token(state, token).await
+}
+
+/// Checks an access token: signature, claims, expiry, then revocation; 401
+/// `invalid_token` for any failure.
+pub(super) async fn verify_access_token(
+    state: &AppState,
+    token: &str,
+) -> Result<AuthUser, AppError> {
     let now = state.clock().now();
     let claims = match state.tokens().verify(token, now) {
         // Signed by a key a rotation made that this process has not loaded

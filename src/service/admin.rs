@@ -5,16 +5,82 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::session::{end_other_sessions, list_sessions, SessionBody};
+use super::session::{end_other_sessions, list_sessions, SessionBody, SECOND_FACTORS};
 use crate::audit::{self, AuditKind, ClientInfo};
 use crate::domain::FieldError;
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::admin::{AdminUser, UserSearch};
 use crate::store::audit::{AuditEntry, AuditRow};
+use crate::store::Store;
+
+/// Who is using the admin API, and from where: the holder of the admin token,
+/// or an admin signed in as themselves (`AUTHGATE_ADMIN_JWT=on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub client: ClientInfo,
+    /// The admin's own account; None for the admin token.
+    pub user: Option<Uuid>,
+}
+
+impl Admin {
+    /// An action's audit detail `extra`, with who acted: `"by": "token"` or
+    /// the admin's account id.
+    fn detail(&self, mut extra: Value) -> Value {
+        if let Value::Object(map) = &mut extra {
+            let by = match self.user {
+                Some(id) => json!(id),
+                None => json!("token"),
+            };
+            map.insert("by".to_owned(), by);
+        }
+        extra
+    }
+}
+
+/// Whether an access token's session may use the admin API: a live session
+/// of an unbanned account with the admin role, from a login that passed a
+/// second factor (a stolen password alone never reaches the admin API). Read
+/// from the database on every call, so a revoked role counts at once.
+pub async fn is_admin_session(
+    state: &AppState,
+    user: Uuid,
+    session: Option<Uuid>,
+) -> Result<bool, AppError> {
+    let Some(session) = session else {
+        return Ok(false);
+    };
+    Ok(state
+        .store()
+        .is_admin_session(user, session, &SECOND_FACTORS)
+        .await?)
+}
+
+/// `authgate admin grant|revoke EMAIL`: gives or takes the admin role,
+/// audited. False when no account has that e-mail.
+pub async fn set_role(store: &Store, email: &str, admin: bool) -> Result<bool, AppError> {
+    let kind = if admin {
+        AuditKind::AdminRoleGranted
+    } else {
+        AuditKind::AdminRoleRevoked
+    };
+    let changed = store
+        .set_role(
+            email.trim(),
+            admin,
+            chrono::Utc::now(),
+            AuditEntry {
+                kind: kind.as_str(),
+                client: &ClientInfo::default(),
+                detail: &json!({"by": "command line"}),
+            },
+        )
+        .await?;
+    Ok(changed.is_some())
+}
 
 /// Page size when `limit` is not given, and its bounds.
 pub const DEFAULT_LIMIT: i64 = 20;
@@ -69,10 +135,21 @@ fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
     Some((at, Uuid::try_parse(id).ok()?))
 }
 
-/// Parses `query`, `limit` and `cursor`; every problem is reported at once.
-/// A `query` made only of digits, spaces and `+()-.` with at least three
-/// digits searches phone numbers (by their digits); anything else searches
-/// e-mail addresses (case-insensitive substring).
+/// An instant of `createdAfter`/`createdBefore`: RFC 3339 (`2026-11-30T12:00:00Z`)
+/// or a date (`2026-11-30`, midnight UTC).
+fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let date = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc())
+}
+
+/// Parses `query`, `createdAfter`, `createdBefore`, `limit` and `cursor`;
+/// every problem is reported at once. A `query` made only of digits, spaces
+/// and `+()-.` with at least three digits searches phone numbers (by their
+/// digits); anything else searches e-mail addresses (case-insensitive
+/// substring). `createdAfter` is inclusive, `createdBefore` exclusive.
 pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, AppError> {
     let mut errors = Vec::new();
     let mut params = ListParams {
@@ -101,6 +178,30 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, AppEr
             params.search.phone_digits = Some(digits);
         } else {
             params.search.email = Some(q.to_lowercase());
+        }
+    }
+    for (name, slot) in [
+        ("createdAfter", &mut params.search.created_from),
+        ("createdBefore", &mut params.search.created_until),
+    ] {
+        if let Some(v) = get(name).filter(|v| !v.is_empty()) {
+            match parse_instant(v) {
+                Some(t) => *slot = Some(t),
+                None => errors.push(FieldError::new(
+                    name,
+                    "invalid_format",
+                    format!("{name} must be an RFC 3339 time or a date like 2026-11-30"),
+                )),
+            }
+        }
+    }
+    if let (Some(from), Some(until)) = (params.search.created_from, params.search.created_until) {
+        if from >= until {
+            errors.push(FieldError::new(
+                "createdBefore",
+                "out_of_range",
+                "createdBefore must be later than createdAfter",
+            ));
         }
     }
     if let Some(l) = get("limit") {
@@ -133,7 +234,7 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, AppEr
 /// One page of accounts.
 pub async fn list_users(
     state: &AppState,
-    admin: &ClientInfo,
+    admin: &Admin,
     params: ListParams,
 ) -> Result<AdminUsersPage, AppError> {
     // One more than the page, to know whether another page follows.
@@ -153,13 +254,15 @@ pub async fn list_users(
         state,
         None,
         AuditKind::AdminUsersSearched,
-        admin,
-        json!({
+        &admin.client,
+        admin.detail(json!({
             "byEmail": params.search.email.is_some(),
             "byPhone": params.search.phone_digits.is_some(),
+            "byCreated": params.search.created_from.is_some()
+                || params.search.created_until.is_some(),
             "page": params.search.before.is_some(),
             "results": users.len(),
-        }),
+        })),
     )
     .await;
     Ok(AdminUsersPage { users, next_cursor })
@@ -168,7 +271,7 @@ pub async fn list_users(
 /// One account with its live sessions and newest events.
 pub async fn show_user(
     state: &AppState,
-    admin: &ClientInfo,
+    admin: &Admin,
     id: Uuid,
 ) -> Result<AdminUserDetail, AppError> {
     let user = state
@@ -180,8 +283,8 @@ pub async fn show_user(
         state,
         Some(id),
         AuditKind::AdminUserViewed,
-        admin,
-        json!({}),
+        &admin.client,
+        admin.detail(json!({})),
     )
     .await;
     let sessions = list_sessions(state, id, None).await?.sessions;
@@ -196,7 +299,7 @@ pub async fn show_user(
 /// Bans (its sessions and access tokens end at once) or unbans an account.
 pub async fn set_banned(
     state: &AppState,
-    admin: &ClientInfo,
+    admin: &Admin,
     id: Uuid,
     banned: bool,
 ) -> Result<AdminActionBody, AppError> {
@@ -214,8 +317,8 @@ pub async fn set_banned(
             now,
             AuditEntry {
                 kind: kind.as_str(),
-                client: admin,
-                detail: &json!({}),
+                client: &admin.client,
+                detail: &admin.detail(json!({})),
             },
         )
         .await?
@@ -237,7 +340,7 @@ pub async fn set_banned(
 /// Turns 2FA off, deletes the recovery codes and ends every session.
 pub async fn reset_two_fa(
     state: &AppState,
-    admin: &ClientInfo,
+    admin: &Admin,
     id: Uuid,
 ) -> Result<AdminActionBody, AppError> {
     let now = state.clock().now();
@@ -248,8 +351,8 @@ pub async fn reset_two_fa(
             now,
             AuditEntry {
                 kind: AuditKind::AdminTwoFaReset.as_str(),
-                client: admin,
-                detail: &json!({}),
+                client: &admin.client,
+                detail: &admin.detail(json!({})),
             },
         )
         .await?
@@ -263,7 +366,7 @@ pub async fn reset_two_fa(
 }
 
 /// Deletes an account (see `Store::delete_user`); its tokens die at once.
-pub async fn delete_user(state: &AppState, admin: &ClientInfo, id: Uuid) -> Result<(), AppError> {
+pub async fn delete_user(state: &AppState, admin: &Admin, id: Uuid) -> Result<(), AppError> {
     let now = state.clock().now();
     let deleted = state
         .store()
@@ -272,8 +375,8 @@ pub async fn delete_user(state: &AppState, admin: &ClientInfo, id: Uuid) -> Resu
             now,
             AuditEntry {
                 kind: AuditKind::AdminUserDeleted.as_str(),
-                client: admin,
-                detail: &json!({}),
+                client: &admin.client,
+                detail: &admin.detail(json!({})),
             },
         )
         .await?;
@@ -304,6 +407,41 @@ mod tests {
         let p = parse_list_params(&pairs(&[("query", "+1 (415) 555-01")])).unwrap();
         assert_eq!(p.search.phone_digits.as_deref(), Some("141555501"));
         assert_eq!(p.limit, DEFAULT_LIMIT);
+    }
+
+    #[test]
+    fn created_bounds_take_rfc3339_or_a_date_and_must_be_ordered() {
+        let p = parse_list_params(&pairs(&[
+            ("createdAfter", "2026-11-30"),
+            ("createdBefore", "2026-12-01T10:00:00+01:00"),
+        ]))
+        .unwrap();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert_eq!(p.search.created_from, Some(at("2026-11-30T00:00:00Z")));
+        assert_eq!(p.search.created_until, Some(at("2026-12-01T09:00:00Z")));
+        let fields = |list: &[(&str, &str)]| match parse_list_params(&pairs(list)) {
+            Err(AppError::Validation(errors)) => {
+                errors.iter().map(|e| (e.field, e.code)).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            fields(&[
+                ("createdAfter", "yesterday"),
+                ("createdBefore", "2026-13-01")
+            ]),
+            [
+                ("createdAfter", "invalid_format"),
+                ("createdBefore", "invalid_format")
+            ]
+        );
+        assert_eq!(
+            fields(&[
+                ("createdAfter", "2026-12-01"),
+                ("createdBefore", "2026-12-01")
+            ]),
+            [("createdBefore", "out_of_range")]
+        );
     }
 
     #[test]

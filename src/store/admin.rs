@@ -33,6 +33,10 @@ pub struct AdminUser {
     #[serde(serialize_with = "iso8601_opt")]
     #[schema(required = true)]
     pub banned_at: Option<DateTime<Utc>>,
+    /// `user`, or `admin` for an account whose access tokens open the admin
+    /// API (with `AUTHGATE_ADMIN_JWT=on`).
+    #[schema(pattern = "^(user|admin)$")]
+    pub role: String,
 }
 
 fn iso8601_opt<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -43,7 +47,7 @@ fn iso8601_opt<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<
 }
 
 const ADMIN_COLUMNS: &str = "id, email, phone, first_name, last_name, two_fa, phone_verified, \
-                             created_at, updated_at, banned_at";
+                             created_at, updated_at, banned_at, role";
 
 fn admin_user(row: &Row) -> Result<AdminUser, tokio_postgres::Error> {
     Ok(AdminUser {
@@ -57,6 +61,7 @@ fn admin_user(row: &Row) -> Result<AdminUser, tokio_postgres::Error> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         banned_at: row.try_get("banned_at")?,
+        role: row.try_get("role")?,
     })
 }
 
@@ -69,6 +74,10 @@ pub struct UserSearch {
     pub phone_digits: Option<String>,
     /// Only accounts strictly before this (created_at, id): the keyset cursor.
     pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// Only accounts created at or after this instant.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only accounts created strictly before this instant.
+    pub created_until: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -85,6 +94,8 @@ impl Store {
              WHERE ($1::text IS NULL OR strpos(lower(email), $1) > 0)
                AND ($2::text IS NULL OR strpos(phone, $2) > 0)
                AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+               AND ($6::timestamptz IS NULL OR created_at >= $6)
+               AND ($7::timestamptz IS NULL OR created_at < $7)
              ORDER BY created_at DESC, id DESC
              LIMIT $5"
         );
@@ -97,6 +108,8 @@ impl Store {
                     &before_at,
                     &before_id,
                     &limit,
+                    &search.created_from,
+                    &search.created_until,
                 ],
             )
             .await?;
@@ -281,5 +294,73 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Whether `session` is a live session of `user`, an unbanned account
+    /// with the admin role, started by a login that used one of
+    /// `second_factors` (an `amr` value): asked on every admin call made with
+    /// an access token, so a revoked role or an ended session counts at once.
+    pub async fn is_admin_session(
+        &self,
+        user: Uuid,
+        session: Uuid,
+        second_factors: &[&str],
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let factors: Vec<&str> = second_factors.to_vec();
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT 1 FROM users u JOIN sessions s ON s.user_id = u.id
+                         WHERE u.id = $1 AND s.id = $2 AND s.revoked_at IS NULL
+                           AND u.role = 'admin' AND u.banned_at IS NULL
+                           AND s.amr && $3::text[]",
+                    )
+                    .await?,
+                &[&user, &session, &factors],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Sets the role of the account with `email` (case-insensitive), with its
+    /// audit row, in one statement; None when there is no such account.
+    pub async fn set_role(
+        &self,
+        email: &str,
+        admin: bool,
+        now: DateTime<Utc>,
+        entry: AuditEntry<'_>,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "WITH u AS (
+                             UPDATE users
+                             SET role = CASE WHEN $2 THEN 'admin' ELSE 'user' END, updated_at = $3
+                             WHERE lower(email) = lower($1)
+                             RETURNING id
+                         ), logged AS (
+                             INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
+                             SELECT id, $4, $5::text::inet, $6, $7, $3 FROM u
+                         )
+                         SELECT id FROM u",
+                    )
+                    .await?,
+                &[
+                    &email,
+                    &admin,
+                    &now,
+                    &entry.kind,
+                    &entry.ip(),
+                    &entry.user_agent(),
+                    entry.detail,
+                ],
+            )
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 }

@@ -122,6 +122,32 @@ pub async fn enable_2fa(app: &TestApp, fake: &FakeTwilio, a: &Account) {
     assert_eq!(user["twoFA"], true);
 }
 
+/// A 2FA login (password, then the SMS code): its access token.
+pub async fn login_2fa(app: &TestApp, fake: &FakeTwilio, a: &Account) -> String {
+    let before = count_to(fake, &a.phone);
+    let flow = expect_json(
+        app.post_json(
+            "/api/v1/account/login",
+            &json!({"email": a.email, "password": a.password}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(flow["status"], "otp_required");
+    let code = code_for(fake, &a.phone, before).await;
+    let t = expect_json(
+        app.post_json(
+            "/api/v1/account/login/verify",
+            &json!({"flowId": flow["flowId"], "code": code}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    t["accessToken"].as_str().unwrap().to_owned()
+}
+
 pub fn count_to(fake: &FakeTwilio, phone: &str) -> usize {
     fake.messages().iter().filter(|m| m.to == phone).count()
 }

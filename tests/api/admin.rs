@@ -9,7 +9,7 @@ use authgate::config::{Rate, RateLimitConfig};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use crate::accounts::{account, enable_2fa, post_auth, Account};
+use crate::accounts::{account, enable_2fa, login_2fa, post_auth, Account};
 use crate::helpers::*;
 use crate::openapi::Contract;
 
@@ -80,6 +80,90 @@ async fn only_the_admin_token_opens_the_admin_api() {
     expect_error(r, 404, "not_found").await;
     let r = post_auth(&off, &user_path(&a.id, "/ban"), TOKEN, None).await;
     expect_error(r, 404, "not_found").await;
+}
+
+/// With `AUTHGATE_ADMIN_JWT=on` an admin signs in as themselves: only an
+/// account with the admin role, in a session from a login with a second
+/// factor, gets in; the role is read on every call, so revoking it locks the
+/// same token out at once; actions are audited with the admin's id.
+#[tokio::test]
+async fn an_admins_own_two_factor_session_opens_the_admin_api() {
+    let c = Contract::new();
+    let (app, fake) = spawn_app_with_twilio_and(|c| c.admin_jwt = true).await;
+    let store = app.state.store().clone();
+    let admin = account(&app).await;
+    let user = account(&app).await;
+    let grant = |email: String, on: bool| {
+        let store = store.clone();
+        async move {
+            authgate::service::admin::set_role(&store, &email, on)
+                .await
+                .unwrap()
+        }
+    };
+    // The role alone is not enough: this session came from a password only.
+    assert!(grant(admin.email.to_uppercase(), true).await);
+    let r = admin_get(&app, USERS, &admin.access).await;
+    let e = expect_error(r, 401, "admin_token_required").await;
+    c.response("get", USERS, 401, &e);
+
+    enable_2fa(&app, &fake, &admin).await;
+    let admin_token = login_2fa(&app, &fake, &admin).await;
+    let page = expect_json(admin_get(&app, USERS, &admin_token).await, 200).await;
+    c.response("get", USERS, 200, &page);
+    let roles: Vec<(&str, &str)> = page["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["id"].as_str().unwrap(), u["role"].as_str().unwrap()))
+        .collect();
+    assert!(roles.contains(&(admin.id.as_str(), "admin")), "{roles:?}");
+    assert!(roles.contains(&(user.id.as_str(), "user")), "{roles:?}");
+    let r = post_auth(&app, &user_path(&user.id, "/ban"), &admin_token, None).await;
+    expect_json(r, 200).await;
+    let by: Value = app
+        .db_client()
+        .await
+        .query_one(
+            "SELECT detail FROM audit_events WHERE kind = 'admin_user_banned' AND user_id = $1::text::uuid",
+            &[&user.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(by["by"], json!(admin.id));
+
+    // A user with 2FA but no role is refused like a wrong token.
+    let other = account(&app).await;
+    enable_2fa(&app, &fake, &other).await;
+    let other_token = login_2fa(&app, &fake, &other).await;
+    let r = admin_get(&app, USERS, &other_token).await;
+    expect_error(r, 401, "admin_token_required").await;
+    // No admin token is configured: a guess at one is just a bad token.
+    expect_error(
+        admin_get(&app, USERS, TOKEN).await,
+        401,
+        "admin_token_required",
+    )
+    .await;
+
+    // Revoked: the very same token is refused at the next call.
+    assert!(grant(admin.email.clone(), false).await);
+    let r = admin_get(&app, USERS, &admin_token).await;
+    expect_error(r, 401, "admin_token_required").await;
+    assert!(!grant("nobody@example.com".into(), true).await);
+    let kinds: i64 = app
+        .db_client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM audit_events WHERE user_id = $1::text::uuid \
+             AND kind IN ('admin_role_granted', 'admin_role_revoked')",
+            &[&admin.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kinds, 2);
 }
 
 #[tokio::test]
@@ -199,6 +283,73 @@ async fn accounts_are_found_by_email_and_phone_and_paged_without_gaps() {
         let detail: String = r.get(1);
         assert!(!detail.contains(&tag) && !detail.contains(&tag.to_uppercase()));
     }
+}
+
+/// `createdAfter` (inclusive) and `createdBefore` (exclusive) bound the list
+/// by creation time, with the search and the pages.
+#[tokio::test]
+async fn accounts_are_filtered_by_creation_time() {
+    let c = Contract::new();
+    let app = admin_app().await;
+    let tag = format!("cr{}", uuid::Uuid::new_v4().simple());
+    let mut ids = Vec::new();
+    let mut times = Vec::new();
+    for i in 0..3 {
+        let mut body = valid_signup();
+        body["email"] = json!(format!("{tag}-{i}@example.com"));
+        let user = expect_json(app.signup(&body).await, 201).await;
+        ids.push(user["id"].as_str().unwrap().to_owned());
+        times.push(user["createdAt"].as_str().unwrap().to_owned());
+        app.clock.advance(Duration::from_secs(3600));
+    }
+    let (app, c, tag) = (&app, &c, tag.as_str());
+    let list = |query: String| async move {
+        let path = format!("{USERS}?query={tag}&{query}");
+        let page = expect_json(admin_get(app, &path, TOKEN).await, 200).await;
+        c.response("get", USERS, 200, &page);
+        page["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // The middle account: from its own creation (inclusive) to the next one's
+    // (exclusive).
+    let middle = list(format!(
+        "createdAfter={}&createdBefore={}",
+        times[1], times[2]
+    ))
+    .await;
+    assert_eq!(middle, [ids[1].clone()]);
+    let from_second = list(format!("createdAfter={}", times[1])).await;
+    assert_eq!(from_second, [ids[2].clone(), ids[1].clone()]);
+    let before_second = list(format!("createdBefore={}", times[1])).await;
+    assert_eq!(before_second, [ids[0].clone()]);
+    // Paged with a bound: the bound holds on every page.
+    let first = list(format!("createdAfter={}&limit=1", times[1])).await;
+    assert_eq!(first, [ids[2].clone()]);
+
+    let r = admin_get(
+        app,
+        &format!("{USERS}?createdAfter=soon&createdBefore=2026-01-01"),
+        TOKEN,
+    )
+    .await;
+    let e = expect_error(r, 400, "validation_failed").await;
+    c.response("get", USERS, 400, &e);
+    assert_eq!(e["details"][0]["field"], "createdAfter");
+    let r = admin_get(
+        app,
+        &format!(
+            "{USERS}?createdAfter={}&createdBefore={}",
+            times[2], times[0]
+        ),
+        TOKEN,
+    )
+    .await;
+    let e = expect_error(r, 400, "validation_failed").await;
+    assert_eq!(e["details"][0]["field"], "createdBefore");
 }
 
 fn urlencode(s: &str) -> String {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::accounts::*;
-use crate::fake_twilio::FakeTwilio;
 use crate::helpers::*;
 
 const CHANGE: &str = "/api/v1/account/phone/change";
@@ -27,29 +26,6 @@ async fn login(app: &TestApp, a: &Account) -> (String, String) {
         t["accessToken"].as_str().unwrap().to_owned(),
         t["refreshToken"].as_str().unwrap().to_owned(),
     )
-}
-
-/// A 2FA login (password, then the SMS code): its access token.
-async fn login_2fa(app: &TestApp, fake: &FakeTwilio, a: &Account) -> String {
-    let before = count_to(fake, &a.phone);
-    let flow = expect_json(
-        app.post_json(LOGIN, &json!({"email": a.email, "password": a.password}))
-            .await,
-        200,
-    )
-    .await;
-    assert_eq!(flow["status"], "otp_required");
-    let code = code_for(fake, &a.phone, before).await;
-    let t = expect_json(
-        app.post_json(
-            "/api/v1/account/login/verify",
-            &json!({"flowId": flow["flowId"], "code": code}),
-        )
-        .await,
-        200,
-    )
-    .await;
-    t["accessToken"].as_str().unwrap().to_owned()
 }
 
 async fn me(app: &TestApp, token: &str) -> reqwest::Response {
