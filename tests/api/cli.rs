@@ -312,6 +312,81 @@ async fn keys_subcommand_lists_the_ring_and_rotates_only_a_next_key_every_proces
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `authgate admin grant|revoke EMAIL` sets the role the admin API reads
+/// (with `AUTHGATE_ADMIN_JWT=on`), audited; a missing account or a bad
+/// command line says so and fails.
+#[tokio::test]
+async fn admin_subcommand_grants_and_revokes_the_role() {
+    let (name, cfg) = fresh_database().await;
+    let url = database_url_for(&cfg);
+    let dir = temp_dir();
+    let admin = |args: &[&str]| {
+        authgate(&dir)
+            .arg("admin")
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("SMS_SENDER", "console")
+            .output()
+            .unwrap()
+    };
+    // The schema first, then an account to promote.
+    let out = authgate(&dir)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .env("SMS_SENDER", "console")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let db = connect(&cfg).await;
+    db.execute(
+        "INSERT INTO users (id, email, phone, password_hash, first_name, last_name, created_at, updated_at)
+         VALUES (gen_random_uuid(), 'ada@example.com', '+14155550100', 'x', 'Ada', 'L', now(), now())",
+        &[],
+    )
+    .await
+    .unwrap();
+    let role = || async {
+        let r: String = db
+            .query_one("SELECT role FROM users", &[])
+            .await
+            .unwrap()
+            .get(0);
+        r
+    };
+    let out = admin(&["grant", "ADA@example.com"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("admin role granted"), "{text}");
+    assert!(text.contains("AUTHGATE_ADMIN_JWT is off"), "{text}");
+    assert_eq!(role().await, "admin");
+    let out = admin(&["revoke", "ada@example.com"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(role().await, "user");
+    let audited: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit_events WHERE kind IN ('admin_role_granted', 'admin_role_revoked')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 2);
+    let out = admin(&["grant", "nobody@example.com"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("no account has the e-mail"),
+        "{}",
+        stderr_of(&out)
+    );
+    for bad in [&["promote", "ada@example.com"][..], &["grant"], &[]] {
+        let out = admin(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr_of(&out));
+    }
+    drop(db);
+    drop_database(name);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn migrate_subcommand_applies_the_schema() {
     let admin = connect(&admin_config()).await;
