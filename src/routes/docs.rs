@@ -1452,7 +1452,9 @@ fn name_rule() -> Rule {
          Surrounding whitespace is trimmed (and not counted)."
     ))
     .length(Some(1), Some(MAX_NAME_CHARS))
-    .pattern(format!("^[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*$"))
+    .pattern(format!(
+        "^[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*$"
+    ))
 }
 
 fn locale_rule() -> Rule {
@@ -1501,8 +1503,7 @@ fn recovery_code_rule() -> Rule {
 
 fn flow_id_rule() -> Rule {
     Rule::new("A UUID, as `/account/login` gave it.".to_owned()).pattern(
-        "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-            .to_owned(),
+        "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$".to_owned(),
     )
 }
 

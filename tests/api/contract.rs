@@ -22,8 +22,8 @@ const ADMIN_TOKEN: &str = "contract-test-admin-token-0123456789abcdef";
 /// Characters the mutations insert or substitute: separators, letters and
 /// digits of each class, non-ASCII letters, control characters, Unicode spaces.
 const PROBES: [char; 18] = [
-    ' ', '\t', '.', '-', '+', '@', '_', '!', '(', 'a', 'Z', 'o', '0', '9', 'é', '\u{7}',
-    '\u{85}', '\u{3000}',
+    ' ', '\t', '.', '-', '+', '@', '_', '!', '(', 'a', 'Z', 'o', '0', '9', 'é', '\u{7}', '\u{85}',
+    '\u{3000}',
 ];
 
 /// A constrained field of a request: where it is sent and what it must obey.
@@ -41,7 +41,10 @@ struct Field {
 
 impl Field {
     fn label(&self) -> String {
-        format!("{} {} {}.{}", self.method, self.path, self.schema, self.name)
+        format!(
+            "{} {} {}.{}",
+            self.method, self.path, self.schema, self.name
+        )
     }
 }
 
@@ -76,8 +79,7 @@ fn constrained_fields(doc: &Value) -> Vec<Field> {
                     out.push(field("query", p["name"].as_str().unwrap(), &p["schema"]));
                 }
             }
-            let Some(reference) =
-                op.pointer("/requestBody/content/application~1json/schema/$ref")
+            let Some(reference) = op.pointer("/requestBody/content/application~1json/schema/$ref")
             else {
                 continue;
             };
@@ -312,7 +314,11 @@ fn probes(field: &Field, base: &str) -> Result<Vec<(String, Verdict)>, String> {
         if conforming != (want == Verdict::Accepted) {
             return Err(format!(
                 "{why}: {value:?} {} the field's own schema",
-                if conforming { "matches" } else { "does not match" }
+                if conforming {
+                    "matches"
+                } else {
+                    "does not match"
+                }
             ));
         }
         if want == Verdict::Refused || acceptance_observable(field) {
@@ -408,9 +414,10 @@ async fn check_fields(
         if body.is_some() {
             // The base value itself: the document's example of a valid value.
             match expected(field, &base) {
-                Some(Verdict::Refused) => {
-                    failures.push(format!("{}: base {base:?} breaks the schema", field.label()))
-                }
+                Some(Verdict::Refused) => failures.push(format!(
+                    "{}: base {base:?} breaks the schema",
+                    field.label()
+                )),
                 _ if acceptance_observable(field) => {
                     jobs.push((field.clone(), body.clone(), base.clone(), Verdict::Accepted))
                 }
@@ -539,14 +546,10 @@ async fn issued_tokens_match_their_documented_shape() {
     expect_json(app.signup(&body).await, 201).await;
     let login = json!({"email": body["email"], "password": body["password"]});
     let tokens = expect_json(app.post_json("/api/v1/account/login", &login).await, 200).await;
-    let props = |schema: &str, name: &str| {
-        doc["components"]["schemas"][schema]["properties"][name].clone()
-    };
+    let props =
+        |schema: &str, name: &str| doc["components"]["schemas"][schema]["properties"][name].clone();
     let refresh = tokens["refreshToken"].as_str().unwrap();
-    assert!(conforms(
-        &props("RefreshRequest", "refreshToken"),
-        refresh
-    ));
+    assert!(conforms(&props("RefreshRequest", "refreshToken"), refresh));
     let device = tokens["deviceToken"].as_str().unwrap();
     assert!(conforms(&props("LoginRequest", "deviceToken"), device));
     // And it is accepted: the base of the probes' "accepted" is real.
