@@ -28,7 +28,19 @@ impl EmailError {
     }
 }
 
-const LOCAL_SPECIALS: &str = "!#$%&'*+/=?^_`{|}~-";
+/// The longest address accepted (RFC 5321's path limit, less the brackets).
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// The longest local part (before the `@`).
+pub const MAX_LOCAL_CHARS: usize = 64;
+/// The longest domain (after the `@`).
+pub const MAX_DOMAIN_CHARS: usize = 253;
+/// The longest label of the domain (between dots).
+pub const MAX_LABEL_CHARS: usize = 63;
+/// The shortest top-level label.
+pub const MIN_TLD_CHARS: usize = 2;
+
+/// What a local part's dot-separated atoms may hold besides ASCII letters and digits.
+pub const LOCAL_SPECIALS: &str = "!#$%&'*+/=?^_`{|}~-";
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Email, EmailError> {
@@ -36,7 +48,7 @@ impl Email {
         if s.is_empty() {
             return Err(EmailError::Empty);
         }
-        if s.len() > 254 {
+        if s.len() > MAX_EMAIL_CHARS {
             return Err(EmailError::TooLong);
         }
         let s = s.to_ascii_lowercase();
@@ -54,7 +66,7 @@ impl Email {
 
 fn valid_local(local: &str) -> bool {
     !local.is_empty()
-        && local.len() <= 64
+        && local.len() <= MAX_LOCAL_CHARS
         && local.split('.').all(|atom| {
             !atom.is_empty()
                 && atom
@@ -66,10 +78,10 @@ fn valid_local(local: &str) -> bool {
 fn valid_domain(domain: &str) -> bool {
     let labels: Vec<&str> = domain.split('.').collect();
     labels.len() >= 2
-        && domain.len() <= 253
+        && domain.len() <= MAX_DOMAIN_CHARS
         && labels.iter().all(|l| {
             !l.is_empty()
-                && l.len() <= 63
+                && l.len() <= MAX_LABEL_CHARS
                 && !l.starts_with('-')
                 && !l.ends_with('-')
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -77,7 +89,7 @@ fn valid_domain(domain: &str) -> bool {
         // The top-level domain is never all digits (that would be an IP address).
         && labels
             .last()
-            .is_some_and(|tld| tld.len() >= 2 && !tld.chars().all(|c| c.is_ascii_digit()))
+            .is_some_and(|tld| tld.len() >= MIN_TLD_CHARS && !tld.chars().all(|c| c.is_ascii_digit()))
 }
 
 impl fmt::Debug for Email {

@@ -230,6 +230,13 @@ pub enum DestinationRefusal {
     NumberType(NumberType),
 }
 
+/// The longest input looked at (after trimming), separators included.
+pub const MAX_PHONE_INPUT: usize = 40;
+/// What may follow the leading `+`: digits and these separators.
+pub const PHONE_SEPARATORS: &str = " -.()";
+/// E.164's cap on a number's digits (country code included).
+pub const MAX_E164_DIGITS: usize = 15;
+
 impl PhoneE164 {
     pub fn parse(raw: &str) -> Result<PhoneE164, PhoneError> {
         let s = raw.trim();
@@ -237,14 +244,14 @@ impl PhoneE164 {
             return Err(PhoneError::Empty);
         }
         // The library accepts very long inputs slowly; no real number is this long.
-        if s.len() > 40 || !s.starts_with('+') {
+        if s.len() > MAX_PHONE_INPUT || !s.starts_with('+') {
             return Err(PhoneError::Unparsable);
         }
         // Digits and the usual separators only: the library would read letters as
         // a vanity number's keypad digits, which no one types at sign-up.
         if !s[1..]
             .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')'))
+            .all(|c| c.is_ascii_digit() || PHONE_SEPARATORS.contains(c))
         {
             return Err(PhoneError::Unparsable);
         }
@@ -257,7 +264,7 @@ impl PhoneE164 {
         // E.164 caps a number at 15 digits (and the users table checks it), but
         // the library's plans accept some longer ones (German `+49` numbers of 16
         // digits, found by fuzzing): those cannot be stored or dialled as E.164.
-        if e164.len() > 16 {
+        if e164.len() > 1 + MAX_E164_DIGITS {
             return Err(PhoneError::Impossible);
         }
         // The stored form must mean the same number when read again (the

@@ -15,8 +15,9 @@ pub const SET_SIZE: usize = 10;
 pub const CODE_CHARS: usize = 10;
 /// Lower-case letters and digits that cannot be mistaken for one another.
 pub const ALPHABET: &[u8; 30] = b"23456789abcdefghjkmnpqrstvwxyz";
-/// Longer input is refused before it is looked at (spaces and hyphens included).
-const MAX_INPUT: usize = 64;
+/// Longer input (in bytes) is refused before it is looked at (spaces and
+/// hyphens included).
+pub const MAX_INPUT: usize = 64;
 
 /// A code in canonical form: exactly [`CODE_CHARS`] characters of [`ALPHABET`].
 #[derive(Clone, PartialEq, Eq)]

@@ -63,21 +63,17 @@ const EXAMPLE_TIME: &str = "2026-11-27T10:42:17.665Z";
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({"email": "ada@example.com", "phone": "+1 (415) 555-0100", "password": "s3cure-passw0rd", "firstName": "Ada", "lastName": "Lovelace"}))]
 pub struct SignupRequest {
-    /// Trimmed and compared case-insensitively; stored lower-cased.
+    /// Compared case-insensitively; stored lower-cased.
     pub email: String,
-    /// Any format a numbering-plan library understands; stored as E.164.
     pub phone: String,
-    /// 8 to 128 printable characters with at least one letter and one digit.
     pub password: String,
-    /// 1 to 100 characters, no control characters.
     pub first_name: String,
-    /// 1 to 100 characters, no control characters.
     pub last_name: String,
-    /// Optional: the language of the account's SMS, one of `en`, `es`, `fr`,
-    /// `de`, `pt`. Without it, the request's `Accept-Language` header picks
-    /// the most preferred of these; otherwise English.
+    /// Optional: the language of the account's SMS. Without it, the request's
+    /// `Accept-Language` header picks the most preferred of these; otherwise
+    /// English.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, pattern = "^(en|es|fr|de|pt)$")]
+    #[schema(nullable = false)]
     pub locale: Option<String>,
 }
 
@@ -93,7 +89,7 @@ pub struct LoginRequest {
     /// clients' failed passwords never lock it out; an unknown, expired or
     /// foreign one is ignored (the login counts as an untrusted client's).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, max_length = 256)]
+    #[schema(nullable = false)]
     pub device_token: Option<String>,
 }
 
@@ -106,15 +102,13 @@ pub struct LoginVerifyRequest {
     /// From the `otp_required` answer of `/account/login`.
     #[schema(format = Uuid)]
     pub flow_id: String,
-    /// The digits of the SMS (`OTP_LENGTH`, default 6).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, pattern = "^[0-9]+$")]
+    #[schema(nullable = false)]
     pub code: Option<String>,
     /// Instead of `code`: one of the recovery codes shown when 2FA was turned
-    /// on (or the set was last replaced), `xxxxx-xxxxx`; case, spaces and
-    /// hyphens are ignored. Single use.
+    /// on (or the set was last replaced). Single use.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, max_length = 64)]
+    #[schema(nullable = false)]
     pub recovery_code: Option<String>,
 }
 
@@ -131,7 +125,6 @@ pub struct FlowRequest {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"code": "123456"}))]
 pub struct CodeRequest {
-    #[schema(pattern = "^[0-9]+$")]
     pub code: String,
 }
 
@@ -165,7 +158,7 @@ pub struct TwilioStatusForm {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"phone": "+1 (415) 555-0199"}))]
 pub struct PhoneChangeRequest {
-    /// The new number, parsed as at sign-up; stored as E.164.
+    /// The new number.
     pub phone: String,
 }
 
@@ -193,9 +186,8 @@ pub struct PasswordResetConfirmRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub phone: Option<String>,
-    #[schema(pattern = "^[0-9]+$")]
     pub code: String,
-    /// 8 to 128 printable characters with at least one letter and one digit.
+    /// The new password.
     pub password: String,
 }
 
@@ -1191,22 +1183,32 @@ fn operation(path: &str, spec: Spec) -> utoipa::openapi::path::Operation {
         op = op
             .parameter(query(
                 "query",
-                "A part of the e-mail address, or of the phone number's digits.",
+                &format!(
+                    "A part of the e-mail address, or of the phone number's digits (a \
+                     query of digits and `+()-. ` with at least three digits), at most \
+                     {ADMIN_QUERY_MAX_CHARS} characters after trimming; empty: every account."
+                ),
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .max_length(Some(254)),
+                    .max_length(Some(ADMIN_QUERY_MAX_CHARS)),
             ))
             .parameter(query(
                 "limit",
-                "Accounts per page (default 20).",
+                &format!(
+                    "Accounts per page, a whole number from 1 to {} (default {}).",
+                    crate::service::admin::MAX_LIMIT,
+                    crate::service::admin::DEFAULT_LIMIT
+                ),
                 ObjectBuilder::new()
                     .schema_type(Type::Integer)
                     .minimum(Some(1))
-                    .maximum(Some(100)),
+                    .maximum(Some(crate::service::admin::MAX_LIMIT))
+                    .default(Some(crate::service::admin::DEFAULT_LIMIT.into())),
             ))
             .parameter(query(
                 "cursor",
-                "The `nextCursor` of the previous page.",
+                "The `nextCursor` of the previous page, as given (opaque; an altered \
+                 one is refused with 400).",
                 ObjectBuilder::new().schema_type(Type::String),
             ));
     }
@@ -1312,7 +1314,293 @@ const CLOSED_SCHEMAS: &[&str] = &[
     "AdminActionBody",
 ];
 
-fn components() -> utoipa::openapi::Components {
+/// What the server checks of one string field of a request body, in JSON
+/// Schema terms: set on the derived schemas by `components`, with every number
+/// taken from the constants the parsers use, so the document cannot state a
+/// bound the server does not enforce (tests/api/contract.rs sends values at and
+/// just past each one).
+struct Rule {
+    min_length: Option<usize>,
+    max_length: Option<usize>,
+    /// ECMA-262, anchored when the whole value is meant.
+    pattern: Option<String>,
+    enum_values: Option<Vec<&'static str>>,
+    /// The rule in words, with what the keywords cannot say.
+    text: String,
+}
+
+impl Rule {
+    fn new(text: String) -> Rule {
+        Rule {
+            min_length: None,
+            max_length: None,
+            pattern: None,
+            enum_values: None,
+            text,
+        }
+    }
+
+    fn length(mut self, min: Option<usize>, max: Option<usize>) -> Rule {
+        self.min_length = min;
+        self.max_length = max;
+        self
+    }
+
+    fn pattern(mut self, pattern: String) -> Rule {
+        self.pattern = Some(pattern);
+        self
+    }
+}
+
+/// `chars` inside a regex character class, escaping the class's own syntax.
+fn class_of(chars: &str) -> String {
+    chars
+        .chars()
+        .map(|c| {
+            if "\\]^-[".contains(c) {
+                format!("\\{c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Control characters (Unicode `Cc`, which is what `char::is_control` tests).
+const CONTROL: &str = "\\x00-\\x1F\\x7F-\\x9F";
+
+/// Whitespace as the server trims and skips it (Unicode `White_Space`, what
+/// `char::is_whitespace` tests), spelled out: ECMA-262's `\s` differs (it
+/// takes U+FEFF, not U+0085).
+const WHITE_SPACE: &str =
+    "\\x09-\\x0D \\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000";
+
+fn email_rule() -> Rule {
+    use crate::domain::email::*;
+    let atom = format!("[A-Za-z0-9{}]+", class_of(LOCAL_SPECIALS));
+    let inner = MAX_LABEL_CHARS - 2;
+    let label = format!("[A-Za-z0-9](?:[A-Za-z0-9-]{{0,{inner}}}[A-Za-z0-9])?");
+    let tld = format!(
+        "[A-Za-z0-9][A-Za-z0-9-]{{{},{inner}}}[A-Za-z0-9]",
+        MIN_TLD_CHARS - 2
+    );
+    Rule::new(format!(
+        "An e-mail address of at most {MAX_EMAIL_CHARS} characters: a local part of at \
+         most {MAX_LOCAL_CHARS} characters (dot-separated runs of ASCII letters, digits \
+         and `` {LOCAL_SPECIALS} ``), `@`, and a domain of at most {MAX_DOMAIN_CHARS} \
+         characters: two or more dot-separated labels of at most {MAX_LABEL_CHARS} ASCII \
+         letters, digits and inner hyphens, the last of at least {MIN_TLD_CHARS} and not \
+         all digits. The pattern states all but the part lengths and the all-digit last \
+         label. Surrounding whitespace is ignored."
+    ))
+    .length(None, Some(MAX_EMAIL_CHARS))
+    .pattern(format!("^{atom}(?:\\.{atom})*@(?:{label}\\.)+{tld}$"))
+}
+
+fn phone_rule() -> Rule {
+    use crate::domain::phone::*;
+    Rule::new(format!(
+        "International format: `+`, then the country code and number in digits and the \
+         separators `{PHONE_SEPARATORS}`, at most {MAX_PHONE_INPUT} characters in all, \
+         such as `+1 (415) 555-0100`. Beyond the pattern, it must be a number that can \
+         exist in its country's numbering plan (libphonenumber's metadata) and have at \
+         most {MAX_E164_DIGITS} digits as E.164, the form it is stored in. Surrounding \
+         whitespace is ignored."
+    ))
+    .length(None, Some(MAX_PHONE_INPUT))
+    .pattern(format!("^\\+[0-9{}]+$", class_of(PHONE_SEPARATORS)))
+}
+
+/// A password being set (sign-up, reset).
+fn new_password_rule() -> Rule {
+    use crate::domain::password::*;
+    Rule::new(format!(
+        "{MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters (code points), spaces \
+         and any script allowed, no control character, with at least one letter and one \
+         digit. Taken as sent (not trimmed). The server counts as a letter any Unicode \
+         alphabetic character, a little more than the pattern's `\\p{{L}}`."
+    ))
+    .length(Some(MIN_PASSWORD_CHARS), Some(MAX_PASSWORD_CHARS))
+    .pattern(format!(
+        "^[^{CONTROL}]*(?:\\p{{L}}[^{CONTROL}]*\\p{{N}}|\\p{{N}}[^{CONTROL}]*\\p{{L}})[^{CONTROL}]*$"
+    ))
+}
+
+fn login_password_rule() -> Rule {
+    use crate::domain::password::MAX_PASSWORD_CHARS;
+    Rule::new(format!(
+        "The account's password, 1 to {MAX_PASSWORD_CHARS} characters; only its length \
+         is checked (an account may predate the current password rule)."
+    ))
+    .length(Some(1), Some(MAX_PASSWORD_CHARS))
+}
+
+fn login_email_rule() -> Rule {
+    Rule::new(
+        "The account's e-mail address. Only its presence is checked: an address that \
+         names no account (or is no address) answers like a wrong password."
+            .to_owned(),
+    )
+    .length(Some(1), None)
+    .pattern(format!("[^{WHITE_SPACE}]"))
+}
+
+fn name_rule() -> Rule {
+    use crate::domain::name::MAX_NAME_CHARS;
+    Rule::new(format!(
+        "1 to {MAX_NAME_CHARS} characters, not all whitespace, no control character. \
+         Surrounding whitespace is trimmed (and not counted)."
+    ))
+    .length(Some(1), Some(MAX_NAME_CHARS))
+    .pattern(format!(
+        "^[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*$"
+    ))
+}
+
+fn locale_rule() -> Rule {
+    use crate::domain::sms_text::Locale;
+    let all: Vec<&'static str> = Locale::ALL.iter().map(|l| l.as_str()).collect();
+    let mut rule = Rule::new(format!("One of {}.", all.join(", ")));
+    rule.enum_values = Some(all);
+    rule
+}
+
+/// An SMS code: `otp_length` is the configured `OTP_LENGTH`.
+fn otp_rule(otp_length: u8) -> Rule {
+    let n = usize::from(otp_length);
+    Rule::new(format!(
+        "The {n} digits of the SMS (`OTP_LENGTH` of the server that serves this \
+         document; the `openapi.json` of the repository states the default). \
+         Surrounding whitespace is ignored."
+    ))
+    .length(Some(n), Some(n))
+    .pattern(format!("^[0-9]{{{n}}}$"))
+}
+
+fn recovery_code_rule() -> Rule {
+    use crate::domain::recovery::*;
+    let lower = String::from_utf8_lossy(ALPHABET).into_owned();
+    let class = format!("{lower}{}", lower.to_ascii_uppercase());
+    let class: String = {
+        let mut seen = String::new();
+        for c in class.chars() {
+            if !seen.contains(c) {
+                seen.push(c);
+            }
+        }
+        seen
+    };
+    Rule::new(format!(
+        "{CODE_CHARS} characters of `{lower}` in either case, shown as `xxxxx-xxxxx`; \
+         whitespace and hyphens anywhere are ignored; at most {MAX_INPUT} bytes in all."
+    ))
+    .length(None, Some(MAX_INPUT))
+    .pattern(format!(
+        "^[{WHITE_SPACE}-]*(?:[{}][{WHITE_SPACE}-]*){{{CODE_CHARS}}}$",
+        class_of(&class)
+    ))
+}
+
+fn flow_id_rule() -> Rule {
+    Rule::new("A UUID, as `/account/login` gave it.".to_owned()).pattern(
+        "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$".to_owned(),
+    )
+}
+
+fn refresh_token_rule() -> Rule {
+    // As long as the tokens the server makes (every one has the same length).
+    let n = crate::tokens::new_refresh_token().len();
+    Rule::new(format!(
+        "The `refreshToken` of the last answer that gave one: {n} URL-safe base64 \
+         characters. A malformed token and an unknown one are both answered 401 \
+         `invalid_refresh_token`."
+    ))
+    .length(Some(n), Some(n))
+    .pattern(format!("^[A-Za-z0-9_-]{{{n}}}$"))
+}
+
+/// The admin search's cap on `query`: the longest e-mail address, as the
+/// service has it.
+const ADMIN_QUERY_MAX_CHARS: usize = crate::domain::email::MAX_EMAIL_CHARS;
+
+/// The login handler's cap on `deviceToken` (in bytes).
+pub const MAX_DEVICE_TOKEN_BYTES: usize = 256;
+
+fn device_token_rule() -> Rule {
+    Rule::new(format!(
+        "Opaque, as given; at most {MAX_DEVICE_TOKEN_BYTES} bytes (the tokens the server \
+         gives are {} URL-safe characters).",
+        crate::tokens::new_refresh_token().len()
+    ))
+    .length(None, Some(MAX_DEVICE_TOKEN_BYTES))
+}
+
+/// Every checked field of every request body: (schema, property, rule).
+fn request_rules(otp_length: u8) -> Vec<(&'static str, &'static str, Rule)> {
+    vec![
+        ("SignupRequest", "email", email_rule()),
+        ("SignupRequest", "phone", phone_rule()),
+        ("SignupRequest", "password", new_password_rule()),
+        ("SignupRequest", "firstName", name_rule()),
+        ("SignupRequest", "lastName", name_rule()),
+        ("SignupRequest", "locale", locale_rule()),
+        ("LoginRequest", "email", login_email_rule()),
+        ("LoginRequest", "password", login_password_rule()),
+        ("LoginRequest", "deviceToken", device_token_rule()),
+        ("LoginVerifyRequest", "flowId", flow_id_rule()),
+        ("LoginVerifyRequest", "code", otp_rule(otp_length)),
+        ("LoginVerifyRequest", "recoveryCode", recovery_code_rule()),
+        ("FlowRequest", "flowId", flow_id_rule()),
+        ("CodeRequest", "code", otp_rule(otp_length)),
+        ("RefreshRequest", "refreshToken", refresh_token_rule()),
+        ("PhoneChangeRequest", "phone", phone_rule()),
+        ("PasswordResetRequest", "email", email_rule()),
+        ("PasswordResetRequest", "phone", phone_rule()),
+        ("PasswordResetConfirmRequest", "email", email_rule()),
+        ("PasswordResetConfirmRequest", "phone", phone_rule()),
+        ("PasswordResetConfirmRequest", "code", otp_rule(otp_length)),
+        (
+            "PasswordResetConfirmRequest",
+            "password",
+            new_password_rule(),
+        ),
+    ]
+}
+
+/// Sets each rule on its property; returns the (schema, property) pairs it
+/// found no property for (a renamed field: the unit tests require none).
+fn apply_rules(
+    components: &mut utoipa::openapi::Components,
+    otp_length: u8,
+) -> Vec<(&'static str, &'static str)> {
+    let mut missing = Vec::new();
+    for (schema, property, rule) in request_rules(otp_length) {
+        let target = match components.schemas.get_mut(schema) {
+            Some(RefOr::T(Schema::Object(o))) => match o.properties.get_mut(property) {
+                Some(RefOr::T(Schema::Object(p))) => Some(p),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(p) = target else {
+            missing.push((schema, property));
+            continue;
+        };
+        p.min_length = rule.min_length;
+        p.max_length = rule.max_length;
+        p.pattern = rule.pattern;
+        p.enum_values = rule
+            .enum_values
+            .map(|v| v.into_iter().map(Value::from).collect());
+        p.description = Some(match p.description.take() {
+            Some(d) => format!("{} {}", rule.text, d.replace('\n', " ")),
+            None => rule.text,
+        });
+    }
+    missing
+}
+
+fn components(otp_length: u8) -> utoipa::openapi::Components {
     let mut components = ComponentsBuilder::new()
         .schema_from::<User>()
         .schema_from::<TokensBody>()
@@ -1369,11 +1657,26 @@ fn components() -> utoipa::openapi::Components {
             o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
         }
     }
+    let missing = apply_rules(&mut components, otp_length);
+    if !missing.is_empty() {
+        tracing::warn!(?missing, "request rules without a property");
+    }
     components
 }
 
-/// The whole document.
+/// The `OTP_LENGTH` the committed `openapi.json` states: the default, since
+/// `authgate openapi` reads no configuration.
+pub fn default_otp_length() -> u8 {
+    crate::config::Config::default().otp_length
+}
+
+/// The whole document, as a server with the default configuration serves it.
 pub fn document() -> OpenApi {
+    document_for(default_otp_length())
+}
+
+/// The whole document for a server whose SMS codes have `otp_length` digits.
+pub fn document_for(otp_length: u8) -> OpenApi {
     let mut paths = PathsBuilder::new();
     for (method, path) in ROUTES {
         if let (Some(m), Some(s)) = (http_method(method), spec(method, path)) {
@@ -1399,7 +1702,7 @@ pub fn document() -> OpenApi {
     OpenApiBuilder::new()
         .info(info)
         .paths(paths.build())
-        .components(Some(components()))
+        .components(Some(components(otp_length)))
         .tags(Some([
             tag("account", "Sign-up, login, phone verification and 2FA."),
             tag("auth", "Refresh tokens and logout."),
@@ -1427,9 +1730,14 @@ pub fn document() -> OpenApi {
         .build()
 }
 
-/// The document as JSON.
+/// The document as JSON (the default configuration).
 pub fn document_json() -> Value {
-    serde_json::to_value(document()).unwrap_or(Value::Null)
+    document_json_for(default_otp_length())
+}
+
+/// The document as JSON for a server whose SMS codes have `otp_length` digits.
+pub fn document_json_for(otp_length: u8) -> Value {
+    serde_json::to_value(document_for(otp_length)).unwrap_or(Value::Null)
 }
 
 /// The document as written to `openapi.json`: pretty, with a final newline, so
@@ -1440,9 +1748,12 @@ pub fn document_pretty() -> Result<String, serde_json::Error> {
     Ok(s)
 }
 
-/// `GET /openapi.json` under `/api/v1`. The document is built once, at start.
-pub fn routes() -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
-    let doc = document_json();
+/// `GET /openapi.json` under `/api/v1`. The document is built once, at start,
+/// for the running `OTP_LENGTH`.
+pub fn routes(
+    otp_length: u8,
+) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+    let doc = document_json_for(otp_length);
     warp::path!("openapi.json")
         .and(warp::get())
         .map(move || Ok(json(StatusCode::OK, &doc)))
@@ -1472,6 +1783,28 @@ mod tests {
             panic!("object")
         };
         assert!(super::super::account::parse_code_body(code, 6).is_ok());
+    }
+
+    /// A rule whose field was renamed would silently state nothing.
+    #[test]
+    fn every_request_rule_finds_its_property() {
+        let mut components = ComponentsBuilder::new()
+            .schema_from::<SignupRequest>()
+            .schema_from::<LoginRequest>()
+            .schema_from::<LoginVerifyRequest>()
+            .schema_from::<FlowRequest>()
+            .schema_from::<CodeRequest>()
+            .schema_from::<RefreshRequest>()
+            .schema_from::<PhoneChangeRequest>()
+            .schema_from::<PasswordResetRequest>()
+            .schema_from::<PasswordResetConfirmRequest>()
+            .build();
+        assert_eq!(apply_rules(&mut components, 6), []);
+        let doc = document_json_for(8);
+        let code = &doc["components"]["schemas"]["CodeRequest"]["properties"]["code"];
+        assert_eq!(code["pattern"], "^[0-9]{8}$");
+        assert_eq!(code["minLength"], 8);
+        assert_eq!(code["maxLength"], 8);
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infall
             .unify()
             .or(recovery::routes(state.clone()).boxed())
             .unify()
-            .or(docs::routes().boxed())
+            .or(docs::routes(state.config().otp_length).boxed())
             .unify()
             .or(lifecycle::routes(state.clone()).boxed())
             .unify()

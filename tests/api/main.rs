@@ -8,6 +8,7 @@ mod admin;
 mod helpers;
 
 mod cli;
+mod contract;
 mod fake_twilio;
 mod http_envelope;
 mod issuing;

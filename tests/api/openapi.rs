@@ -133,6 +133,15 @@ async fn served_document_equals_generated_and_committed() {
         200,
     )
     .await;
+    // The server states its own configuration (the OTP length); the committed
+    // copy, the defaults, which the test app runs with.
+    let running = app.state.config().otp_length;
+    assert_eq!(
+        served,
+        authgate::routes::docs::document_json_for(running),
+        "served document differs from the one generated for its configuration"
+    );
+    assert_eq!(running, authgate::routes::docs::default_otp_length());
     let generated = document_json();
     assert_eq!(
         served, generated,
