@@ -1206,6 +1206,23 @@ fn operation(path: &str, spec: Spec) -> utoipa::openapi::path::Operation {
                     .default(Some(crate::service::admin::DEFAULT_LIMIT.into())),
             ))
             .parameter(query(
+                "createdAfter",
+                "Only accounts created at or after this instant: an RFC 3339 time \
+                 (`2026-11-30T12:00:00Z`) or a date (`2026-11-30`, midnight UTC); must \
+                 be a real calendar time, and earlier than `createdBefore`.",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(crate::service::admin::CREATED_PATTERN)),
+            ))
+            .parameter(query(
+                "createdBefore",
+                "Only accounts created strictly before this instant, written as \
+                 `createdAfter`.",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(crate::service::admin::CREATED_PATTERN)),
+            ))
+            .parameter(query(
                 "cursor",
                 "The `nextCursor` of the previous page, as given (opaque; an altered \
                  one is refused with 400).",
@@ -1521,7 +1538,7 @@ fn refresh_token_rule() -> Rule {
 
 /// The admin search's cap on `query`: the longest e-mail address, as the
 /// service has it.
-const ADMIN_QUERY_MAX_CHARS: usize = crate::domain::email::MAX_EMAIL_CHARS;
+const ADMIN_QUERY_MAX_CHARS: usize = crate::service::admin::MAX_QUERY_CHARS;
 
 /// The login handler's cap on `deviceToken` (in bytes).
 pub const MAX_DEVICE_TOKEN_BYTES: usize = 256;

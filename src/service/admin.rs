@@ -85,6 +85,12 @@ pub async fn set_role(store: &Store, email: &str, admin: bool) -> Result<bool, A
 /// Page size when `limit` is not given, and its bounds.
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
+/// The longest search: an e-mail address's longest.
+pub const MAX_QUERY_CHARS: usize = crate::domain::email::MAX_EMAIL_CHARS;
+/// The shape `createdAfter` and `createdBefore` take: an RFC 3339 time or a
+/// date (empty: no bound). The calendar check is `parse_instant`'s.
+pub const CREATED_PATTERN: &str = "^([0-9]{4}-[0-9]{2}-[0-9]{2}\
+     (T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2}))?)?$";
 /// Events shown with one account.
 pub const AUDIT_SHOWN: i64 = 50;
 
@@ -168,11 +174,11 @@ pub fn parse_list_params(pairs: &[(String, String)]) -> Result<ListParams, AppEr
         let phone_like = q
             .chars()
             .all(|c| c.is_ascii_digit() || " +()-.".contains(c));
-        if q.chars().count() > 254 {
+        if q.chars().count() > MAX_QUERY_CHARS {
             errors.push(FieldError::new(
                 "query",
                 "too_long",
-                "query must be at most 254 characters",
+                format!("query must be at most {MAX_QUERY_CHARS} characters"),
             ));
         } else if phone_like && digits.len() >= 3 {
             params.search.phone_digits = Some(digits);

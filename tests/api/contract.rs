@@ -292,7 +292,8 @@ fn expected(field: &Field, value: &str) -> Option<Verdict> {
         // phone must also exist in its numbering plan: conforming is necessary,
         // not sufficient.
         match field.name.as_str() {
-            "refreshToken" | "phone" => None,
+            // A created-time bound must also be a real calendar time.
+            "refreshToken" | "phone" | "createdAfter" | "createdBefore" => None,
             _ => Some(Verdict::Accepted),
         }
     } else if value.trim() != value && conforms(&field.rules, value.trim()) {
@@ -522,6 +523,8 @@ async fn every_documented_request_bound_is_the_servers() {
         "PasswordResetConfirmRequest.password",
         "query.query",
         "query.limit",
+        "query.createdAfter",
+        "query.createdBefore",
     ] {
         assert!(named.contains(want), "{want} states no constraint");
     }
