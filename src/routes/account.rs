@@ -10,6 +10,9 @@ use warp::Filter;
 
 use super::auth::{bearer, AuthUser};
 use super::body::{json_object, Fields};
+use super::errors::{
+    code_gone, code_locked, concat, json_body, missing, overloaded, server, sms_refusals, too_many,
+};
 use super::limits::{limit, RouteClass};
 use super::{client_info, json, with_state, Outcome};
 use crate::audit::{self, AuditKind, ClientInfo};
@@ -20,7 +23,8 @@ use crate::domain::password::Password;
 use crate::domain::phone::PhoneE164;
 use crate::domain::sms_text::Locale;
 use crate::domain::user::NewUser;
-use crate::error::AppError;
+use crate::domain::FieldError;
+use crate::error::{AppError, GoneReason, StateConflict};
 use crate::service::account::{self, CodeAction};
 use crate::service::session::issue_tokens;
 use crate::state::AppState;
@@ -147,6 +151,105 @@ pub fn routes(
         .unify()
         .or(disable_confirm)
         .unify()
+}
+
+/// The errors each route of this module may answer (see `super::errors`):
+/// the OpenAPI document renders them, and the boundary flags any other.
+pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
+    use AppError as E;
+    // "Send a code": the bearer guard, the route's limits, its state
+    // conflicts (`conflicts`), the SMS destination rules.
+    let send = |conflicts: Vec<AppError>| {
+        concat([
+            vec![E::InvalidToken, too_many(), code_locked()],
+            conflicts,
+            sms_refusals(),
+            server(),
+        ])
+    };
+    // "Confirm with a code": the bearer guard, the body, the code's checks,
+    // what confirming may conflict with (`conflicts`).
+    let confirm = |conflicts: Vec<AppError>| {
+        concat([
+            vec![E::InvalidToken, too_many()],
+            json_body(missing(&["code"])),
+            vec![E::InvalidCode { attempts_left: 4 }, E::NoActiveCode],
+            code_gone(),
+            vec![code_locked()],
+            conflicts,
+            server(),
+        ])
+    };
+    let flow_gone = || {
+        vec![
+            E::Gone(GoneReason::FlowExpired),
+            E::Gone(GoneReason::FlowLocked),
+            E::Gone(GoneReason::FlowFinished),
+        ]
+    };
+    let errors = match (method, path) {
+        ("POST", "/api/v1/account/signup") => concat([
+            json_body(E::Validation(vec![
+                FieldError::new(
+                    "email",
+                    "invalid_format",
+                    "email must be a valid address like name@example.com",
+                ),
+                FieldError::new(
+                    "password",
+                    "too_short",
+                    "password must be at least 8 characters",
+                ),
+            ])),
+            vec![E::EmailTaken, E::PhoneTaken, too_many()],
+            server(),
+            vec![overloaded()],
+        ]),
+        ("POST", "/api/v1/account/login") => concat([
+            json_body(missing(&["email", "password"])),
+            vec![E::InvalidCredentials, too_many(), code_locked()],
+            sms_refusals(),
+            server(),
+            vec![overloaded()],
+        ]),
+        ("POST", "/api/v1/account/login/verify") => concat([
+            json_body(missing(&["flowId", "code"])),
+            vec![
+                E::InvalidCode { attempts_left: 4 },
+                E::Gone(GoneReason::CodeExpired),
+            ],
+            flow_gone(),
+            vec![too_many(), code_locked()],
+            server(),
+        ]),
+        ("POST", "/api/v1/account/login/resend") => concat([
+            json_body(missing(&["flowId"])),
+            flow_gone(),
+            vec![too_many(), E::ResendLimit, code_locked()],
+            sms_refusals(),
+            server(),
+        ]),
+        ("GET", "/api/v1/account/me") | ("GET", "/api/v1/account/audit") => {
+            concat([vec![E::InvalidToken], server()])
+        }
+        ("POST", "/api/v1/account/phone/verify/send") => {
+            send(vec![E::State(StateConflict::PhoneAlreadyVerified)])
+        }
+        ("POST", "/api/v1/account/phone/verify/confirm") => confirm(vec![E::PhoneTaken]),
+        ("POST", "/api/v1/account/2fa/enable") => send(vec![
+            E::State(StateConflict::TwoFaAlreadyEnabled),
+            E::State(StateConflict::PhoneNotVerified),
+        ]),
+        ("POST", "/api/v1/account/2fa/enable/confirm") => {
+            confirm(vec![E::State(StateConflict::PhoneNotVerified)])
+        }
+        ("POST", "/api/v1/account/2fa/disable") => {
+            send(vec![E::State(StateConflict::TwoFaNotEnabled)])
+        }
+        ("POST", "/api/v1/account/2fa/disable/confirm") => confirm(vec![]),
+        _ => return None,
+    };
+    Some(errors)
 }
 
 /// `GET /account/audit`: the user's newest events first.

@@ -11,9 +11,11 @@ use uuid::Uuid;
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection};
 
+use super::errors::{concat, server, too_many};
 use super::limits::{limit, RouteClass};
 use super::{client_info, json, with_state, Outcome};
 use crate::audit::ClientInfo;
+use crate::domain::FieldError;
 use crate::error::AppError;
 use crate::service::admin::{self, Admin};
 use crate::state::AppState;
@@ -146,6 +148,34 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .unify()
         .or(reset)
         .unify()
+}
+
+/// The errors each route of this module may answer (see `super::errors`).
+/// 404 `not_found` is also every admin route's answer while the admin API is
+/// off.
+pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
+    use AppError as E;
+    let guard = || vec![E::AdminTokenRequired, E::NotFound, too_many()];
+    let errors = match (method, path) {
+        ("GET", "/api/v1/admin/users") => concat([
+            vec![E::Validation(vec![FieldError::new(
+                "limit",
+                "out_of_range",
+                "limit must be a whole number from 1 to 100",
+            )])],
+            guard(),
+            server(),
+        ]),
+        ("GET", "/api/v1/admin/users/{id}")
+        | ("DELETE", "/api/v1/admin/users/{id}")
+        | ("POST", "/api/v1/admin/users/{id}/ban")
+        | ("POST", "/api/v1/admin/users/{id}/unban")
+        | ("POST", "/api/v1/admin/users/{id}/2fa/reset") => {
+            concat([vec![E::UserNotFound], guard(), server()])
+        }
+        _ => return None,
+    };
+    Some(errors)
 }
 
 fn no_content() -> warp::reply::Response {

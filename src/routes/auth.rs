@@ -8,6 +8,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use super::body::{json_object, Fields};
+use super::errors::{body_read, concat, json_body, missing, server, too_many};
 use super::{json, with_state, Outcome};
 use crate::audit::{AuditKind, ClientInfo};
 use crate::clock::after;
@@ -106,6 +107,26 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .and(with_state(state))
         .then(|headers, body, state| async move { logout(state, headers, body).await });
     refresh.or(logout).unify()
+}
+
+/// The errors each route of this module may answer (see `super::errors`).
+pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
+    use AppError as E;
+    let errors = match (method, path) {
+        ("POST", "/api/v1/auth/refresh") => concat([
+            json_body(missing(&["refreshToken"])),
+            vec![E::InvalidRefreshToken, E::RefreshTokenReused, too_many()],
+            server(),
+        ]),
+        // The body is optional, so it is read whatever its type.
+        ("POST", "/api/v1/auth/logout") => concat([
+            body_read(missing(&["refreshToken"])),
+            vec![E::InvalidRefreshToken, E::InvalidToken],
+            server(),
+        ]),
+        _ => return None,
+    };
+    Some(errors)
 }
 
 fn parse_refresh_field(body: Map<String, Value>) -> Result<String, AppError> {

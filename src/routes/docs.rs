@@ -3,9 +3,11 @@
 //!
 //! - response schemas are derived (`utoipa::ToSchema`) on the very structs the
 //!   handlers serialize (`User`, `TokensBody`, `ErrorBody`, …);
-//! - error responses are rendered from `AppError` values through
-//!   `ErrorBody::new`, so each route's statuses, `code`s and example bodies come
-//!   from `AppError::status`, `code` and `public_message`;
+//! - error responses are rendered from each route's error table (declared next
+//!   to its handler, see [`super::errors`]; the boundary flags any answer a
+//!   table lacks) through `ErrorBody::new`, so each route's statuses, `code`s
+//!   and example bodies come from `AppError::status`, `code` and
+//!   `public_message`;
 //! - request bodies are described by the small types below. The handlers still
 //!   parse bodies by hand from `serde_json::Value` (to report every field problem
 //!   at once and never echo a value); these types only document the fields those
@@ -44,7 +46,7 @@ use super::{json, ErrorBody, Outcome, ROUTES};
 use crate::crypto::Jwk;
 use crate::domain::user::User;
 use crate::domain::FieldError;
-use crate::error::{AppError, GoneReason, SmsRefusal, StateConflict};
+use crate::error::AppError;
 use crate::service::admin::{AdminActionBody, AdminUserDetail, AdminUsersPage};
 use crate::service::password_reset::{ResetDoneBody, ResetStartedBody};
 use crate::service::recovery::{RecoveryCodesBody, TwoFaEnabledBody};
@@ -229,109 +231,6 @@ struct Spec {
     auth: Auth,
     body: Body,
     ok: Vec<(StatusCode, &'static str, Reply)>,
-    /// One of each error the route can answer; grouped by status in the document.
-    errors: Vec<AppError>,
-}
-
-fn validation_example() -> AppError {
-    AppError::Validation(vec![
-        FieldError::new(
-            "email",
-            "invalid_format",
-            "email must be a valid address like name@example.com",
-        ),
-        FieldError::new(
-            "password",
-            "too_short",
-            "password must be at least 8 characters",
-        ),
-    ])
-}
-
-/// A 400 listing each of `fields` as missing, as the parsers report it.
-fn missing(fields: &[&'static str]) -> AppError {
-    AppError::Validation(
-        fields
-            .iter()
-            .map(|f| FieldError::new(f, "required", format!("{f} is required")))
-            .collect(),
-    )
-}
-
-/// What any route reading a JSON body may refuse before its handler runs, with
-/// `validation` as the example of its own 400.
-fn json_body_errors(validation: AppError) -> Vec<AppError> {
-    vec![
-        validation,
-        AppError::MalformedJson("syntax error at line 1, column 12".to_owned()),
-        AppError::BadRequest("Invalid request header \"content-length\"".to_owned()),
-        AppError::PayloadTooLarge {
-            limit: super::MAX_BODY_BYTES,
-        },
-        AppError::UnsupportedMediaType,
-    ]
-}
-
-/// What any route touching the database or the actors may answer.
-fn server_errors() -> Vec<AppError> {
-    vec![
-        AppError::Unavailable("database unreachable".into()),
-        AppError::Internal("bug".into()),
-    ]
-}
-
-/// What a route that hashes a password answers when the hashing queue is full.
-fn overloaded() -> AppError {
-    AppError::Overloaded {
-        retry_after: std::time::Duration::from_secs(1),
-    }
-}
-
-fn too_many() -> AppError {
-    AppError::TooManyRequests {
-        retry_after: std::time::Duration::from_secs(30),
-    }
-}
-
-/// Too many wrong codes for the account: no code is checked or sent for a while.
-fn code_locked() -> AppError {
-    AppError::CodeEntryLocked {
-        retry_after: std::time::Duration::from_secs(3600),
-    }
-}
-
-fn sms_refusals() -> Vec<AppError> {
-    vec![
-        AppError::SmsRefused(SmsRefusal::CountryNotAllowed),
-        AppError::SmsRefused(SmsRefusal::NotMobile),
-    ]
-}
-
-fn code_gone() -> Vec<AppError> {
-    vec![
-        AppError::Gone(GoneReason::CodeExpired),
-        AppError::Gone(GoneReason::CodeUsed),
-        AppError::Gone(GoneReason::CodeAttemptsExhausted),
-        AppError::Gone(GoneReason::CodeSuperseded),
-    ]
-}
-
-/// What an admin route on one account may answer. 404 `not_found` is also
-/// every admin route's answer while the admin API is off.
-fn admin_errors() -> Vec<AppError> {
-    concat(vec![
-        vec![
-            AppError::AdminTokenRequired,
-            AppError::UserNotFound,
-            AppError::NotFound,
-            too_many(),
-        ],
-        server_errors(),
-    ])
-}
-
-fn concat(parts: Vec<Vec<AppError>>) -> Vec<AppError> {
-    parts.into_iter().flatten().collect()
 }
 
 const USER: &str = "User";
@@ -341,8 +240,7 @@ const CODE_SENT: &str = "CodeSentBody";
 /// The document's description of one route, or `None` for a route it does not
 /// know (which the tests then report as missing from the document).
 fn spec(method: &str, path: &str) -> Option<Spec> {
-    use AppError as E;
-    let confirm = |id, summary, extra: Vec<AppError>| Spec {
+    let confirm = |id, summary| Spec {
         id,
         tag: "account",
         summary,
@@ -350,17 +248,8 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
         auth: Auth::Bearer,
         body: Body::Json("CodeRequest"),
         ok: vec![(StatusCode::OK, "The updated user.", Reply::Json(USER))],
-        errors: concat(vec![
-            vec![E::InvalidToken, too_many()],
-            json_body_errors(missing(&["code"])),
-            vec![E::InvalidCode { attempts_left: 4 }, E::NoActiveCode],
-            code_gone(),
-            vec![code_locked()],
-            extra,
-            server_errors(),
-        ]),
     };
-    let send = |id, summary, description, extra: Vec<AppError>| Spec {
+    let send = |id, summary, description| Spec {
         id,
         tag: "account",
         summary,
@@ -372,12 +261,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             "A code was sent by SMS.",
             Reply::Json(CODE_SENT),
         )],
-        errors: concat(vec![
-            vec![E::InvalidToken, too_many(), code_locked()],
-            extra,
-            sms_refusals(),
-            server_errors(),
-        ]),
     };
     let spec = match (method, path) {
         ("POST", "/api/v1/account/signup") => Spec {
@@ -396,12 +279,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::None,
             body: Body::Json("SignupRequest"),
             ok: vec![(StatusCode::CREATED, "The new user.", Reply::Json(USER))],
-            errors: concat(vec![
-                json_body_errors(validation_example()),
-                vec![E::EmailTaken, E::PhoneTaken, too_many()],
-                server_errors(),
-                vec![overloaded()],
-            ]),
         },
         ("POST", "/api/v1/account/login") => Spec {
             id: "login",
@@ -423,13 +300,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "Tokens (`status: authenticated`), or `status: otp_required`.",
                 Reply::OneOf(&[TOKENS, "OtpRequiredBody"]),
             )],
-            errors: concat(vec![
-                json_body_errors(missing(&["email", "password"])),
-                vec![E::InvalidCredentials, too_many(), code_locked()],
-                sms_refusals(),
-                server_errors(),
-                vec![overloaded()],
-            ]),
         },
         ("POST", "/api/v1/account/login/verify") => Spec {
             id: "loginVerify",
@@ -448,19 +318,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::None,
             body: Body::Json("LoginVerifyRequest"),
             ok: vec![(StatusCode::OK, "Tokens.", Reply::Json(TOKENS))],
-            errors: concat(vec![
-                json_body_errors(missing(&["flowId", "code"])),
-                vec![
-                    E::InvalidCode { attempts_left: 4 },
-                    E::Gone(GoneReason::CodeExpired),
-                    E::Gone(GoneReason::FlowExpired),
-                    E::Gone(GoneReason::FlowLocked),
-                    E::Gone(GoneReason::FlowFinished),
-                    too_many(),
-                    code_locked(),
-                ],
-                server_errors(),
-            ]),
         },
         ("POST", "/api/v1/account/login/resend") => Spec {
             id: "loginResend",
@@ -474,19 +331,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "A new code was sent by SMS.",
                 Reply::Json(CODE_SENT),
             )],
-            errors: concat(vec![
-                json_body_errors(missing(&["flowId"])),
-                vec![
-                    E::Gone(GoneReason::FlowExpired),
-                    E::Gone(GoneReason::FlowLocked),
-                    E::Gone(GoneReason::FlowFinished),
-                    too_many(),
-                    E::ResendLimit,
-                    code_locked(),
-                ],
-                sms_refusals(),
-                server_errors(),
-            ]),
         },
         ("GET", "/api/v1/account/me") => Spec {
             id: "me",
@@ -496,7 +340,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::Bearer,
             body: Body::None,
             ok: vec![(StatusCode::OK, "The current user.", Reply::Json(USER))],
-            errors: concat(vec![vec![E::InvalidToken], server_errors()]),
         },
         ("GET", "/api/v1/account/audit") => Spec {
             id: "auditTrail",
@@ -510,7 +353,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "Events, newest first.",
                 Reply::Json("AuditTrailBody"),
             )],
-            errors: concat(vec![vec![E::InvalidToken], server_errors()]),
         },
         ("GET", "/api/v1/account/sessions") => Spec {
             id: "sessionsList",
@@ -528,7 +370,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The live sessions.",
                 Reply::Json("SessionsBody"),
             )],
-            errors: concat(vec![vec![E::InvalidToken], server_errors()]),
         },
         ("DELETE", "/api/v1/account/sessions/{id}") => Spec {
             id: "sessionEnd",
@@ -542,10 +383,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::Bearer,
             body: Body::None,
             ok: vec![(StatusCode::NO_CONTENT, "Ended.", Reply::Empty)],
-            errors: concat(vec![
-                vec![E::InvalidToken, E::SessionNotFound],
-                server_errors(),
-            ]),
         },
         ("POST", "/api/v1/account/sessions/revoke-others") => Spec {
             id: "sessionsRevokeOthers",
@@ -562,27 +399,19 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The number of sessions ended.",
                 Reply::Json("EndedBody"),
             )],
-            errors: concat(vec![vec![E::InvalidToken], server_errors()]),
         },
         ("POST", "/api/v1/account/phone/verify/send") => send(
             "phoneVerifySend",
             "Send a phone verification code",
             "Sends a code to the account's phone.",
-            vec![E::State(StateConflict::PhoneAlreadyVerified)],
         ),
-        ("POST", "/api/v1/account/phone/verify/confirm") => confirm(
-            "phoneVerifyConfirm",
-            "Confirm the phone with its code",
-            vec![E::PhoneTaken],
-        ),
+        ("POST", "/api/v1/account/phone/verify/confirm") => {
+            confirm("phoneVerifyConfirm", "Confirm the phone with its code")
+        }
         ("POST", "/api/v1/account/2fa/enable") => send(
             "twoFaEnable",
             "Start turning 2FA on",
             "Sends a code to the account's phone, which must be verified.",
-            vec![
-                E::State(StateConflict::TwoFaAlreadyEnabled),
-                E::State(StateConflict::PhoneNotVerified),
-            ],
         ),
         ("POST", "/api/v1/account/2fa/enable/confirm") => Spec {
             description: Some(
@@ -600,19 +429,16 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             ..confirm(
                 "twoFaEnableConfirm",
                 "Turn 2FA on with the code (ends every other login)",
-                vec![E::State(StateConflict::PhoneNotVerified)],
             )
         },
         ("POST", "/api/v1/account/2fa/disable") => send(
             "twoFaDisable",
             "Start turning 2FA off",
             "Sends a code to the account's phone.",
-            vec![E::State(StateConflict::TwoFaNotEnabled)],
         ),
         ("POST", "/api/v1/account/2fa/disable/confirm") => confirm(
             "twoFaDisableConfirm",
             "Turn 2FA off with the code (ends every other login)",
-            vec![],
         ),
         ("POST", "/api/v1/account/2fa/recovery-codes") => Spec {
             id: "recoveryCodesReplace",
@@ -632,15 +458,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The new recovery codes.",
                 Reply::Json("RecoveryCodesBody"),
             )],
-            errors: concat(vec![
-                vec![
-                    E::InvalidToken,
-                    E::StepUpRequired,
-                    E::State(StateConflict::TwoFaNotEnabled),
-                    too_many(),
-                ],
-                server_errors(),
-            ]),
         },
         ("POST", "/api/v1/auth/refresh") => Spec {
             id: "refresh",
@@ -658,11 +475,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::None,
             body: Body::Json("RefreshRequest"),
             ok: vec![(StatusCode::OK, "New tokens.", Reply::Json(TOKENS))],
-            errors: concat(vec![
-                json_body_errors(missing(&["refreshToken"])),
-                vec![E::InvalidRefreshToken, E::RefreshTokenReused, too_many()],
-                server_errors(),
-            ]),
         },
         ("POST", "/api/v1/auth/logout") => Spec {
             id: "logout",
@@ -676,19 +488,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::BearerOptional,
             body: Body::OptionalJson("RefreshRequest"),
             ok: vec![(StatusCode::NO_CONTENT, "Logged out.", Reply::Empty)],
-            errors: concat(vec![
-                vec![
-                    missing(&["refreshToken"]),
-                    E::MalformedJson("syntax error at line 1, column 12".to_owned()),
-                    E::BadRequest("Invalid request header \"content-length\"".to_owned()),
-                    E::PayloadTooLarge {
-                        limit: super::MAX_BODY_BYTES,
-                    },
-                    E::InvalidRefreshToken,
-                    E::InvalidToken,
-                ],
-                server_errors(),
-            ]),
         },
         ("POST", "/api/v1/webhooks/twilio/status") => Spec {
             id: "twilioStatusCallback",
@@ -703,23 +502,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::TwilioSignature,
             body: Body::Form("TwilioStatusForm"),
             ok: vec![(StatusCode::NO_CONTENT, "Acknowledged.", Reply::Empty)],
-            errors: concat(vec![
-                vec![
-                    E::Forbidden,
-                    AppError::Validation(vec![FieldError::new(
-                        "MessageStatus",
-                        "required",
-                        "MessageStatus is required",
-                    )]),
-                    E::BadRequest("the request could not be processed".to_owned()),
-                    E::LengthRequired,
-                    E::PayloadTooLarge {
-                        limit: super::MAX_BODY_BYTES,
-                    },
-                    E::UnsupportedMediaType,
-                ],
-                server_errors(),
-            ]),
         },
         ("GET", DOCUMENT_PATH) => Spec {
             id: "openapi",
@@ -729,7 +511,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::None,
             body: Body::None,
             ok: vec![(StatusCode::OK, "The document.", Reply::Document)],
-            errors: vec![],
         },
         ("GET", "/metrics") => Spec {
             id: "metrics",
@@ -739,7 +520,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::None,
             body: Body::None,
             ok: vec![(StatusCode::OK, "The metrics.", Reply::Prometheus)],
-            errors: vec![],
         },
         ("GET", "/.well-known/jwks.json") => Spec {
             id: "jwks",
@@ -755,7 +535,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::None,
             body: Body::None,
             ok: vec![(StatusCode::OK, "The key set.", Reply::Json("JwksBody"))],
-            errors: vec![],
         },
         ("GET", "/.well-known/openid-configuration") => Spec {
             id: "openidConfiguration",
@@ -773,7 +552,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The discovery document.",
                 Reply::Json("OpenIdConfigurationBody"),
             )],
-            errors: vec![],
         },
         ("GET", "/healthz") => Spec {
             id: "healthz",
@@ -783,7 +561,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::None,
             body: Body::None,
             ok: vec![(StatusCode::OK, "Alive.", Reply::Json("HealthBody"))],
-            errors: vec![],
         },
         ("GET", "/readyz") => Spec {
             id: "readyz",
@@ -800,7 +577,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                     Reply::Json("ReadyBody"),
                 ),
             ],
-            errors: vec![],
         },
         ("POST", "/api/v1/account/phone/change") => Spec {
             id: "phoneChange",
@@ -820,18 +596,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "A code was sent to the new number.",
                 Reply::Json(CODE_SENT),
             )],
-            errors: concat(vec![
-                vec![
-                    E::InvalidToken,
-                    E::StepUpRequired,
-                    too_many(),
-                    code_locked(),
-                ],
-                json_body_errors(missing(&["phone"])),
-                vec![E::State(StateConflict::PhoneUnchanged), E::PhoneTaken],
-                sms_refusals(),
-                server_errors(),
-            ]),
         },
         ("POST", "/api/v1/account/phone/change/confirm") => Spec {
             id: "phoneChangeConfirm",
@@ -846,18 +610,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::Bearer,
             body: Body::Json("CodeRequest"),
             ok: vec![(StatusCode::OK, "The updated user.", Reply::Json(USER))],
-            errors: concat(vec![
-                vec![E::InvalidToken, too_many()],
-                json_body_errors(missing(&["code"])),
-                vec![E::InvalidCode { attempts_left: 4 }, E::NoActiveCode],
-                code_gone(),
-                vec![
-                    code_locked(),
-                    E::PhoneTaken,
-                    E::State(StateConflict::PhoneChangeConflict),
-                ],
-                server_errors(),
-            ]),
         },
         ("POST", "/api/v1/account/password/reset") => Spec {
             id: "passwordReset",
@@ -877,15 +629,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "Accepted; a code was sent if the account exists and has a verified phone.",
                 Reply::Json("ResetStartedBody"),
             )],
-            errors: concat(vec![
-                json_body_errors(AppError::Validation(vec![FieldError::new(
-                    "email",
-                    "required",
-                    "email or phone is required",
-                )])),
-                vec![too_many()],
-                server_errors(),
-            ]),
         },
         ("POST", "/api/v1/account/password/reset/confirm") => Spec {
             id: "passwordResetConfirm",
@@ -905,15 +648,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The password was reset.",
                 Reply::Json("ResetDoneBody"),
             )],
-            errors: concat(vec![
-                json_body_errors(AppError::Validation(vec![FieldError::new(
-                    "password",
-                    "too_short",
-                    "password must be at least 8 characters",
-                )])),
-                vec![E::InvalidResetCode, too_many(), overloaded()],
-                server_errors(),
-            ]),
         },
         ("GET", "/api/v1/admin/users") => Spec {
             id: "adminUsersList",
@@ -934,19 +668,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "One page of accounts.",
                 Reply::Json("AdminUsersPage"),
             )],
-            errors: concat(vec![
-                vec![
-                    AppError::Validation(vec![FieldError::new(
-                        "limit",
-                        "out_of_range",
-                        "limit must be a whole number from 1 to 100",
-                    )]),
-                    E::AdminTokenRequired,
-                    E::NotFound,
-                    too_many(),
-                ],
-                server_errors(),
-            ]),
         },
         ("GET", "/api/v1/admin/users/{id}") => Spec {
             id: "adminUserShow",
@@ -960,7 +681,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The account.",
                 Reply::Json("AdminUserDetail"),
             )],
-            errors: admin_errors(),
         },
         ("DELETE", "/api/v1/admin/users/{id}") => Spec {
             id: "adminUserDelete",
@@ -977,7 +697,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
             auth: Auth::Admin,
             body: Body::None,
             ok: vec![(StatusCode::NO_CONTENT, "Deleted.", Reply::Empty)],
-            errors: admin_errors(),
         },
         ("POST", "/api/v1/admin/users/{id}/ban") => Spec {
             id: "adminUserBan",
@@ -997,7 +716,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The account, and how many sessions ended.",
                 Reply::Json("AdminActionBody"),
             )],
-            errors: admin_errors(),
         },
         ("POST", "/api/v1/admin/users/{id}/unban") => Spec {
             id: "adminUserUnban",
@@ -1014,7 +732,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The account (`sessionsEnded` is 0).",
                 Reply::Json("AdminActionBody"),
             )],
-            errors: admin_errors(),
         },
         ("POST", "/api/v1/admin/users/{id}/2fa/reset") => Spec {
             id: "adminUserTwoFaReset",
@@ -1033,7 +750,6 @@ fn spec(method: &str, path: &str) -> Option<Spec> {
                 "The account, and how many sessions ended.",
                 Reply::Json("AdminActionBody"),
             )],
-            errors: admin_errors(),
         },
         _ => return None,
     };
@@ -1126,7 +842,8 @@ fn error_response(
     response.build()
 }
 
-fn operation(path: &str, spec: Spec) -> utoipa::openapi::path::Operation {
+/// The operation of one route: `spec`, and `errors`, the route's error table.
+fn operation(path: &str, spec: Spec, errors: &[AppError]) -> utoipa::openapi::path::Operation {
     let mut op = OperationBuilder::new()
         .operation_id(Some(spec.id))
         .tag(spec.tag)
@@ -1281,12 +998,13 @@ fn operation(path: &str, spec: Spec) -> utoipa::openapi::path::Operation {
         responses = responses.response(status.as_str(), r.build());
     }
     // Group the errors by status, in status order, keeping each code once.
-    let mut errors: Vec<&AppError> = Vec::new();
-    for e in &spec.errors {
-        if !errors.iter().any(|seen| seen.code() == e.code()) {
-            errors.push(e);
+    let mut of_route: Vec<&AppError> = Vec::new();
+    for e in errors {
+        if !of_route.iter().any(|seen| seen.code() == e.code()) {
+            of_route.push(e);
         }
     }
+    let mut errors = of_route;
     errors.sort_by_key(|e| e.status().as_u16());
     let mut statuses: Vec<StatusCode> = errors.iter().map(|e| e.status()).collect();
     statuses.dedup();
@@ -1697,7 +1415,8 @@ pub fn document_for(otp_length: u8) -> OpenApi {
     let mut paths = PathsBuilder::new();
     for (method, path) in ROUTES {
         if let (Some(m), Some(s)) = (http_method(method), spec(method, path)) {
-            paths = paths.path(*path, PathItem::new(m, operation(path, s)));
+            let errors = super::errors::of_route(method, path).unwrap_or_default();
+            paths = paths.path(*path, PathItem::new(m, operation(path, s, &errors)));
         }
     }
     let info = InfoBuilder::new()
@@ -1763,6 +1482,14 @@ pub fn document_pretty() -> Result<String, serde_json::Error> {
     let mut s = serde_json::to_string_pretty(&document())?;
     s.push('\n');
     Ok(s)
+}
+
+/// The document's own route answers no error (see `super::errors`).
+pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
+    match (method, path) {
+        ("GET", DOCUMENT_PATH) => Some(vec![]),
+        _ => None,
+    }
 }
 
 /// `GET /openapi.json` under `/api/v1`. The document is built once, at start,

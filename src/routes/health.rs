@@ -24,6 +24,14 @@ pub struct ReadyBody {
     pub database: bool,
 }
 
+/// Neither route answers an error: readiness reports the database as a body.
+pub fn errors(method: &str, path: &str) -> Option<Vec<crate::error::AppError>> {
+    match (method, path) {
+        ("GET", "/healthz") | ("GET", "/readyz") => Some(vec![]),
+        _ => None,
+    }
+}
+
 pub fn routes(
     state: AppState,
 ) -> impl warp::Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {

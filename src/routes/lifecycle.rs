@@ -10,6 +10,9 @@ use warp::Filter;
 use super::account::{parse_code_body, CodeSentBody};
 use super::auth::{bearer, AuthUser};
 use super::body::{json_object, Fields};
+use super::errors::{
+    code_gone, code_locked, concat, json_body, missing, overloaded, server, sms_refusals, too_many,
+};
 use super::limits::{limit, RouteClass};
 use super::{client_info, json, with_state, Outcome};
 use crate::audit::ClientInfo;
@@ -17,7 +20,7 @@ use crate::domain::email::Email;
 use crate::domain::password::Password;
 use crate::domain::phone::PhoneE164;
 use crate::domain::FieldError;
-use crate::error::AppError;
+use crate::error::{AppError, StateConflict};
 use crate::service::password_reset::{self, Identifier};
 use crate::service::phone_change;
 use crate::state::AppState;
@@ -67,6 +70,57 @@ pub fn routes(
         .unify()
         .or(reset_confirm)
         .unify()
+}
+
+/// The errors each route of this module may answer (see `super::errors`).
+pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
+    use AppError as E;
+    let errors = match (method, path) {
+        ("POST", "/api/v1/account/phone/change") => concat([
+            vec![
+                E::InvalidToken,
+                E::StepUpRequired,
+                too_many(),
+                code_locked(),
+            ],
+            json_body(missing(&["phone"])),
+            vec![E::State(StateConflict::PhoneUnchanged), E::PhoneTaken],
+            sms_refusals(),
+            server(),
+        ]),
+        ("POST", "/api/v1/account/phone/change/confirm") => concat([
+            vec![E::InvalidToken, too_many()],
+            json_body(missing(&["code"])),
+            vec![E::InvalidCode { attempts_left: 4 }, E::NoActiveCode],
+            code_gone(),
+            vec![
+                code_locked(),
+                E::PhoneTaken,
+                E::State(StateConflict::PhoneChangeConflict),
+            ],
+            server(),
+        ]),
+        ("POST", "/api/v1/account/password/reset") => concat([
+            json_body(E::Validation(vec![FieldError::new(
+                "email",
+                "required",
+                "email or phone is required",
+            )])),
+            vec![too_many()],
+            server(),
+        ]),
+        ("POST", "/api/v1/account/password/reset/confirm") => concat([
+            json_body(E::Validation(vec![FieldError::new(
+                "password",
+                "too_short",
+                "password must be at least 8 characters",
+            )])),
+            vec![E::InvalidResetCode, too_many(), overloaded()],
+            server(),
+        ]),
+        _ => return None,
+    };
+    Some(errors)
 }
 
 /// `{ "phone": "+15551234567" }`, parsed as sign-up parses it.

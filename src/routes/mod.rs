@@ -1,6 +1,7 @@
 //! HTTP edge: warp filters under `/api/v1`, one thin handler per endpoint (parse,
 //! call, map errors), and the one place where every failure, warp's own included,
-//! becomes the JSON error envelope.
+//! becomes the JSON error envelope, checked there against its route's error
+//! table (`errors`: declared next to each handler, rendered by `docs`).
 //!
 //! Each request gets a request id (the client's `X-Request-Id` when it is sane,
 //! else a fresh one), echoed in the response and carried by its log line.
@@ -10,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod docs;
+pub mod errors;
 pub mod health;
 pub mod lifecycle;
 pub mod limits;
@@ -160,6 +162,7 @@ pub fn with_state(
 /// The whole HTTP application: every route, the envelope, the request id, logging.
 pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let registry = state.metrics().clone();
+    let tally = errors::tally(&state);
     // Boxing each group keeps the composed filter type shallow: without it the
     // compiler's trait solver overflows its recursion limit on the whole tree.
     let api = warp::path!("api" / "v1" / ..).and(
@@ -195,16 +198,23 @@ pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infall
         });
     request_ctx()
         .and(routes)
-        .map(move |ctx, outcome| finish(&registry, ctx, outcome))
+        .map(move |ctx, outcome| finish(&registry, &tally, ctx, outcome))
 }
 
-/// Turns any result into the final response: renders errors as the envelope, adds
-/// the request id, writes the one log line per request and counts it in the
+/// Turns any result into the final response: renders errors as the envelope
+/// (flagging one its route's error table lacks, see [`errors`]), adds the
+/// request id, writes the one log line per request and counts it in the
 /// metrics (by route pattern, never by raw path).
-fn finish(registry: &crate::metrics::Metrics, ctx: RequestCtx, outcome: Outcome) -> Response {
+fn finish(
+    registry: &crate::metrics::Metrics,
+    tally: &errors::Tally,
+    ctx: RequestCtx,
+    outcome: Outcome,
+) -> Response {
     let mut response = match outcome {
         Ok(r) => r,
         Err(e) => {
+            tally.check(ctx.method.as_str(), &ctx.path, &ctx.id, &e);
             if e.is_server_side() {
                 tracing::error!(request_id = %ctx.id, error = %error_chain(&e), "request failed");
             }

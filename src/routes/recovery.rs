@@ -6,9 +6,11 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use super::auth::{bearer, AuthUser};
+use super::errors::{concat, server, too_many};
 use super::limits::{limit, RouteClass};
 use super::{client_info, json, with_state, Outcome};
 use crate::audit::ClientInfo;
+use crate::error::{AppError, StateConflict};
 use crate::state::AppState;
 
 pub fn routes(
@@ -29,4 +31,21 @@ pub fn routes(
                 Ok(json(StatusCode::OK, &body))
             },
         )
+}
+
+/// The errors of `POST /account/2fa/recovery-codes` (see `super::errors`).
+pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
+    use AppError as E;
+    match (method, path) {
+        ("POST", "/api/v1/account/2fa/recovery-codes") => Some(concat([
+            vec![
+                E::InvalidToken,
+                E::StepUpRequired,
+                E::State(StateConflict::TwoFaNotEnabled),
+                too_many(),
+            ],
+            server(),
+        ])),
+        _ => None,
+    }
 }

@@ -6,7 +6,9 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use super::auth::{bearer, AuthUser};
+use super::errors::{concat, server};
 use super::{json, with_state, Outcome};
+use crate::error::AppError;
 use crate::service::session::{end_other_sessions, end_session, list_sessions, EndedBody};
 use crate::state::AppState;
 
@@ -41,6 +43,22 @@ pub fn routes(
             Ok(json(StatusCode::OK, &EndedBody { ended }))
         });
     end_others.or(list).unify().or(end_one).unify()
+}
+
+/// The errors each route of this module may answer (see `super::errors`).
+pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
+    let errors = match (method, path) {
+        ("GET", "/api/v1/account/sessions")
+        | ("POST", "/api/v1/account/sessions/revoke-others") => {
+            concat([vec![AppError::InvalidToken], server()])
+        }
+        ("DELETE", "/api/v1/account/sessions/{id}") => concat([
+            vec![AppError::InvalidToken, AppError::SessionNotFound],
+            server(),
+        ]),
+        _ => return None,
+    };
+    Some(errors)
 }
 
 fn no_content() -> warp::reply::Response {

@@ -15,6 +15,7 @@ use warp::http::StatusCode;
 use warp::reply::Reply;
 use warp::Filter;
 
+use super::errors::{concat, server};
 use super::{with_state, Outcome, MAX_BODY_BYTES};
 use crate::domain::FieldError;
 use crate::error::AppError;
@@ -36,6 +37,33 @@ pub fn routes(
         .then(|signature: Option<String>, form, state| async move {
             twilio_status(state, signature, form).await
         })
+}
+
+/// The errors of the status callback (see `super::errors`). Its form body is
+/// warp's own filter: a missing length is 411, another type 415, an unparsable
+/// form warp's generic 400.
+pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
+    use AppError as E;
+    match (method, path) {
+        ("POST", "/api/v1/webhooks/twilio/status") => Some(concat([
+            vec![
+                E::Forbidden,
+                E::Validation(vec![FieldError::new(
+                    "MessageStatus",
+                    "required",
+                    "MessageStatus is required",
+                )]),
+                E::BadRequest("the request could not be processed".to_owned()),
+                E::LengthRequired,
+                E::PayloadTooLarge {
+                    limit: MAX_BODY_BYTES,
+                },
+                E::UnsupportedMediaType,
+            ],
+            server(),
+        ])),
+        _ => None,
+    }
 }
 
 async fn twilio_status(

@@ -290,12 +290,21 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    /// Stops the app, drops its database, then fails the test if the app gave
+    /// an error answer its route's error table lacks (so the OpenAPI document
+    /// does not list it): declare it next to the handler, in its route
+    /// module's `errors`.
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(name) = self.db_name.take() {
             drop_database(name);
+        }
+        let undocumented = authgate::routes::errors::undocumented(&self.state);
+        // A test already failing keeps its own message (a second panic aborts).
+        if !undocumented.is_empty() && !std::thread::panicking() {
+            panic!("error answers missing from their route's error table: {undocumented:#?}");
         }
     }
 }

@@ -61,6 +61,39 @@ async fn unrouted(resp: reqwest::Response) -> Option<String> {
     }
 }
 
+/// Each operation's error responses are exactly its route's error table (the
+/// one the boundary checks answers against): every code under its status,
+/// nothing else.
+#[test]
+fn documented_errors_are_the_route_tables() {
+    let doc = document_json();
+    for (method, path) in ROUTES {
+        let table = authgate::routes::errors::of_route(method, path)
+            .unwrap_or_else(|| panic!("{method} {path} has no error table"));
+        let expected: BTreeSet<(String, String)> = table
+            .iter()
+            .map(|e| (e.status().as_str().to_owned(), e.code().to_owned()))
+            .collect();
+        let op = &doc["paths"][*path][method.to_ascii_lowercase()];
+        let mut documented = BTreeSet::new();
+        for (status, response) in op["responses"].as_object().expect("responses") {
+            let Some(all_of) = response
+                .pointer("/content/application~1json/schema/allOf")
+                .and_then(Value::as_array)
+            else {
+                continue; // a success answer
+            };
+            for code in all_of[1]["properties"]["code"]["enum"]
+                .as_array()
+                .expect("codes")
+            {
+                documented.insert((status.clone(), code.as_str().unwrap().to_owned()));
+            }
+        }
+        assert_eq!(documented, expected, "{method} {path}");
+    }
+}
+
 #[tokio::test]
 async fn routes_match_the_running_filters() {
     // With the admin API on: off, its routes answer 404 like unknown ones.
