@@ -60,7 +60,10 @@ fn main() {
     // was counted, so the zero above is not a zero from doing nothing.
     let region = Region::new(GLOBAL);
     let text = metrics.render(&Live::default());
-    assert!(region.change().allocations > 0, "the allocator counts nothing");
+    assert!(
+        region.change().allocations > 0,
+        "the allocator counts nothing"
+    );
     let requests: u64 = text
         .lines()
         .filter(|l| l.starts_with("authgate_http_requests_total{"))

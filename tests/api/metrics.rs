@@ -142,7 +142,10 @@ fn parse(text: &str) -> HashMap<String, f64> {
                 metadata.insert((kind, name.to_owned())),
                 "# {kind} twice for {name}"
             );
-            assert!(!with_samples.contains(name), "metadata after samples: {line:?}");
+            assert!(
+                !with_samples.contains(name),
+                "metadata after samples: {line:?}"
+            );
             match kind {
                 "TYPE" => {
                     assert!(
@@ -538,7 +541,7 @@ async fn a_dead_database_does_not_hang_the_scrape() {
 #[test]
 fn the_parser_refuses_what_prometheus_would() {
     for bad in [
-        "authgate_x 1\n# EOF\n",                                     // no # TYPE
+        "authgate_x 1\n# EOF\n",                                         // no # TYPE
         "# TYPE authgate_x counter\nauthgate_x_total{a=\"b} 1\n# EOF\n", // unterminated value
         "# TYPE authgate_x counter\nauthgate_x_total{a=b} 1\n# EOF\n",   // unquoted value
         "# TYPE authgate_x counter\nauthgate_x_total{a=\"\\q\"} 1\n# EOF\n", // bad escape
@@ -546,18 +549,18 @@ fn the_parser_refuses_what_prometheus_would() {
         "# TYPE authgate_x counter\nauthgate_x_total one\n# EOF\n",      // not a number
         "# TYPE authgate_x counter\n# TYPE authgate_x counter\n# EOF\n",
         "# TYPE 9x counter\n# EOF\n",
-        "# TYPE authgate_x counter\nauthgate_x_total 1\n",               // no # EOF
+        "# TYPE authgate_x counter\nauthgate_x_total 1\n", // no # EOF
         "# TYPE authgate_x counter\nauthgate_x_total 1\n# EOF\nauthgate_x_total 2\n",
-        "# TYPE authgate_x counter\nauthgate_x 1\n# EOF\n",              // counter without _total
-        "# TYPE authgate_x untyped\nauthgate_x 1\n# EOF\n",             // 0.0.4's type, not OpenMetrics'
-        "# TYPE authgate_x gauge\n\nauthgate_x 1\n# EOF\n",             // blank line
-        "# TYPE authgate_x gauge\n# a comment\nauthgate_x 1\n# EOF\n",  // free comment
+        "# TYPE authgate_x counter\nauthgate_x 1\n# EOF\n", // counter without _total
+        "# TYPE authgate_x untyped\nauthgate_x 1\n# EOF\n", // 0.0.4's type, not OpenMetrics'
+        "# TYPE authgate_x gauge\n\nauthgate_x 1\n# EOF\n", // blank line
+        "# TYPE authgate_x gauge\n# a comment\nauthgate_x 1\n# EOF\n", // free comment
         "# TYPE authgate_x gauge\nauthgate_x 1\n# HELP authgate_x X.\n# EOF\n",
-        "# TYPE a counter\n# TYPE b gauge\nb 1\na_total 1\n# EOF\n",     // interleaved
+        "# TYPE a counter\n# TYPE b gauge\nb 1\na_total 1\n# EOF\n", // interleaved
         "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# TYPE a gauge\n# EOF\n", // split family
-        "# TYPE a histogram\na_bucket 1\n# EOF\n",                      // bucket without le
-        "# TYPE a histogram\n# UNIT a seconds\n# EOF\n",                // unit not in the name
-        "# TYPE a gauge\na 1\na 2\n# EOF\n",                            // duplicate series
+        "# TYPE a histogram\na_bucket 1\n# EOF\n",                   // bucket without le
+        "# TYPE a histogram\n# UNIT a seconds\n# EOF\n",             // unit not in the name
+        "# TYPE a gauge\na 1\na 2\n# EOF\n",                         // duplicate series
     ] {
         assert!(std::panic::catch_unwind(|| parse(bad)).is_err(), "{bad:?}");
     }
