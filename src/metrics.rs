@@ -1,6 +1,7 @@
 //! Prometheus metrics: the counters and histograms the request path bumps, and
-//! their rendering in the Prometheus text exposition format 0.0.4 for
-//! `GET /metrics` (served by `routes::metrics`).
+//! their exposition in the OpenMetrics 1.0 text format for `GET /metrics`
+//! (served by `routes::metrics`), encoded by the Prometheus project's Rust
+//! client, `prometheus-client`.
 //!
 //! What it owns: every number authgate counts itself (requests by route and
 //! status, login flow events, codes, SMS quota refusals, password-hash queue
@@ -10,34 +11,79 @@
 //!
 //! What it must not do: slow the request path. Every series has a fixed slot in
 //! arrays allocated once at start-up, updated with relaxed atomics: no lock, no
-//! map lookup, no allocation per request. Labels come only from closed sets
-//! (route patterns from [`ROUTES`], known status codes, purposes, classes), so a
-//! client cannot create series by sending odd paths.
+//! map lookup, no allocation per request (`tests/metrics_alloc.rs` counts the
+//! allocations). Labels come only from closed sets (route patterns from
+//! [`ROUTES`], known status codes, purposes, classes), so a client cannot
+//! create series by sending odd paths.
+//!
+//! Why the library encodes but does not store: its `Histogram` takes a mutex
+//! on every `observe` (prometheus-client 0.26), and a `Family` is a map behind
+//! a lock whose series, once created, are all exposed: creating the 36 × 19
+//! route × status cells up front would put ~11,000 zero lines in every scrape,
+//! where this module writes only the cells that have seen a request. So the
+//! atomics stay, and [`Metrics::render`] hands them, with the [`Live`] figures,
+//! to the library as one [`Collector`] that writes each family through its
+//! OpenMetrics encoder (`# HELP`/`# TYPE`/`# UNIT`, label escaping, number
+//! formatting, `_total`/`_bucket`/`_sum`/`_count` suffixes, `# EOF`).
+//!
+//! OpenMetrics names a counter family without `_total` and the encoder adds it
+//! to the sample, so families are declared as `authgate_http_requests` and the
+//! exposed samples keep their names (`authgate_http_requests_total`). The
+//! latency histograms are declared with the unit `seconds` (`# UNIT` line),
+//! which the encoder appends, so they keep theirs too.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::otp::Purpose;
 use crate::routes::limits::RouteClass;
 use crate::sms::SmsMetricsSnapshot;
 use crate::store::otp::CheckOutcome;
 
-/// The `Content-Type` of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The `Content-Type` of the OpenMetrics 1.0 text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The route table the `route` label comes from: `routes::ROUTES` (the same
-/// list the OpenAPI document is built from). No route has a path parameter, so a
-/// route's pattern is its path.
+/// list the OpenAPI document is built from). A route's pattern is its path,
+/// with `{name}` for a path parameter.
 pub use crate::routes::ROUTES;
 
 /// The `route` label of every path that matches no route (404s of any path).
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
-/// Status codes authgate answers; any other lands in one `other` series.
-const STATUSES: [u16; 18] = [
-    200, 201, 202, 204, 400, 401, 403, 404, 405, 409, 410, 411, 413, 415, 422, 429, 500, 503,
+/// Status codes authgate answers, with their label; any other lands in one
+/// `other` series.
+const STATUSES: [(u16, &str); 18] = [
+    (200, "200"),
+    (201, "201"),
+    (202, "202"),
+    (204, "204"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (409, "409"),
+    (410, "410"),
+    (411, "411"),
+    (413, "413"),
+    (415, "415"),
+    (422, "422"),
+    (429, "429"),
+    (500, "500"),
+    (503, "503"),
 ];
+
+/// The `status` label of a status code not in [`STATUSES`].
+const OTHER_STATUS: &str = "other";
 
 /// Request latency bounds, in seconds: from a cached lookup (1 ms) to a login
 /// waiting for an argon2 slot under load (seconds).
@@ -50,6 +96,14 @@ const REQUEST_BOUNDS: &[f64] = &[
 const HASH_WAIT_BOUNDS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// Room for the buckets of any histogram here (its bounds plus `+Inf`), so a
+/// render copies them onto the stack instead of allocating per series.
+const MAX_BUCKETS: usize = 14;
+const _: () = assert!(
+    REQUEST_BOUNDS.len() < MAX_BUCKETS && HASH_WAIT_BOUNDS.len() < MAX_BUCKETS,
+    "MAX_BUCKETS too small"
+);
 
 /// The slot of a request path in [`ROUTES`], or `ROUTES.len()` for unmatched.
 /// A `{name}` segment of a pattern matches any one segment, so
@@ -78,7 +132,7 @@ pub(crate) fn matches_pattern(pattern: &str, path: &str) -> bool {
 fn status_index(status: u16) -> usize {
     STATUSES
         .iter()
-        .position(|s| *s == status)
+        .position(|(s, _)| *s == status)
         .unwrap_or(STATUSES.len())
 }
 
@@ -120,30 +174,20 @@ impl Histogram {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
-    /// Writes `_bucket`, `_sum` and `_count` lines; `labels` is `k="v",` pairs
-    /// (each followed by a comma) or empty.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0u64;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            match self.bounds.get(i) {
-                Some(bound) => {
-                    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
-                }
-            }
+    /// Writes `_sum`, `_count` and the `_bucket` lines of one series. The
+    /// encoder takes per-bucket counts and accumulates them itself; the count
+    /// it is given is the total of the same loads, so `_count` and `+Inf` agree.
+    fn encode(&self, metric: &mut MetricEncoder) -> std::fmt::Result {
+        let mut buckets = [(0.0, 0u64); MAX_BUCKETS];
+        let mut count = 0u64;
+        for (i, (slot, b)) in buckets.iter_mut().zip(self.buckets.iter()).enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            count += n;
+            *slot = (self.bounds.get(i).copied().unwrap_or(f64::INFINITY), n);
         }
+        let used = buckets.get(..self.buckets.len()).unwrap_or_default();
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let labels = labels.trim_end_matches(',');
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name}_sum {sum}");
-            let _ = writeln!(out, "{name}_count {cumulative}");
-        } else {
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
-        }
+        metric.encode_histogram::<NoLabelSet>(sum, count, used, None)
     }
 }
 
@@ -288,8 +332,13 @@ fn bump(c: Option<&AtomicU64>) {
     }
 }
 
-/// Everything authgate counts itself, since start. One per process, in `AppState`.
-pub struct Metrics {
+fn load(c: Option<&AtomicU64>) -> u64 {
+    c.map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
+/// The atomics: shared (behind an `Arc`) between [`Metrics`] and the
+/// collector a scrape hands to the encoder, which must own what it reads.
+struct Cells {
     /// (route, status) cells, row-major: `route * (STATUSES.len() + 1) + status`.
     http: Box<[Histogram]>,
     flows: [AtomicU64; 4],
@@ -304,6 +353,11 @@ pub struct Metrics {
     purged: [AtomicU64; 4],
     /// SMS to test numbers (`AUTHGATE_TEST_PHONES`), kept from every provider.
     sms_test_numbers: AtomicU64,
+}
+
+/// Everything authgate counts itself, since start. One per process, in `AppState`.
+pub struct Metrics {
+    cells: Arc<Cells>,
 }
 
 /// Why a password hash was not run: the queue was full, the wait too long, or
@@ -343,50 +397,53 @@ impl Metrics {
     pub fn new() -> Metrics {
         let cells = (ROUTES.len() + 1) * (STATUSES.len() + 1);
         Metrics {
-            http: (0..cells).map(|_| Histogram::new(REQUEST_BOUNDS)).collect(),
-            flows: counters(),
-            codes_issued: counters(),
-            code_checks: std::array::from_fn(|_| counters()),
-            quota_refusals: counters(),
-            hash_wait: Histogram::new(HASH_WAIT_BOUNDS),
-            hash_dropped: counters(),
-            purged: counters(),
-            sms_test_numbers: AtomicU64::new(0),
+            cells: Arc::new(Cells {
+                http: (0..cells).map(|_| Histogram::new(REQUEST_BOUNDS)).collect(),
+                flows: counters(),
+                codes_issued: counters(),
+                code_checks: std::array::from_fn(|_| counters()),
+                quota_refusals: counters(),
+                hash_wait: Histogram::new(HASH_WAIT_BOUNDS),
+                hash_dropped: counters(),
+                purged: counters(),
+                sms_test_numbers: AtomicU64::new(0),
+            }),
         }
     }
 
     /// An SMS to a test number that no provider saw.
     pub fn sms_to_test_number(&self) {
-        bump(Some(&self.sms_test_numbers));
+        bump(Some(&self.cells.sms_test_numbers));
     }
 
     /// One answered request. `path` is the raw request path; it is mapped to its
     /// route pattern (or `unmatched`) here, so no path ever becomes a label.
     pub fn observe_request(&self, path: &str, status: u16, latency: Duration) {
         let cell = route_index(path) * (STATUSES.len() + 1) + status_index(status);
-        if let Some(h) = self.http.get(cell) {
+        if let Some(h) = self.cells.http.get(cell) {
             h.observe(latency);
         }
     }
 
     pub fn flow(&self, event: FlowEvent) {
-        bump(self.flows.get(event.index()));
+        bump(self.cells.flows.get(event.index()));
     }
 
     pub fn code_issued(&self, purpose: Purpose) {
-        bump(self.codes_issued.get(purpose_index(purpose)));
+        bump(self.cells.codes_issued.get(purpose_index(purpose)));
     }
 
     pub fn code_checked(&self, purpose: Purpose, outcome: &CheckOutcome) {
         bump(
-            self.code_checks
+            self.cells
+                .code_checks
                 .get(purpose_index(purpose))
                 .and_then(|row| row.get(check_index(outcome))),
         );
     }
 
     pub fn quota_refused(&self, quota: QuotaRefusal) {
-        bump(self.quota_refusals.get(quota.index()));
+        bump(self.cells.quota_refusals.get(quota.index()));
     }
 
     /// Rows the purge actor deleted from `table` (one of `PURGED_TABLES`; any
@@ -395,7 +452,7 @@ impl Metrics {
         if let Some(c) = PURGED_TABLES
             .iter()
             .position(|t| *t == table)
-            .and_then(|i| self.purged.get(i))
+            .and_then(|i| self.cells.purged.get(i))
         {
             c.fetch_add(rows, Ordering::Relaxed);
         }
@@ -403,7 +460,7 @@ impl Metrics {
 
     /// Time a password hash or verify waited for a slot on the hashing pool.
     pub fn hash_waited(&self, waited: Duration) {
-        self.hash_wait.observe(waited);
+        self.cells.hash_wait.observe(waited);
     }
 
     /// A password hash not run, `reason` one of [`HASH_DROP_REASONS`].
@@ -412,286 +469,269 @@ impl Metrics {
             HASH_DROP_REASONS
                 .iter()
                 .position(|r| *r == reason)
-                .and_then(|i| self.hash_dropped.get(i)),
+                .and_then(|i| self.cells.hash_dropped.get(i)),
         );
     }
 
-    /// The whole exposition: these counters plus the scrape-time figures.
+    /// The whole exposition: these counters plus the scrape-time figures, in
+    /// OpenMetrics text, ending with `# EOF`.
+    ///
+    /// Writing into a `String` cannot fail, so neither can the encoder here;
+    /// were it ever to, the body would lack `# EOF` and Prometheus would drop
+    /// that scrape rather than store part of it.
     pub fn render(&self, live: &Live) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        self.render_http(&mut out);
-        self.render_flows(&mut out, live);
-        self.render_codes(&mut out);
-        render_sms(&mut out, live);
-        header(
-            &mut out,
-            "authgate_sms_quota_refusals_total",
-            "counter",
-            "Codes refused by a PostgreSQL send quota (nothing stored or sent), by quota.",
-        );
-        for q in QuotaRefusal::ALL {
-            let n = load(self.quota_refusals.get(q.index()));
-            let _ = writeln!(
-                out,
-                "authgate_sms_quota_refusals_total{{quota=\"{}\"}} {n}",
-                q.label()
-            );
-        }
-        header(
-            &mut out,
-            "authgate_sms_test_numbers_total",
-            "counter",
-            "SMS to test numbers (AUTHGATE_TEST_PHONES) in this process: kept from every provider (the outbox records them as sent, so authgate_sms_outcomes_total counts them too).",
-        );
-        let _ = writeln!(
-            out,
-            "authgate_sms_test_numbers_total {}",
-            self.sms_test_numbers.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "authgate_password_hash_queue_wait_seconds",
-            "histogram",
-            "Time a password hash or verify waited for a slot on the bounded hashing pool.",
-        );
-        self.hash_wait
-            .render(&mut out, "authgate_password_hash_queue_wait_seconds", "");
-        header(
-            &mut out,
-            "authgate_password_hash_dropped_total",
-            "counter",
-            "Password hashes not run: queue full (503 overloaded), waited past the queue timeout, or the caller gone.",
-        );
-        for (i, reason) in HASH_DROP_REASONS.iter().enumerate() {
-            let n = load(self.hash_dropped.get(i));
-            let _ = writeln!(
-                out,
-                "authgate_password_hash_dropped_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        render_pool(&mut out, live);
-        header(
-            &mut out,
-            "authgate_purged_rows_total",
-            "counter",
-            "Rows deleted by the purge actor after their retention, by table.",
-        );
-        for (i, table) in PURGED_TABLES.iter().enumerate() {
-            let n = load(self.purged.get(i));
-            let _ = writeln!(out, "authgate_purged_rows_total{{table=\"{table}\"}} {n}");
-        }
-        header(
-            &mut out,
-            "authgate_rate_limited_total",
-            "counter",
-            "Requests refused with 429 by the local per-IP rate limits, by route class.",
-        );
-        for (class, n) in &live.rate_limited {
-            let _ = writeln!(
-                out,
-                "authgate_rate_limited_total{{class=\"{}\"}} {n}",
-                class_label(*class)
-            );
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition {
+            cells: Arc::clone(&self.cells),
+            live: live.clone(),
+        }));
+        let mut out = String::with_capacity(32 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "metrics: encoding the exposition failed");
         }
         out
     }
+}
 
-    fn render_http(&self, out: &mut String) {
-        let per_route = STATUSES.len() + 1;
-        let label = |cell: usize| {
-            let route = ROUTES
-                .get(cell / per_route)
-                .map_or(UNMATCHED_ROUTE, |(_, p)| p);
-            let status = STATUSES
-                .get(cell % per_route)
-                .map_or_else(|| "other".to_owned(), u16::to_string);
-            format!("route=\"{}\",status=\"{status}\",", escape(route))
-        };
-        header(
-            out,
-            "authgate_http_requests_total",
-            "counter",
-            "HTTP requests answered, by matched route pattern and status.",
-        );
-        for (cell, h) in self.http.iter().enumerate() {
-            let n = h.count();
-            if n > 0 {
-                let labels = label(cell);
-                let _ = writeln!(
-                    out,
-                    "authgate_http_requests_total{{{}}} {n}",
-                    labels.trim_end_matches(',')
-                );
-            }
-        }
-        header(
-            out,
-            "authgate_http_request_duration_seconds",
-            "histogram",
-            "Time from receiving a request to its response, by matched route pattern and status.",
-        );
-        for (cell, h) in self.http.iter().enumerate() {
-            if h.count() > 0 {
-                h.render(out, "authgate_http_request_duration_seconds", &label(cell));
-            }
-        }
+/// One scrape: the atomics and the [`Live`] figures, written family by family
+/// through the library's encoder.
+struct Exposition {
+    cells: Arc<Cells>,
+    live: Live,
+}
+
+impl std::fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exposition")
+            .field("live", &self.live)
+            .finish_non_exhaustive()
     }
+}
 
-    fn render_flows(&self, out: &mut String, live: &Live) {
-        header(
-            out,
-            "authgate_login_flows_total",
-            "counter",
+impl Collector for Exposition {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let (c, live) = (&*self.cells, &self.live);
+        encode_http(&mut e, c)?;
+        counter_family(
+            &mut e,
+            "authgate_login_flows",
             "2FA login flows started, completed (tokens issued), locked (too many wrong codes) and expired.",
-        );
-        for e in FlowEvent::ALL {
-            let n = load(self.flows.get(e.index()));
-            let _ = writeln!(
-                out,
-                "authgate_login_flows_total{{event=\"{}\"}} {n}",
-                e.label()
-            );
-        }
-        header(
-            out,
+            FlowEvent::ALL
+                .iter()
+                .map(|ev| ([("event", ev.label())], load(c.flows.get(ev.index())))),
+        )?;
+        gauge(
+            &mut e,
             "authgate_login_flow_actors",
-            "gauge",
             "FlowActors alive in this process (pending 2FA logins with an actor here).",
-        );
-        let _ = writeln!(out, "authgate_login_flow_actors {}", live.flow_actors);
-    }
-
-    fn render_codes(&self, out: &mut String) {
-        header(
-            out,
-            "authgate_codes_issued_total",
-            "counter",
+            live.flow_actors,
+        )?;
+        counter_family(
+            &mut e,
+            "authgate_codes_issued",
             "One-time codes issued (stored and their SMS queued), by purpose.",
-        );
-        for p in Purpose::ALL {
-            let n = load(self.codes_issued.get(purpose_index(p)));
-            let _ = writeln!(
-                out,
-                "authgate_codes_issued_total{{purpose=\"{}\"}} {n}",
-                p.as_str()
-            );
-        }
-        header(
-            out,
-            "authgate_code_checks_total",
-            "counter",
+            Purpose::ALL.iter().map(|p| {
+                (
+                    [("purpose", p.as_str())],
+                    load(c.codes_issued.get(purpose_index(*p))),
+                )
+            }),
+        )?;
+        counter_family(
+            &mut e,
+            "authgate_code_checks",
             "Codes checked, by purpose and result: accepted, rejected (wrong code), unusable (expired, used, exhausted or superseded), no_code, locked (too many wrong codes for the account).",
-        );
-        for p in Purpose::ALL {
-            for (i, result) in CHECK_RESULTS.iter().enumerate() {
-                let n = load(
-                    self.code_checks
-                        .get(purpose_index(p))
-                        .and_then(|row| row.get(i)),
-                );
-                let _ = writeln!(
-                    out,
-                    "authgate_code_checks_total{{purpose=\"{}\",result=\"{result}\"}} {n}",
-                    p.as_str()
-                );
-            }
+            Purpose::ALL.iter().flat_map(|p| {
+                let row = c.code_checks.get(purpose_index(*p));
+                CHECK_RESULTS.iter().enumerate().map(move |(i, result)| {
+                    (
+                        [("purpose", p.as_str()), ("result", *result)],
+                        load(row.and_then(|r| r.get(i))),
+                    )
+                })
+            }),
+        )?;
+        encode_sms(&mut e, live)?;
+        counter_family(
+            &mut e,
+            "authgate_sms_quota_refusals",
+            "Codes refused by a PostgreSQL send quota (nothing stored or sent), by quota.",
+            QuotaRefusal::ALL.iter().map(|q| {
+                (
+                    [("quota", q.label())],
+                    load(c.quota_refusals.get(q.index())),
+                )
+            }),
+        )?;
+        counter(
+            &mut e,
+            "authgate_sms_test_numbers",
+            "SMS to test numbers (AUTHGATE_TEST_PHONES) in this process: kept from every provider (the outbox records them as sent, so authgate_sms_outcomes_total counts them too).",
+            c.sms_test_numbers.load(Ordering::Relaxed),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "authgate_password_hash_queue_wait",
+                "Time a password hash or verify waited for a slot on the bounded hashing pool.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            c.hash_wait.encode(&mut m)?;
         }
-    }
-}
-
-fn render_sms(out: &mut String, live: &Live) {
-    header(
-        out,
-        "authgate_sms_outbox_depth",
-        "gauge",
-        "SMS in the outbox not yet in a final state, across all processes (absent when the database did not answer within the scrape's timeout).",
-    );
-    if let Some(depth) = live.outbox_depth {
-        let _ = writeln!(out, "authgate_sms_outbox_depth {depth}");
-    }
-    header(
-        out,
-        "authgate_sms_outbox_depth_known",
-        "gauge",
-        "1 when this scrape could read the outbox depth, 0 when the database did not answer in time.",
-    );
-    let _ = writeln!(
-        out,
-        "authgate_sms_outbox_depth_known {}",
-        u8::from(live.outbox_depth.is_some())
-    );
-    header(
-        out,
-        "authgate_sms_outcomes_total",
-        "counter",
-        "SMS delivery outcomes in this process: sent (provider accepted), retried (transient failure, rescheduled), failed (gave up), expired (dropped unsent, code expired).",
-    );
-    let s = &live.sms;
-    for (outcome, n) in [
-        ("sent", s.sent),
-        ("retried", s.retried),
-        ("failed", s.failed),
-        ("expired", s.expired),
-    ] {
-        let _ = writeln!(
-            out,
-            "authgate_sms_outcomes_total{{outcome=\"{outcome}\"}} {n}"
-        );
-    }
-    header(
-        out,
-        "authgate_sms_outbox_statements_total",
-        "counter",
-        "Statements this process's SMS actor ran on the outbox: claim (each claims a batch) and record (each records many outcomes). Against outcomes, how well the work is batched.",
-    );
-    for (kind, n) in [
-        ("claim", s.claim_statements),
-        ("record", s.record_statements),
-    ] {
-        let _ = writeln!(
-            out,
-            "authgate_sms_outbox_statements_total{{kind=\"{kind}\"}} {n}"
-        );
-    }
-}
-
-fn render_pool(out: &mut String, live: &Live) {
-    for (name, help, value) in [
-        (
+        counter_family(
+            &mut e,
+            "authgate_password_hash_dropped",
+            "Password hashes not run: queue full (503 overloaded), waited past the queue timeout, or the caller gone.",
+            HASH_DROP_REASONS
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ([("reason", *r)], load(c.hash_dropped.get(i)))),
+        )?;
+        gauge(
+            &mut e,
             "authgate_db_pool_size",
             "PostgreSQL connections the pool holds open.",
             live.pool_size,
-        ),
-        (
+        )?;
+        gauge(
+            &mut e,
             "authgate_db_pool_available",
             "Open pool connections idle right now (size minus in use).",
             live.pool_available,
-        ),
-        (
+        )?;
+        gauge(
+            &mut e,
             "authgate_db_pool_max_size",
             "The pool's maximum size (AUTHGATE_DB_POOL_SIZE).",
             live.pool_max,
-        ),
-    ] {
-        header(out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {value}");
+        )?;
+        counter_family(
+            &mut e,
+            "authgate_purged_rows",
+            "Rows deleted by the purge actor after their retention, by table.",
+            PURGED_TABLES
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ([("table", *t)], load(c.purged.get(i)))),
+        )?;
+        counter_family(
+            &mut e,
+            "authgate_rate_limited",
+            "Requests refused with 429 by the local per-IP rate limits, by route class.",
+            live.rate_limited
+                .iter()
+                .map(|(class, n)| ([("class", class_label(*class))], *n)),
+        )
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// Requests and their latency, for the (route, status) cells that have seen a
+/// request: a cell nobody hit writes nothing.
+fn encode_http(e: &mut DescriptorEncoder, c: &Cells) -> std::fmt::Result {
+    let per_route = STATUSES.len() + 1;
+    let labels = |cell: usize| {
+        let route = ROUTES
+            .get(cell / per_route)
+            .map_or(UNMATCHED_ROUTE, |(_, p)| p);
+        let status = STATUSES
+            .get(cell % per_route)
+            .map_or(OTHER_STATUS, |(_, s)| s);
+        [("route", route), ("status", status)]
+    };
+    counter_family(
+        e,
+        "authgate_http_requests",
+        "HTTP requests answered, by matched route pattern and status.",
+        c.http
+            .iter()
+            .enumerate()
+            .map(|(cell, h)| (labels(cell), h.count()))
+            .filter(|(_, n)| *n > 0),
+    )?;
+    let mut m = e.encode_descriptor(
+        "authgate_http_request_duration",
+        "Time from receiving a request to its response, by matched route pattern and status.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (cell, h) in c.http.iter().enumerate() {
+        if h.count() > 0 {
+            let labels = labels(cell);
+            h.encode(&mut m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
-fn load(c: Option<&AtomicU64>) -> u64 {
-    c.map_or(0, |c| c.load(Ordering::Relaxed))
+fn encode_sms(e: &mut DescriptorEncoder, live: &Live) -> std::fmt::Result {
+    // A family with no sample: the depth is unknown, and saying 0 would lie.
+    let mut m = e.encode_descriptor(
+        "authgate_sms_outbox_depth",
+        "SMS in the outbox not yet in a final state, across all processes (absent when the database did not answer within the scrape's timeout).",
+        None,
+        MetricType::Gauge,
+    )?;
+    if let Some(depth) = live.outbox_depth {
+        m.encode_gauge(&depth)?;
+    }
+    gauge(
+        e,
+        "authgate_sms_outbox_depth_known",
+        "1 when this scrape could read the outbox depth, 0 when the database did not answer in time.",
+        u32::from(live.outbox_depth.is_some()),
+    )?;
+    let s = &live.sms;
+    counter_family(
+        e,
+        "authgate_sms_outcomes",
+        "SMS delivery outcomes in this process: sent (provider accepted), retried (transient failure, rescheduled), failed (gave up), expired (dropped unsent, code expired).",
+        [
+            ("sent", s.sent),
+            ("retried", s.retried),
+            ("failed", s.failed),
+            ("expired", s.expired),
+        ]
+        .map(|(outcome, n)| ([("outcome", outcome)], n)),
+    )?;
+    counter_family(
+        e,
+        "authgate_sms_outbox_statements",
+        "Statements this process's SMS actor ran on the outbox: claim (each claims a batch) and record (each records many outcomes). Against outcomes, how well the work is batched.",
+        [("claim", s.claim_statements), ("record", s.record_statements)]
+            .map(|(kind, n)| ([("kind", kind)], n)),
+    )
 }
 
-/// Label value escaping of the text format (backslash, quote, newline).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A counter family with one series per label set. `name` is without
+/// `_total`: the OpenMetrics encoder appends it to each sample.
+fn counter_family<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, n) in series {
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, u64, u64>(&n, None)?;
+    }
+    Ok(())
+}
+
+/// A counter without labels (`name` without `_total`, as above).
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> std::fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, u64, u64>(&n, None)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: impl EncodeGaugeValue,
+) -> std::fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
 }
 
 #[cfg(test)]
@@ -736,12 +776,13 @@ mod tests {
         m.observe_request("/healthz", 299, Duration::from_millis(1));
         let text = m.render(&Live::default());
         let l = "route=\"/healthz\",status=\"200\"";
+        let bucket = "authgate_http_request_duration_seconds_bucket";
         for want in [
-            format!("authgate_http_request_duration_seconds_bucket{{{l},le=\"0.001\"}} 1"),
-            format!("authgate_http_request_duration_seconds_bucket{{{l},le=\"0.025\"}} 1"),
-            format!("authgate_http_request_duration_seconds_bucket{{{l},le=\"0.05\"}} 2"),
-            format!("authgate_http_request_duration_seconds_bucket{{{l},le=\"10\"}} 2"),
-            format!("authgate_http_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} 3"),
+            format!("{bucket}{{le=\"0.001\",{l}}} 1"),
+            format!("{bucket}{{le=\"0.025\",{l}}} 1"),
+            format!("{bucket}{{le=\"0.05\",{l}}} 2"),
+            format!("{bucket}{{le=\"10.0\",{l}}} 2"),
+            format!("{bucket}{{le=\"+Inf\",{l}}} 3"),
             format!("authgate_http_request_duration_seconds_count{{{l}}} 3"),
             format!("authgate_http_requests_total{{{l}}} 3"),
             "authgate_http_requests_total{route=\"/healthz\",status=\"other\"} 1".to_owned(),
@@ -764,19 +805,35 @@ mod tests {
     }
 
     #[test]
-    fn every_family_has_help_and_type_once() {
+    fn every_family_has_help_and_type_once_and_the_exposition_ends_with_eof() {
         let text = Metrics::new().render(&Live {
             outbox_depth: Some(3),
             rate_limited: RouteClass::ALL.iter().map(|c| (*c, 0)).collect(),
             ..Live::default()
         });
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
         let types: Vec<_> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
         let mut names: Vec<_> = types.iter().map(|l| l.split(' ').nth(2).unwrap()).collect();
         names.sort_unstable();
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len(), "duplicate families");
+        // Counter families are declared without `_total`; their samples have it.
+        assert!(types.contains(&"# TYPE authgate_code_checks counter"));
+        assert!(types.contains(&"# TYPE authgate_http_request_duration_seconds histogram"));
+        assert!(text.contains("# UNIT authgate_password_hash_queue_wait_seconds seconds\n"));
         assert!(text.contains("authgate_sms_outbox_depth 3\n"));
         assert!(text.contains("authgate_rate_limited_total{class=\"code_send\"} 0\n"));
+        assert!(text.contains("authgate_sms_test_numbers_total 0\n"));
+        assert!(text.contains("authgate_password_hash_queue_wait_seconds_count 0\n"));
+    }
+
+    #[test]
+    fn an_unknown_outbox_depth_writes_no_sample() {
+        let text = Metrics::new().render(&Live::default());
+        assert!(text.contains("# TYPE authgate_sms_outbox_depth gauge\n"));
+        assert!(!text.contains("\nauthgate_sms_outbox_depth "), "{text}");
+        assert!(text.contains("\nauthgate_sms_outbox_depth_known 0\n"));
     }
 }

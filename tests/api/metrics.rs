@@ -1,7 +1,7 @@
 //! `GET /metrics` (`src/metrics.rs`, `src/routes/metrics.rs`): after a known
 //! sequence of requests, every counter moved by exactly the expected amount, the
 //! route label is the route pattern (never a raw path), and the exposition parses
-//! line by line as Prometheus text format 0.0.4.
+//! line by line as OpenMetrics 1.0 text.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -42,8 +42,10 @@ fn is_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
-/// Checks `k="v",k2="v2"` (escapes allowed in values).
-fn check_labels(labels: &str, line: &str) {
+/// Checks `k="v",k2="v2"` (escapes allowed in values, no label twice) and
+/// returns the pairs, values as written.
+fn check_labels<'a>(labels: &'a str, line: &str) -> Vec<(&'a str, &'a str)> {
+    let mut pairs = Vec::new();
     let mut rest = labels;
     while !rest.is_empty() {
         let (key, after) = rest
@@ -54,7 +56,8 @@ fn check_labels(labels: &str, line: &str) {
         let mut escaped = false;
         for (i, c) in after.char_indices() {
             match (escaped, c) {
-                (true, _) => escaped = false,
+                (true, '\\' | '"' | 'n') => escaped = false,
+                (true, _) => panic!("bad escape in {line:?}"),
                 (false, '\\') => escaped = true,
                 (false, '"') => {
                     end = Some(i);
@@ -64,6 +67,11 @@ fn check_labels(labels: &str, line: &str) {
             }
         }
         let end = end.unwrap_or_else(|| panic!("unterminated label value in {line:?}"));
+        assert!(
+            pairs.iter().all(|(k, _)| *k != key),
+            "label {key} twice in {line:?}"
+        );
+        pairs.push((key, &after[..end]));
         rest = &after[end + 1..];
         if let Some(r) = rest.strip_prefix(',') {
             rest = r;
@@ -71,38 +79,97 @@ fn check_labels(labels: &str, line: &str) {
             assert!(rest.is_empty(), "junk after a label in {line:?}");
         }
     }
+    pairs
 }
 
-/// Parses the exposition, failing on any line that is neither a `# HELP` /
-/// `# TYPE` comment nor `name{labels} value`, on a sample whose family has no
-/// `# TYPE` before it, and on a family declared twice.
+/// The sample names a family of this type may have (OpenMetrics 1.0: a
+/// counter's samples are `_total` and `_created`, never the bare name).
+fn sample_suffixes(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "counter" => &["_total", "_created"],
+        "histogram" => &["_bucket", "_sum", "_count", "_created"],
+        "summary" => &["", "_sum", "_count", "_created"],
+        "info" => &["_info"],
+        _ => &[""],
+    }
+}
+
+/// Parses the exposition as OpenMetrics 1.0 text, failing where Prometheus's
+/// OpenMetrics parser would: no `# EOF` last line, anything after it, a blank
+/// line or stray comment, an unknown type, a family declared twice or whose
+/// samples are not together, metadata after its samples, a `# UNIT` the name
+/// does not end with, a counter sample without `_total`, a bucket without
+/// `le`, bad names, labels or values, a duplicate series. It also requires
+/// what authgate promises: every family has a `# TYPE` before its samples.
 fn parse(text: &str) -> HashMap<String, f64> {
+    let body = text
+        .strip_suffix("# EOF\n")
+        .or_else(|| text.strip_suffix("# EOF"))
+        .unwrap_or_else(|| panic!("the exposition must end with # EOF"));
+    assert!(
+        body.is_empty() || body.ends_with('\n'),
+        "# EOF must be a line of its own"
+    );
     let mut samples = HashMap::new();
     let mut types: HashMap<String, String> = HashMap::new();
-    assert!(
-        text.ends_with('\n'),
-        "the exposition must end with a newline"
-    );
-    for line in text.lines() {
-        if let Some(comment) = line.strip_prefix('#') {
-            let parts: Vec<&str> = comment.trim_start().splitn(3, ' ').collect();
-            match parts.as_slice() {
-                ["HELP", name, _help] => assert!(is_name(name), "{line:?}"),
-                ["TYPE", name, kind] => {
-                    assert!(is_name(name), "{line:?}");
+    let mut metadata = std::collections::HashSet::new();
+    let mut finished = std::collections::HashSet::new();
+    let mut with_samples = std::collections::HashSet::new();
+    let mut current: Option<String> = None;
+    let mut enter = |family: &str, current: &mut Option<String>| {
+        if current.as_deref() != Some(family) {
+            assert!(
+                !finished.contains(family),
+                "family {family} declared twice or split"
+            );
+            if let Some(done) = current.take() {
+                finished.insert(done);
+            }
+            *current = Some(family.to_owned());
+        }
+    };
+    for line in body.lines() {
+        assert!(!line.is_empty(), "blank line");
+        if let Some(comment) = line.strip_prefix("# ") {
+            let parts: Vec<&str> = comment.splitn(3, ' ').collect();
+            let (kind, name, arg) = match parts.as_slice() {
+                [kind @ ("HELP" | "TYPE" | "UNIT"), name, arg] => (*kind, *name, *arg),
+                _ => panic!("unexpected comment {line:?}"),
+            };
+            assert!(is_name(name), "{line:?}");
+            enter(name, &mut current);
+            assert!(
+                metadata.insert((kind, name.to_owned())),
+                "# {kind} twice for {name}"
+            );
+            assert!(
+                !with_samples.contains(name),
+                "metadata after samples: {line:?}"
+            );
+            match kind {
+                "TYPE" => {
                     assert!(
-                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(kind),
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "gaugehistogram",
+                            "stateset",
+                            "info",
+                            "summary",
+                            "unknown"
+                        ]
+                        .contains(&arg),
                         "{line:?}"
                     );
-                    assert!(
-                        types.insert(name.to_string(), kind.to_string()).is_none(),
-                        "family declared twice: {line:?}"
-                    );
+                    types.insert(name.to_owned(), arg.to_owned());
                 }
-                _ => panic!("unexpected comment {line:?}"),
+                "UNIT" => assert!(name.ends_with(&format!("_{arg}")), "{line:?}"),
+                _ => {}
             }
             continue;
         }
+        assert!(!line.starts_with('#'), "unexpected comment {line:?}");
         let (series, value) = line
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("no value in {line:?}"));
@@ -113,28 +180,33 @@ fn parse(text: &str) -> HashMap<String, f64> {
                 .parse()
                 .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
-        let name = match series.split_once('{') {
+        let (name, labels) = match series.split_once('{') {
             Some((name, labels)) => {
                 let labels = labels
                     .strip_suffix('}')
                     .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
-                check_labels(labels, line);
-                name
+                (name, check_labels(labels, line))
             }
-            None => series,
+            None => (series, Vec::new()),
         };
         assert!(is_name(name), "bad metric name in {line:?}");
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| {
-                let base = name.strip_suffix(s)?;
-                (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+        let family = current
+            .as_deref()
+            .filter(|f| {
+                types.get(*f).is_some_and(|kind| {
+                    sample_suffixes(kind)
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(*f))
+                })
             })
-            .unwrap_or(name);
-        assert!(
-            types.contains_key(family),
-            "sample before its # TYPE: {line:?}"
-        );
+            .unwrap_or_else(|| panic!("sample outside its typed family: {line:?}"));
+        if name.ends_with("_bucket") && types.get(family).is_some_and(|k| k == "histogram") {
+            assert!(
+                labels.iter().any(|(k, _)| *k == "le"),
+                "bucket without le: {line:?}"
+            );
+        }
+        with_samples.insert(family.to_owned());
         assert!(
             samples.insert(series.to_owned(), value).is_none(),
             "duplicate series {series}"
@@ -148,7 +220,7 @@ async fn scrape(app: &TestApp) -> Scrape {
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let text = r.text().await.unwrap();
     let samples = parse(&text);
@@ -351,13 +423,13 @@ async fn counters_move_by_exactly_what_the_requests_did() {
         3.0,
     );
     s.expect(
-        &format!("authgate_http_request_duration_seconds_bucket{{{cell},le=\"+Inf\"}}"),
+        &format!("authgate_http_request_duration_seconds_bucket{{le=\"+Inf\",{cell}}}"),
         3.0,
     );
     // A sign-up hashes (tens of ms): it is above the 1 ms bucket.
     assert!(
         s.get(&format!(
-            "authgate_http_request_duration_seconds_bucket{{{cell},le=\"0.001\"}}"
+            "authgate_http_request_duration_seconds_bucket{{le=\"0.001\",{cell}}}"
         )) < 3.0
     );
     assert!(
@@ -469,15 +541,36 @@ async fn a_dead_database_does_not_hang_the_scrape() {
 #[test]
 fn the_parser_refuses_what_prometheus_would() {
     for bad in [
-        "authgate_x 1\n",                                   // no # TYPE
-        "# TYPE authgate_x counter\nauthgate_x{a=\"b} 1\n", // unterminated value
-        "# TYPE authgate_x counter\nauthgate_x{a=b} 1\n",   // unquoted value
-        "# TYPE authgate_x counter\nauthgate_x one\n",      // not a number
-        "# TYPE authgate_x counter\n# TYPE authgate_x counter\n",
-        "# TYPE 9x counter\n",
+        "authgate_x 1\n# EOF\n",                                         // no # TYPE
+        "# TYPE authgate_x counter\nauthgate_x_total{a=\"b} 1\n# EOF\n", // unterminated value
+        "# TYPE authgate_x counter\nauthgate_x_total{a=b} 1\n# EOF\n",   // unquoted value
+        "# TYPE authgate_x counter\nauthgate_x_total{a=\"\\q\"} 1\n# EOF\n", // bad escape
+        "# TYPE authgate_x gauge\nauthgate_x{a=\"1\",a=\"2\"} 1\n# EOF\n", // label twice
+        "# TYPE authgate_x counter\nauthgate_x_total one\n# EOF\n",      // not a number
+        "# TYPE authgate_x counter\n# TYPE authgate_x counter\n# EOF\n",
+        "# TYPE 9x counter\n# EOF\n",
+        "# TYPE authgate_x counter\nauthgate_x_total 1\n", // no # EOF
+        "# TYPE authgate_x counter\nauthgate_x_total 1\n# EOF\nauthgate_x_total 2\n",
+        "# TYPE authgate_x counter\nauthgate_x 1\n# EOF\n", // counter without _total
+        "# TYPE authgate_x untyped\nauthgate_x 1\n# EOF\n", // 0.0.4's type, not OpenMetrics'
+        "# TYPE authgate_x gauge\n\nauthgate_x 1\n# EOF\n", // blank line
+        "# TYPE authgate_x gauge\n# a comment\nauthgate_x 1\n# EOF\n", // free comment
+        "# TYPE authgate_x gauge\nauthgate_x 1\n# HELP authgate_x X.\n# EOF\n",
+        "# TYPE a counter\n# TYPE b gauge\nb 1\na_total 1\n# EOF\n", // interleaved
+        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# TYPE a gauge\n# EOF\n", // split family
+        "# TYPE a histogram\na_bucket 1\n# EOF\n",                   // bucket without le
+        "# TYPE a histogram\n# UNIT a seconds\n# EOF\n",             // unit not in the name
+        "# TYPE a gauge\na 1\na 2\n# EOF\n",                         // duplicate series
     ] {
         assert!(std::panic::catch_unwind(|| parse(bad)).is_err(), "{bad:?}");
     }
-    let ok = parse("# HELP a_total A.\n# TYPE a_total counter\na_total{k=\"v\\\"\",l=\"\"} 2\n");
+    let ok = parse(concat!(
+        "# HELP a A.\n# TYPE a counter\na_total{k=\"v\\\"\",l=\"\"} 2\n",
+        "# TYPE b_seconds histogram\n# UNIT b_seconds seconds\n",
+        "b_seconds_sum 0.5\nb_seconds_count 1\n",
+        "b_seconds_bucket{le=\"1.0\"} 1\nb_seconds_bucket{le=\"+Inf\"} 1\n",
+        "# EOF\n"
+    ));
     assert_eq!(ok["a_total{k=\"v\\\"\",l=\"\"}"], 2.0);
+    assert_eq!(ok["b_seconds_bucket{le=\"+Inf\"}"], 1.0);
 }
