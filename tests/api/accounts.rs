@@ -40,17 +40,21 @@ pub async fn account(app: &TestApp) -> Account {
     }
 }
 
-/// Logs the account in again (password only) and returns a fresh access token.
-pub async fn relogin(app: &TestApp, a: &Account) -> String {
-    let t = expect_json(
-        app.post_json(
+/// The 200 answer of a login with the account's password: tokens, or the
+/// `otp_required` step of a 2FA account.
+pub async fn password_login(app: &TestApp, a: &Account) -> Value {
+    let r = app
+        .post_json(
             "/api/v1/account/login",
             &json!({"email": a.email, "password": a.password}),
         )
-        .await,
-        200,
-    )
-    .await;
+        .await;
+    expect_json(r, 200).await
+}
+
+/// Logs the account in again (password only) and returns a fresh access token.
+pub async fn relogin(app: &TestApp, a: &Account) -> String {
+    let t = password_login(app, a).await;
     t["accessToken"].as_str().unwrap().to_owned()
 }
 
@@ -125,15 +129,7 @@ pub async fn enable_2fa(app: &TestApp, fake: &FakeTwilio, a: &Account) {
 /// A 2FA login (password, then the SMS code): its access token.
 pub async fn login_2fa(app: &TestApp, fake: &FakeTwilio, a: &Account) -> String {
     let before = count_to(fake, &a.phone);
-    let flow = expect_json(
-        app.post_json(
-            "/api/v1/account/login",
-            &json!({"email": a.email, "password": a.password}),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let flow = password_login(app, a).await;
     assert_eq!(flow["status"], "otp_required");
     let code = code_for(fake, &a.phone, before).await;
     let t = expect_json(

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 use crate::helpers::*;
+use crate::openapi::served_document;
 
 const ADMIN_TOKEN: &str = "contract-test-admin-token-0123456789abcdef";
 
@@ -452,18 +453,6 @@ async fn check_fields(
         .await;
     failures.extend(results.into_iter().flatten());
     (sent, failures)
-}
-
-async fn served_document(app: &TestApp) -> Value {
-    expect_json(
-        app.http
-            .get(app.url("/api/v1/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await
 }
 
 /// An account signed in without 2FA: its access token.

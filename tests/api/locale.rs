@@ -185,27 +185,32 @@ async fn an_override_file_changes_the_text_and_webotp_adds_the_last_line() {
     );
 }
 
-/// Notices (no code) are written in the language of the account they are
-/// about: a French owner learns in French that someone used its e-mail to sign
-/// up, and in French that its number was changed.
-#[tokio::test]
-async fn notices_reach_the_owner_in_the_accounts_language() {
-    let (app, fake) = spawn_app_with_twilio().await;
+/// An account in `locale` with its phone verified (so it is told of things).
+async fn verified_in(app: &TestApp, fake: &FakeTwilio, locale: &str) -> (Account, Value) {
     let mut body = valid_signup();
-    body["locale"] = json!("fr");
-    let (a, _) = signup_and_send(&app, &fake, body.clone(), None).await;
-    let code = code_for(&fake, &a.phone, 0).await;
+    body["locale"] = json!(locale);
+    let (a, _) = signup_and_send(app, fake, body.clone(), None).await;
+    let code = code_for(fake, &a.phone, 0).await;
     let r = post_auth(
-        &app,
+        app,
         "/api/v1/account/phone/verify/confirm",
         &a.access,
         Some(json!({"code": code})),
     )
     .await;
     expect_json(r, 200).await;
+    (a, body)
+}
 
-    // Someone signs up with the owner's e-mail, in English.
-    let before = count_to(&fake, &a.phone);
+/// Someone else signs up, in English, with the e-mail of `body`: the SMS its
+/// owner `a` gets.
+async fn notice_of_copied_signup(
+    app: &TestApp,
+    fake: &FakeTwilio,
+    a: &Account,
+    body: &Value,
+) -> String {
+    let before = count_to(fake, &a.phone);
     let mut copy = valid_signup();
     copy["email"] = body["email"].clone();
     let r = app
@@ -217,15 +222,23 @@ async fn notices_reach_the_owner_in_the_accounts_language() {
         .await
         .unwrap();
     expect_json(r, 201).await;
-    let notice = fake
-        .wait_for_message_to(&a.phone, before, Duration::from_secs(20))
-        .await;
+    fake.wait_for_message_to(&a.phone, before, Duration::from_secs(20))
+        .await
+        .body
+}
+
+/// Notices (no code) are written in the language of the account they are
+/// about: a French owner learns in French that someone used its e-mail to sign
+/// up, and in French that its number was changed.
+#[tokio::test]
+async fn notices_reach_the_owner_in_the_accounts_language() {
+    let (app, fake) = spawn_app_with_twilio().await;
+    let (a, body) = verified_in(&app, &fake, "fr").await;
+    // Someone signs up with the owner's e-mail, in English.
+    let notice = notice_of_copied_signup(&app, &fake, &a, &body).await;
     assert!(
-        notice
-            .body
-            .starts_with("authgate : quelqu'un a tenté de s'inscrire"),
-        "{}",
-        notice.body
+        notice.starts_with("authgate : quelqu'un a tenté de s'inscrire"),
+        "{notice}"
     );
 
     // The number changes: the old one is told, in French.
@@ -287,26 +300,9 @@ async fn a_notice_override_file_replaces_the_shipped_notice() {
         c.sms.templates = templates;
     })
     .await;
-    let mut body = valid_signup();
-    body["locale"] = json!("es");
-    let (a, _) = signup_and_send(&app, &fake, body.clone(), None).await;
-    let code = code_for(&fake, &a.phone, 0).await;
-    let r = post_auth(
-        &app,
-        "/api/v1/account/phone/verify/confirm",
-        &a.access,
-        Some(json!({"code": code})),
-    )
-    .await;
-    expect_json(r, 200).await;
-    let before = count_to(&fake, &a.phone);
-    let mut copy = valid_signup();
-    copy["email"] = body["email"].clone();
-    expect_json(app.signup(&copy).await, 201).await;
-    let notice = fake
-        .wait_for_message_to(&a.phone, before, Duration::from_secs(20))
-        .await;
-    assert_eq!(notice.body, "Acme: alguien usó tus datos para registrarse.");
+    let (a, body) = verified_in(&app, &fake, "es").await;
+    let notice = notice_of_copied_signup(&app, &fake, &a, &body).await;
+    assert_eq!(notice, "Acme: alguien usó tus datos para registrarse.");
 
     std::fs::write(
         dir.path().join("en.phone_change_notice.txt"),

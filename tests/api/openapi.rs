@@ -154,18 +154,21 @@ async fn routes_match_the_running_filters() {
     }
 }
 
+/// The document as the running app serves it.
+pub(crate) async fn served_document(app: &TestApp) -> Value {
+    let r = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    expect_json(r, 200).await
+}
+
 #[tokio::test]
 async fn served_document_equals_generated_and_committed() {
     let app = spawn_app().await;
-    let served = expect_json(
-        app.http
-            .get(app.url("/api/v1/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let served = served_document(&app).await;
     // The server states its own configuration (the OTP length); the committed
     // copy, the defaults, which the test app runs with.
     let running = app.state.config().otp_length;
