@@ -88,19 +88,22 @@ impl Store {
         user_id: Uuid,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                &c.prepare_cached(
-                    "SELECT kind, host(ip), user_agent, detail, created_at FROM audit_events
-                 WHERE user_id = $1 AND kind NOT LIKE 'admin\\_%'
-                 ORDER BY created_at DESC, id DESC LIMIT $2",
+        super::retry::read(|| async move {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    &c.prepare_cached(
+                        "SELECT kind, host(ip), user_agent, detail, created_at FROM audit_events
+                     WHERE user_id = $1 AND kind NOT LIKE 'admin\\_%'
+                     ORDER BY created_at DESC, id DESC LIMIT $2",
+                    )
+                    .await?,
+                    &[&user_id, &limit],
                 )
-                .await?,
-                &[&user_id, &limit],
-            )
-            .await?;
-        audit_rows(&rows)
+                .await?;
+            audit_rows(&rows)
+        })
+        .await
     }
 }
 

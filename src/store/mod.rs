@@ -18,6 +18,7 @@ pub mod purge;
 pub mod quotas;
 pub mod recovery;
 pub mod reserved;
+mod retry;
 pub mod tokens;
 pub mod users;
 

@@ -343,38 +343,41 @@ impl Store {
         user: Uuid,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT s.id, s.amr, s.created_at, s.last_used_at, s.expires_at,
-                                host(s.ip) AS ip, s.user_agent
-                         FROM sessions s
-                         WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2
-                           AND EXISTS (SELECT 1 FROM refresh_tokens r
-                                       WHERE r.family_id = s.id AND r.revoked_at IS NULL
-                                         AND r.rotated_at IS NULL AND r.expires_at > $2)
-                         ORDER BY s.last_used_at DESC, s.created_at DESC
-                         LIMIT 100",
-                    )
-                    .await?,
-                &[&user, &now],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SessionRow {
-                    id: r.try_get("id")?,
-                    amr: r.try_get("amr")?,
-                    created_at: r.try_get("created_at")?,
-                    last_used_at: r.try_get("last_used_at")?,
-                    expires_at: r.try_get("expires_at")?,
-                    ip: r.try_get("ip")?,
-                    user_agent: r.try_get("user_agent")?,
+        super::retry::read(|| async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    &client
+                        .prepare_cached(
+                            "SELECT s.id, s.amr, s.created_at, s.last_used_at, s.expires_at,
+                                    host(s.ip) AS ip, s.user_agent
+                             FROM sessions s
+                             WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2
+                               AND EXISTS (SELECT 1 FROM refresh_tokens r
+                                           WHERE r.family_id = s.id AND r.revoked_at IS NULL
+                                             AND r.rotated_at IS NULL AND r.expires_at > $2)
+                             ORDER BY s.last_used_at DESC, s.created_at DESC
+                             LIMIT 100",
+                        )
+                        .await?,
+                    &[&user, &now],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SessionRow {
+                        id: r.try_get("id")?,
+                        amr: r.try_get("amr")?,
+                        created_at: r.try_get("created_at")?,
+                        last_used_at: r.try_get("last_used_at")?,
+                        expires_at: r.try_get("expires_at")?,
+                        ip: r.try_get("ip")?,
+                        user_agent: r.try_get("user_agent")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Ends every session of `user` but `keep` (the caller's own, from its
@@ -455,27 +458,30 @@ impl Store {
         user: Uuid,
         since: DateTime<Utc>,
     ) -> Result<Option<RevocationFacts>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT u.tokens_valid_after,
-                                ARRAY(SELECT s.id FROM sessions s
-                                      WHERE s.user_id = u.id AND s.revoked_at > $2)
-                         FROM users u WHERE u.id = $1",
-                    )
-                    .await?,
-                &[&user, &since],
-            )
-            .await?;
-        Ok(match row {
-            Some(r) => Some(RevocationFacts {
-                tokens_valid_after: r.try_get(0)?,
-                revoked_sessions: r.try_get(1)?,
-            }),
-            None => None,
+        super::retry::read(|| async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    &client
+                        .prepare_cached(
+                            "SELECT u.tokens_valid_after,
+                                    ARRAY(SELECT s.id FROM sessions s
+                                          WHERE s.user_id = u.id AND s.revoked_at > $2)
+                             FROM users u WHERE u.id = $1",
+                        )
+                        .await?,
+                    &[&user, &since],
+                )
+                .await?;
+            Ok(match row {
+                Some(r) => Some(RevocationFacts {
+                    tokens_valid_after: r.try_get(0)?,
+                    revoked_sessions: r.try_get(1)?,
+                }),
+                None => None,
+            })
         })
+        .await
     }
 
     /// Deletes refresh tokens and sessions that ended before `cutoff`.

@@ -279,12 +279,15 @@ impl Store {
 
     /// Looks a user up by id.
     pub async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        let row = client
-            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
-            .await?;
-        Ok(row.as_ref().map(user_from_row).transpose()?)
+        super::retry::read(|| async move {
+            let client = self.client().await?;
+            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+            let row = client
+                .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+                .await?;
+            Ok(row.as_ref().map(user_from_row).transpose()?)
+        })
+        .await
     }
 
     /// The language of a user's SMS (`users.locale`); `None` for no such user.
