@@ -285,6 +285,96 @@ impl Drop for Server {
     }
 }
 
+// ------------------------------------------------------------ once only
+
+/// After a fault: no code was accepted twice (each accepted once by the
+/// driver's record, every accepted code replayed now is refused, and no user,
+/// purpose and flow has two used codes) and no login flow issued tokens twice.
+pub async fn assert_accepted_once(
+    client: &crate::load::Client,
+    sql: &tokio_postgres::Client,
+    record: &crate::load::Record,
+) {
+    use crate::load::Answer;
+    use serde_json::json;
+    let mut seen = std::collections::BTreeSet::new();
+    for acc in &record.accepted {
+        let key = (
+            acc.user.phone.clone(),
+            acc.purpose,
+            acc.flow_id.clone().unwrap_or_default(),
+        );
+        assert!(seen.insert(key), "accepted twice: {acc:?}");
+    }
+    let replays = record
+        .accepted
+        .iter()
+        .filter(|acc| acc.purpose != "enable_2fa");
+    for acc in replays {
+        let answer = match &acc.flow_id {
+            Some(flow) => {
+                client
+                    .post(
+                        "/api/v1/account/login/verify",
+                        None,
+                        &json!({"flowId": flow, "code": acc.code}),
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .post(
+                        "/api/v1/account/phone/verify/confirm",
+                        Some(&acc.user.access),
+                        &json!({"code": acc.code}),
+                    )
+                    .await
+            }
+        };
+        match answer {
+            Answer::Ok(410, _) => {}
+            Answer::Ok(s, v) => panic!("replayed {} code answered {s} {v}", acc.purpose),
+            Answer::Transient(k) => panic!("replay failed: {k}"),
+        }
+    }
+    let twice: i64 = scalar(
+        sql,
+        "SELECT count(*) FROM (SELECT 1 FROM otp_codes WHERE state = 'used'
+         GROUP BY user_id, purpose, flow_id HAVING count(*) > 1) t",
+    )
+    .await;
+    assert_eq!(twice, 0, "a user, purpose and flow with two used codes");
+
+    // No flow issued tokens twice.
+    let flows_twice: i64 = scalar(
+        sql,
+        "SELECT count(*) FROM (SELECT 1 FROM audit_events WHERE kind = 'login_succeeded'
+         AND detail ? 'flowId' GROUP BY detail->>'flowId' HAVING count(*) > 1) t",
+    )
+    .await;
+    assert_eq!(flows_twice, 0, "a login flow succeeded twice");
+    let sms_tokens: i64 = scalar(
+        sql,
+        "SELECT count(*) FROM refresh_tokens WHERE 'sms' = ANY(amr)",
+    )
+    .await;
+    let authenticated: i64 = scalar(
+        sql,
+        "SELECT count(*) FROM login_flows WHERE state->>'state' = 'authenticated'",
+    )
+    .await;
+    let verified = record
+        .accepted
+        .iter()
+        .filter(|a| a.purpose == "login_2fa")
+        .count() as i64;
+    assert!(
+        verified <= sms_tokens && sms_tokens <= authenticated,
+        "2FA logins answered 200: {verified}, sms refresh tokens: {sms_tokens}, \
+         authenticated flows: {authenticated}"
+    );
+}
+
 // ------------------------------------------------------------------ outbox
 
 /// Outbox rows by state.
