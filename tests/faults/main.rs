@@ -1,6 +1,7 @@
 //! Fault tests: the real `authgate` binary as child processes, under load, while
 //! things break: a process is SIGKILLed and restarted, PostgreSQL restarts, the
-//! SMS provider is down for a minute, and three processes share one database.
+//! SMS provider is down for a minute, three processes share one database, and
+//! (ignored unless `scripts/ha/test.sh` runs it) a Patroni cluster fails over.
 //! Each test checks what must survive: no outbox message lost or sent twice, no
 //! code or login flow accepted twice, limits that hold across processes, and a
 //! service that fails fast and recovers by itself. See `harness.rs` and `load.rs`.
@@ -17,6 +18,7 @@ mod helpers;
 mod harness;
 mod load;
 
+mod ha;
 mod key_rotation;
 mod kill9;
 mod pg_restart;
