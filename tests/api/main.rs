@@ -21,6 +21,7 @@ mod login;
 mod login_work;
 mod logs;
 mod metrics;
+mod multi_host;
 mod openapi;
 mod otp;
 mod private_pg;
