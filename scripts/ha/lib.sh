@@ -74,3 +74,21 @@ load_secrets() {
   # shellcheck disable=SC1091
   . "$HA_DIR/secrets"
 }
+
+# start_pgbouncer NAME INI: PgBouncer in the foreground under start_daemon
+# (up.sh, ctl.sh restart-pooler, bench.sh's transaction-mode copy).
+start_pgbouncer() {
+  start_daemon "$1" "$HA_DIR/log/$1.log" /usr/sbin/pgbouncer "$2"
+}
+# env_urls: the URLs up.sh wrote.
+load_env() {
+  [ -s "$HA_DIR/env" ] || { echo "no $HA_DIR/env: is the cluster up (scripts/ha/up.sh)?" >&2; exit 1; }
+  # shellcheck disable=SC1091
+  . "$HA_DIR/env"
+}
+# sql URL SQL: one statement, bounded (a commit waiting for a sync standby that
+# is gone would otherwise hang), the value on stdout, nothing on failure.
+sql() { PGCONNECT_TIMEOUT=2 timeout 5 "$PGBIN/psql" "$1" -XAtq -v ON_ERROR_STOP=1 -c "$2" 2>/dev/null; }
+# can_write URL: a transaction that needs a transaction id commits (fails on a
+# standby, waits for the sync standby on a synchronous primary).
+can_write() { [ -n "$(sql "$1" 'SELECT txid_current()')" ]; }

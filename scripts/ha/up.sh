@@ -257,7 +257,7 @@ for i in 0 1 2; do
 done
 start_daemon haproxy "$HA_DIR/log/haproxy.log" /usr/sbin/haproxy -db -f "$HA_DIR/haproxy.cfg"
 echo "up: haproxy started (pid $(pid_of haproxy), 127.0.0.1:$PROXY_PORT, stats http://127.0.0.1:$PROXY_STATS_PORT/)"
-start_daemon pgbouncer "$HA_DIR/log/pgbouncer.log" /usr/sbin/pgbouncer "$HA_DIR/pgbouncer/pgbouncer.ini"
+start_pgbouncer pgbouncer "$HA_DIR/pgbouncer/pgbouncer.ini"
 echo "up: pgbouncer started (pid $(pid_of pgbouncer), 127.0.0.1:$POOLER_PORT, session pooling)"
 
 # --- wait until the whole path works -----------------------------------------
