@@ -88,8 +88,7 @@ case "$cmd" in
     # Patroni refuses a switchover for a while after a failover (the sync state
     # is still settling): try again for up to 30 s.
     deadline=$((SECONDS + 30))
-    until as_owner /usr/bin/patronictl -c "$HA_DIR/$l.yml" switchover --leader "$l" --candidate "$c" --force "$SCOPE" >&2 \
-        && sleep 0.5 && [ "$(leader_name || true)" != "$l" ]; do
+    until as_owner /usr/bin/patronictl -c "$HA_DIR/$l.yml" switchover --leader "$l" --candidate "$c" --force "$SCOPE" >&2; do
       [ $SECONDS -ge $deadline ] && { echo "patronictl switchover $l -> $c failed for 30 s" >&2; members_table >&2 || true; exit 1; }
       echo "switchover $l -> $c not done yet; retrying" >&2
       sleep 2
