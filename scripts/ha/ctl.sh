@@ -82,7 +82,7 @@ case "$cmd" in
     echo healthy ;;
   switchover)
     l="$(leader_name)" || { echo "no running leader" >&2; exit 1; }
-    c="$(members_table | awk '$2 == "sync_standby" && ($3 == "running" || $3 == "streaming") {print $1; exit}')"
+    c="$(members_table | awk '$2 == "sync_standby" && ($3 == "running" || $3 == "streaming") {print $1}' | head -n 1)"
     [ -n "$c" ] || { echo "no running sync standby to switch over to" >&2; exit 1; }
     # In synchronous_mode Patroni only accepts the sync standby as candidate.
     # Patroni refuses a switchover for a while after a failover (the sync state

@@ -16,8 +16,13 @@ bash "$here/up.sh" >/dev/null
 . "$here/lib.sh"
 load_env
 work="$(mktemp -d)"
+trap 'echo "drill: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 probe_pids=()
-stop_probes() { [ ${#probe_pids[@]} -gt 0 ] && kill "${probe_pids[@]}" 2>/dev/null; wait 2>/dev/null; probe_pids=(); }
+stop_probes() {
+  if [ ${#probe_pids[@]} -gt 0 ]; then kill "${probe_pids[@]}" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  probe_pids=()
+}
 trap 'stop_probes; rm -rf "$work"' EXIT
 now() { date +%s.%N; }
 start_probes() {

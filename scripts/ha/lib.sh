@@ -62,7 +62,8 @@ cluster_json() {
 # members_table: "name role state lag" lines, from /cluster.
 members_table() {
   cluster_json | "$PY" -c '
-import json, sys
+import json, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 for m in json.load(sys.stdin)["members"]:
     print(m["name"], m["role"], m.get("state", "?") or "?", m.get("lag", "-"))'
 }
