@@ -20,7 +20,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bash "$here/up.sh" >/dev/null
-# shellcheck source=scripts/ha/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 load_env
 load_secrets
@@ -42,7 +42,12 @@ if ! pid_alive pgbouncer-tx; then
   as_owner touch "$HA_DIR/log/pgbouncer-tx.log"
   start_pgbouncer pgbouncer-tx "$HA_DIR/pgbouncer/pgbouncer-tx.ini"
 fi
-trap 'p=$(pid_of pgbouncer-tx) && kill "$p" 2>/dev/null; rm -f "$HA_DIR/run/pgbouncer-tx.pid"' EXIT
+stop_tx_pooler() {
+  local p
+  p=$(pid_of pgbouncer-tx) && kill "$p" 2>/dev/null
+  rm -f "$HA_DIR/run/pgbouncer-tx.pid"
+}
+trap stop_tx_pooler EXIT
 until "$PGBIN/psql" -XAtq -p "$TX_PORT" -c 'SELECT 1' >/dev/null 2>&1; do sleep 0.1; done
 
 leader="$(leader_name)"

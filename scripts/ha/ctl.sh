@@ -16,12 +16,17 @@
 #   restart-pooler SECS_DOWN     kill -9 PgBouncer, keep it down SECS_DOWN s, start
 #                                it with the same config, wait until a query
 #                                through it works; prints "pooler up"
+#   kill-leader-node             kill -9 the leader's Patroni, then its postmaster
+#                                (a lost machine: nobody releases the leader key,
+#                                it expires after ttl); prints its name
+#   start-node NAME              start NAME's Patroni again (after kill-leader-node);
+#                                prints NAME
 #   psql-leader ARGS...          psql through HAProxy as the superuser
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# shellcheck source=scripts/ha/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' >&2; exit 2; }
 cmd="${1:-}"; [ -n "$cmd" ] || usage; shift
 load_env
 
@@ -112,6 +117,20 @@ case "$cmd" in
       sleep 0.1
     done
     echo "pooler up" ;;
+  kill-leader-node)
+    l="$(leader_name)" || { echo "no running leader" >&2; exit 1; }
+    pp="$(pid_of "$l")"
+    pid="$(head -n 1 "$HA_DIR/$l/data/postmaster.pid")"
+    kill -9 "$pp" "$pid"
+    echo "killed Patroni (pid $pp) and the postmaster (pid $pid) of $l" >&2
+    echo "$l" ;;
+  start-node)
+    [ $# -eq 1 ] || usage
+    node_index "$1" >/dev/null || { echo "no member $1" >&2; exit 2; }
+    if pid_alive "$1"; then echo "$1's Patroni is running" >&2; exit 1; fi
+    rm -f "$HA_DIR/run/$1.pid"
+    start_daemon "$1" "$HA_DIR/log/$1.log" /usr/bin/patroni "$HA_DIR/$1.yml"
+    echo "$1" ;;
   psql-leader)
     exec "$PGBIN/psql" "$HA_PROXY_URL" "$@" ;;
   *) usage ;;

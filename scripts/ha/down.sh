@@ -15,7 +15,7 @@ case "${1:-}" in
   '') ;;
   *) echo "usage: down.sh [--purge]" >&2; exit 2 ;;
 esac
-# shellcheck source=scripts/ha/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 if [ ! -d "$HA_DIR" ]; then
   echo "down: $HA_DIR does not exist; nothing to stop"
@@ -33,8 +33,8 @@ stop_pids() {
   for p in "$@"; do kill -0 "$p" 2>/dev/null && live+=("$p"); done
   [ ${#live[@]} -eq 0 ] && return 0
   kill -TERM "${live[@]}" 2>/dev/null || true
-  local t
-  for t in $(seq 150); do
+  local _
+  for _ in $(seq 150); do
     local left=()
     for p in "${live[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
     if [ ${#left[@]} -eq 0 ]; then echo "down: stopped $label"; return 0; fi
@@ -85,7 +85,7 @@ rm -f "$HA_DIR"/run/*.pid
 # Verify: no process, no listener (PostgreSQL backends exit shortly after their
 # postmaster, so give the ports a few seconds).
 bad=""
-for t in $(seq 50); do
+for _ in $(seq 50); do
   bad=""
   mapfile -t rest < <(others)
   [ ${#rest[@]} -gt 0 ] && bad="processes: $(ps -o pid=,args= -p "$(IFS=,; echo "${rest[*]}")" | tr '\n' ';')"

@@ -12,7 +12,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 ctl() { bash "$here/ctl.sh" "$@"; }
 bash "$here/up.sh" >/dev/null
-# shellcheck source=scripts/ha/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 load_env
 work="$(mktemp -d)"

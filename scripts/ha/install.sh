@@ -73,7 +73,9 @@ for svc in etcd pgbouncer haproxy patroni; do
     if systemctl is-active --quiet "$svc" 2>/dev/null; then
       systemctl stop "$svc" && echo "install: stopped system service $svc"
     fi
-    systemctl disable --quiet "$svc" 2>/dev/null && echo "install: disabled system service $svc" || true
+    if systemctl is-enabled --quiet "$svc" 2>/dev/null; then
+      systemctl disable --quiet "$svc" && echo "install: disabled system service $svc"
+    fi
   fi
   case "$svc" in
     etcd) pat=/usr/bin/etcd ;; pgbouncer) pat=/usr/sbin/pgbouncer ;;

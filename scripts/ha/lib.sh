@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # the variables are for the scripts that source this
 # Shared by scripts/ha/{up,down,ctl}.sh (sourced, not run): where the cluster
 # lives (HA_DIR, default ./var/ha), which loopback ports it uses (from
 # HA_PORT_BASE, default 7400), how a daemon is started as the postgres account
