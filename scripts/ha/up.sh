@@ -27,21 +27,24 @@ timeout_s="${HA_UP_TIMEOUT:-120}"
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   echo "up: running as root needs the postgres account (from postgresql-common)" >&2; exit 1
 fi
-mkdir -p "$HA_DIR"
-if [ -n "$(ls -A "$HA_DIR" 2>/dev/null)" ] && [ ! -e "$HA_DIR/.authgate-ha" ]; then
-  echo "up: $HA_DIR is not empty and not an authgate HA directory; refusing to use it" >&2; exit 1
-fi
-[ "$(id -u)" -eq 0 ] && chown "$RUN_AS:" "$HA_DIR"
-# Every parent must be enterable by the daemon account, or nothing can start.
-d="$HA_DIR"
-while [ "$d" != / ]; do
+# Every existing parent must be enterable by the daemon account, or nothing
+# can start: checked from / down, before anything is created.
+d=""
+IFS=/ read -ra parts <<<"${HA_DIR#/}"
+for part in "${parts[@]:0:${#parts[@]}-1}"; do
+  d="$d/$part"
+  [ -d "$d" ] || break
   if ! as_owner test -x "$d"; then
     echo "up: $RUN_AS cannot enter $d (a parent of HA_DIR=$HA_DIR): choose an HA_DIR under a" \
          "directory $RUN_AS can reach (e.g. HA_DIR=/tmp/authgate-ha) or chmod o+x $d" >&2
     exit 1
   fi
-  d="$(dirname "$d")"
 done
+mkdir -p "$HA_DIR"
+if [ -n "$(ls -A "$HA_DIR" 2>/dev/null)" ] && [ ! -e "$HA_DIR/.authgate-ha" ]; then
+  echo "up: $HA_DIR is not empty and not an authgate HA directory; refusing to use it" >&2; exit 1
+fi
+[ "$(id -u)" -eq 0 ] && chown "$RUN_AS:" "$HA_DIR"
 as_owner test -w "$HA_DIR" || { echo "up: $RUN_AS cannot write $HA_DIR" >&2; exit 1; }
 
 daemons=(etcd "${NODES[@]}" haproxy pgbouncer)
