@@ -6,7 +6,9 @@
 #   1. ctl.sh kill-leader + wait-leader-change, then wait-healthy (the old
 #      leader rejoins as a replica)
 #   2. ctl.sh switchover
-#   3. ctl.sh restart-pooler 3
+#   3. ctl.sh kill-leader-node (Patroni dies too: the leader key must expire,
+#      up to ttl), wait-leader-change, start-node, wait-healthy
+#   4. ctl.sh restart-pooler 3
 #   bash scripts/ha/drill.sh [--purge]     (--purge: down.sh --purge at the end)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -59,6 +61,18 @@ t1=$(now)
 sleep 3; stop_probes
 echo "drill: switchover to $new done in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s; write outage: HAProxy $(gap proxy) s, PgBouncer $(gap pooler) s"
 ctl wait-healthy 120 >/dev/null && echo "drill: healthy after the switchover"
+
+start_probes; sleep 2
+t0=$(now)
+old=$(ctl kill-leader-node 2>/dev/null)
+new=$(ctl wait-leader-change "$old" 120)
+t1=$(now)
+sleep 3; stop_probes
+echo "drill: killed Patroni and the postmaster of $old (a lost machine); $new takes writes through HAProxy after $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s; write outage: HAProxy $(gap proxy) s, PgBouncer $(gap pooler) s"
+ctl start-node "$old" >/dev/null
+t0=$(now)
+ctl wait-healthy 180 >/dev/null
+echo "drill: $old started again, healthy $(awk -v a="$t0" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}') s later"
 
 t0=$(now)
 ctl restart-pooler 3 >/dev/null 2>&1
