@@ -223,7 +223,10 @@ server_check_query = select 1
 server_check_delay = 2
 server_connect_timeout = 2
 server_login_retry = 1
-query_wait_timeout = 30
+; A client waits at most 3 s for a server connection: during a failover
+; authgate answers 503 (and clients retry) instead of holding requests open
+; until the new leader is up, as AUTHGATE_DB_TIMEOUT does for its own pool.
+query_wait_timeout = 3
 server_idle_timeout = 60
 server_lifetime = 3600
 tcp_keepalive = 1

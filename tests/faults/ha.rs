@@ -38,6 +38,8 @@ const FAIL_FAST: Duration = Duration::from_secs(5);
 const PER_PHONE_HOUR: usize = 6;
 const MAX_CODE_TRIES: usize = 5;
 const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// A probe slower than this counts in the error window as a failure would.
+const SLOW: Duration = Duration::from_secs(2);
 
 /// The cluster of `scripts/ha/up.sh` in a folder of this test; stopped and
 /// removed (`down.sh --purge`) when dropped.
@@ -219,7 +221,7 @@ impl Probes {
                         .filter(|p| p.what == *kind)
                         .take(3)
                         .collect();
-                    last.len() == 3 && last.iter().all(|p| p.status < 300)
+                    last.len() == 3 && last.iter().all(|p| p.status < 300 && p.took <= SLOW)
                 });
                 if ok {
                     Ok(())
@@ -238,12 +240,13 @@ impl Probes {
     }
 }
 
-/// The failed probes among `probes`, checked to be what a failover may
-/// answer (503 `unavailable`), and the error window: from the first failure
-/// to the first success after the last one.
+/// The failed or slow probes among `probes` (failures checked to be what a
+/// failover may answer: 503 `unavailable`), and the error window: from the
+/// first such probe to the first prompt success after the last one.
 fn error_window(phase: &str, probes: &[Probe]) -> (usize, Duration) {
-    let failed: Vec<&Probe> = probes.iter().filter(|p| p.status >= 300).collect();
-    for p in &failed {
+    let bad = |p: &Probe| p.status >= 300 || p.took > SLOW;
+    let failed: Vec<&Probe> = probes.iter().filter(|p| bad(p)).collect();
+    for p in failed.iter().filter(|p| p.status >= 300) {
         assert!(
             p.status == 503 && p.code == "unavailable",
             "{phase}: a {} answered {} {:?} (only 503 unavailable may)",
@@ -257,7 +260,7 @@ fn error_window(phase: &str, probes: &[Probe]) -> (usize, Duration) {
     };
     let end = probes
         .iter()
-        .find(|p| p.at > last.at && p.status < 300)
+        .find(|p| p.at > last.at && !bad(p))
         .map_or(last.at + last.took, |p| p.at);
     (failed.len(), end - first.at)
 }
@@ -275,10 +278,22 @@ async fn finish_load(phase: &str, load: Load, strict: bool) -> Record {
         .collect();
     assert!(internal.is_empty(), "{phase}: 500s: {internal:?}");
     if strict {
+        // README "Retrying after a 503": a login/verify whose code check
+        // committed but whose answer was a 503 answers `410 flow_finished` on
+        // the retry, and the client logs in again. Anything else is a failure.
+        let cut_short = record
+            .transient
+            .contains_key("/api/v1/account/login/verify: 503");
+        let beyond: Vec<_> = record
+            .abandoned
+            .iter()
+            .filter(|(k, _)| {
+                !(cut_short && k.as_str() == "/api/v1/account/login/verify: 410 flow_finished")
+            })
+            .collect();
         assert!(
-            record.abandoned.is_empty(),
-            "{phase}: journeys failed beyond the 503 retry: {:?}",
-            record.abandoned
+            beyond.is_empty(),
+            "{phase}: journeys failed beyond the documented retry: {beyond:?}"
         );
     }
     record
@@ -326,7 +341,7 @@ async fn failover_switchover_and_pooler_restart_under_load() {
     let (failed, window) = error_window("failover", &probes.since(killed));
     eprintln!(
         "ha failover: {old} killed; {new} leads after {promoted:?}; {failed} probes failed \
-         (503 unavailable) over an error window of {window:?}"
+         (503 unavailable) or slow over an error window of {window:?}"
     );
     assert!(window < FAILOVER_LIMIT, "failover error window {window:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
