@@ -138,6 +138,8 @@ pub struct Config {
     pub listen: ListenSource,
     /// `AUTHGATE_LOCKS`: `advisory` (default, PostgreSQL advisory locks) or
     /// `rows` (a row lock in `lock_rows`, for engines without advisory locks).
+    /// Every process (and command) on one database must use the same mode:
+    /// an advisory lock and a row lock on one key do not exclude each other.
     pub locks: crate::store::LockMode,
     /// `AUTHGATE_DATA_DIR`: private PostgreSQL data and generated secrets (default `./var`).
     pub data_dir: PathBuf,
