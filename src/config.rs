@@ -17,6 +17,9 @@ use warp::http::header::HeaderName;
 use crate::domain::phone::{is_known_region, NumberType, SmsDestinations, TestPhones};
 pub use crate::keyring::SigningAlg;
 
+/// The SMS sweep's default with `DATABASE_LISTEN_URL=off` (see `from_lookup`).
+pub const LISTEN_OFF_SWEEP: Duration = Duration::from_secs(1);
+
 /// The smallest accepted `JWT_SECRET`, in bytes: HS256 wants at least the hash size.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -52,6 +55,72 @@ impl fmt::Debug for DatabaseSource {
     }
 }
 
+/// Where the LISTEN connections (SMS wake-ups, the revocation cache) go:
+/// `DATABASE_LISTEN_URL`.
+#[derive(Clone)]
+pub enum ListenSource {
+    /// Unset: the pool's own settings (`DATABASE_URL`, or the private PostgreSQL).
+    Database,
+    /// A PostgreSQL URL of its own, e.g. the leader directly (multi-host with
+    /// `target_session_attrs=read-write`) while `DATABASE_URL` goes through a
+    /// pooler.
+    Url(Box<tokio_postgres::Config>),
+    /// `off`: no LISTEN connection and no NOTIFY sent. The SMS actor finds
+    /// other processes' messages by polling the outbox, and the revocation
+    /// cache stays off (every check reads PostgreSQL).
+    Off,
+}
+
+impl ListenSource {
+    /// Whether statements send `NOTIFY` (someone may be listening).
+    pub fn notifies(&self) -> bool {
+        !matches!(self, ListenSource::Off)
+    }
+
+    /// The settings the LISTEN connections use, given the pool's; None when off.
+    pub fn settings(&self, db: &tokio_postgres::Config) -> Option<tokio_postgres::Config> {
+        match self {
+            ListenSource::Database => Some(db.clone()),
+            ListenSource::Url(c) => Some((**c).clone()),
+            ListenSource::Off => None,
+        }
+    }
+
+    /// For `check-config` and the start-up log: never the password.
+    pub fn describe(&self) -> String {
+        match self {
+            ListenSource::Database => "unset: LISTEN on the DATABASE_URL settings".to_owned(),
+            ListenSource::Url(c) => format!("LISTEN on {}", describe_pg(c)),
+            ListenSource::Off => {
+                "off: no LISTEN/NOTIFY; SMS by polling, revocation cache off".to_owned()
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ListenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Connection settings for display: hosts, ports, user, database, and only
+/// whether a password is set.
+fn describe_pg(c: &tokio_postgres::Config) -> String {
+    format!(
+        "host {:?}, port {:?}, user {:?}, dbname {:?}, password {}",
+        c.get_hosts(),
+        c.get_ports(),
+        c.get_user().unwrap_or(""),
+        c.get_dbname().unwrap_or(""),
+        if c.get_password().is_some() {
+            "set"
+        } else {
+            "unset"
+        }
+    )
+}
+
 /// The effective configuration of one authgate process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,6 +130,17 @@ pub struct Config {
     pub port: u16,
     /// `DATABASE_URL`, or the embedded default.
     pub database: DatabaseSource,
+    /// `DATABASE_LISTEN_URL`: unset (LISTEN on the `DATABASE_URL` settings), a
+    /// PostgreSQL URL of its own (the leader directly, when `DATABASE_URL`
+    /// goes through a pooler), or `off` (no LISTEN/NOTIFY: the SMS actor polls
+    /// the outbox, its sweep then 1 s by default, and the revocation cache is
+    /// off), for engines without LISTEN/NOTIFY.
+    pub listen: ListenSource,
+    /// `AUTHGATE_LOCKS`: `advisory` (default, PostgreSQL advisory locks) or
+    /// `rows` (a row lock in `lock_rows`, for engines without advisory locks).
+    /// Every process (and command) on one database must use the same mode:
+    /// an advisory lock and a row lock on one key do not exclude each other.
+    pub locks: crate::store::LockMode,
     /// `AUTHGATE_DATA_DIR`: private PostgreSQL data and generated secrets (default `./var`).
     pub data_dir: PathBuf,
     /// `AUTHGATE_DB_POOL_SIZE`: connections in the pool (default 16).
@@ -612,6 +692,8 @@ impl Default for Config {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 3000,
             database: DatabaseSource::Embedded,
+            listen: ListenSource::Database,
+            locks: crate::store::LockMode::Advisory,
             data_dir: PathBuf::from("./var"),
             db_pool_size: 16,
             db_timeout: Duration::from_secs(5),
@@ -715,6 +797,10 @@ impl Config {
             |_| format!("`{s}` is not a port number (0 to 65535)")
         ));
         set!(cfg.database, "DATABASE_URL", parse_database_url);
+        set!(cfg.listen, "DATABASE_LISTEN_URL", parse_listen_url);
+        set!(cfg.locks, "AUTHGATE_LOCKS", |s: &str| {
+            s.parse::<crate::store::LockMode>()
+        });
         set!(
             cfg.data_dir,
             "AUTHGATE_DATA_DIR",
@@ -916,6 +1002,13 @@ impl Config {
             "AUTHGATE_SMS_SWEEP_INTERVAL",
             parse_duration
         );
+        // With no NOTIFY, the sweep is how one process learns of messages
+        // another queued but cannot send itself (its actor busy, or the process
+        // gone between commit and send): one indexed claim query a second per
+        // process bounds that delay to about a second, at no real cost.
+        if !cfg.listen.notifies() && var("AUTHGATE_SMS_SWEEP_INTERVAL").is_none() {
+            cfg.sms.sweep_interval = LISTEN_OFF_SWEEP;
+        }
         set!(
             cfg.sms.request_timeout,
             "AUTHGATE_SMS_TIMEOUT",
@@ -1243,24 +1336,15 @@ impl Config {
 
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let db = match &self.database {
-            DatabaseSource::Url(c) => format!(
-                "external (host {:?}, port {:?}, user {:?}, dbname {:?}, password {})",
-                c.get_hosts(),
-                c.get_ports(),
-                c.get_user().unwrap_or(""),
-                c.get_dbname().unwrap_or(""),
-                if c.get_password().is_some() {
-                    "set"
-                } else {
-                    "unset"
-                }
-            ),
+            DatabaseSource::Url(c) => format!("external ({})", describe_pg(c)),
             DatabaseSource::Embedded => "embedded private PostgreSQL".to_owned(),
         };
         vec![
             ("HOST", self.host.to_string()),
             ("PORT", self.port.to_string()),
             ("DATABASE_URL", db),
+            ("DATABASE_LISTEN_URL", self.listen.describe()),
+            ("AUTHGATE_LOCKS", self.locks.as_str().to_owned()),
             ("AUTHGATE_DATA_DIR", self.data_dir.display().to_string()),
             ("AUTHGATE_DB_POOL_SIZE", self.db_pool_size.to_string()),
             ("AUTHGATE_DB_TIMEOUT", format!("{:?}", self.db_timeout)),
@@ -1764,6 +1848,20 @@ fn twilio_from(var: &impl Fn(&str) -> Option<String>) -> Result<Option<TwilioCon
 }
 
 fn parse_database_url(s: &str) -> Result<DatabaseSource, String> {
+    parse_pg_url(s).map(|cfg| DatabaseSource::Url(Box::new(cfg)))
+}
+
+/// `off`, or a PostgreSQL URL as for `DATABASE_URL`.
+fn parse_listen_url(s: &str) -> Result<ListenSource, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ListenSource::Off);
+    }
+    parse_pg_url(s)
+        .map(|cfg| ListenSource::Url(Box::new(cfg)))
+        .map_err(|problem| format!("{problem} (or `off`)"))
+}
+
+fn parse_pg_url(s: &str) -> Result<tokio_postgres::Config, String> {
     if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
         return Err("must be a postgres:// or postgresql:// URL".to_owned());
     }
@@ -1774,7 +1872,7 @@ fn parse_database_url(s: &str) -> Result<DatabaseSource, String> {
     if cfg.get_hosts().is_empty() {
         return Err("the URL names no host".to_owned());
     }
-    Ok(DatabaseSource::Url(Box::new(cfg)))
+    Ok(cfg)
 }
 
 /// `US,CA,GB` (ISO regions of the numbering plan) or `*` (every region).
@@ -2574,5 +2672,90 @@ mod tests {
         assert!(!text.contains("hunter4"));
         assert!(!text.contains("hunter2"));
         assert!(!text.contains("hunter3"));
+    }
+
+    #[test]
+    fn listen_url_is_unset_a_url_or_off_and_never_echoes_a_password() {
+        use crate::store::LockMode;
+        let c = cfg(&[]).unwrap();
+        assert!(matches!(c.listen, ListenSource::Database));
+        assert!(c.listen.notifies());
+        assert_eq!(c.locks, LockMode::Advisory);
+        assert_eq!(c.sms.sweep_interval, Duration::from_secs(5));
+        let db: tokio_postgres::Config = "postgres://u@pooler:6432/auth".parse().unwrap();
+        assert_eq!(c.listen.settings(&db).unwrap().get_ports(), [6432]);
+
+        let url = "postgres://u:hunter5@h1:5432,h2:5433/auth?target_session_attrs=read-write";
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://u:hunter5@pooler:6432/auth"),
+            ("SMS_SENDER", "console"),
+            ("DATABASE_LISTEN_URL", url),
+        ])
+        .unwrap();
+        let ListenSource::Url(l) = &c.listen else {
+            panic!("{:?}", c.listen)
+        };
+        assert_eq!(l.get_hosts().len(), 2);
+        assert_eq!(l.get_ports(), [5432, 5433]);
+        assert_eq!(
+            c.listen.settings(&db).unwrap().get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        assert!(c.listen.notifies());
+        let shown = format!("{:?} {:?}", c.describe(), c);
+        assert!(!shown.contains("hunter5"), "{shown}");
+        let row = c
+            .describe()
+            .into_iter()
+            .find(|(k, _)| *k == "DATABASE_LISTEN_URL")
+            .map(|(_, v)| v)
+            .unwrap();
+        assert!(row.contains("h1") && row.contains("password set"), "{row}");
+
+        let c = cfg(&[("DATABASE_LISTEN_URL", " OFF ")]).unwrap();
+        assert!(matches!(c.listen, ListenSource::Off));
+        assert!(!c.listen.notifies());
+        assert!(c.listen.settings(&db).is_none());
+        // No NOTIFY: the sweep is the cross-process wake, so it runs every second...
+        assert_eq!(c.sms.sweep_interval, LISTEN_OFF_SWEEP);
+        // ...unless the operator chose.
+        let c = cfg(&[
+            ("DATABASE_LISTEN_URL", "off"),
+            ("AUTHGATE_SMS_SWEEP_INTERVAL", "3s"),
+        ])
+        .unwrap();
+        assert_eq!(c.sms.sweep_interval, Duration::from_secs(3));
+
+        for bad in [
+            "on",
+            "mysql://u:hunter6@h/db",
+            "postgres://u:hunter6@h:notaport/db",
+            "postgres://u:hunter6@h/db?target_session_attrs=sometimes",
+        ] {
+            let errs = cfg(&[("DATABASE_LISTEN_URL", bad)]).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert_eq!(errs[0].var, "DATABASE_LISTEN_URL");
+            let line = errs[0].to_string();
+            assert!(!line.contains("hunter6"), "{line}");
+            assert!(line.contains("off"), "{line}");
+        }
+    }
+
+    #[test]
+    fn locks_are_advisory_or_rows() {
+        use crate::store::LockMode;
+        assert_eq!(cfg(&[]).unwrap().locks, LockMode::Advisory);
+        let c = cfg(&[("AUTHGATE_LOCKS", "rows")]).unwrap();
+        assert_eq!(c.locks, LockMode::Rows);
+        assert!(c
+            .describe()
+            .contains(&("AUTHGATE_LOCKS", "rows".to_owned())));
+        assert_eq!(
+            cfg(&[("AUTHGATE_LOCKS", " Advisory ")]).unwrap().locks,
+            LockMode::Advisory
+        );
+        let errs = cfg(&[("AUTHGATE_LOCKS", "table")]).unwrap_err();
+        assert_eq!(vars_of(Err(errs.clone())), ["AUTHGATE_LOCKS"]);
+        assert!(errs[0].problem.contains("advisory, rows"), "{}", errs[0]);
     }
 }

@@ -9,7 +9,6 @@ use authgate::keyring::{Keyring, Purpose, SigningAlg};
 use authgate::startup::{keyring_settings, Application};
 use authgate::store::keyring::Rotation;
 use authgate::store::private_pg::PrivatePostgres;
-use authgate::store::Store;
 use authgate::telemetry;
 
 const USAGE: &str = "\
@@ -257,7 +256,7 @@ async fn run(task: Task, config: Config) -> Result<(), String> {
 }
 
 async fn migrate(config: &Config, db: tokio_postgres::Config) -> Result<(), String> {
-    let store = Store::connect(db, 1, config.db_timeout).map_err(|e| e.to_string())?;
+    let store = authgate::startup::store_for(config, db, 1).map_err(|e| e.to_string())?;
     let applied = store
         .migrate()
         .await
@@ -275,7 +274,7 @@ async fn keys(
     db: tokio_postgres::Config,
     command: KeysCommand,
 ) -> Result<(), String> {
-    let store = Store::connect(db, 2, config.db_timeout).map_err(|e| e.to_string())?;
+    let store = authgate::startup::store_for(config, db, 2).map_err(|e| e.to_string())?;
     store
         .migrate()
         .await
@@ -353,7 +352,7 @@ async fn role(
     db: tokio_postgres::Config,
     command: RoleCommand,
 ) -> Result<(), String> {
-    let store = Store::connect(db, 1, config.db_timeout).map_err(|e| e.to_string())?;
+    let store = authgate::startup::store_for(config, db, 1).map_err(|e| e.to_string())?;
     store
         .migrate()
         .await

@@ -13,6 +13,12 @@
 //! the channel every few seconds; a ping not heard back (a silently dead
 //! connection, or a pooler in transaction mode that drops notifications) turns
 //! the cache off the same way.
+//!
+//! With `DATABASE_LISTEN_URL=off` (an engine without LISTEN/NOTIFY) `listen`
+//! is never called: the cache stays off and every check reads PostgreSQL.
+//! With a `DATABASE_LISTEN_URL` of its own, the heartbeat goes out through the
+//! pool and must come back on the listen connection, which also proves the two
+//! reach the same server.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

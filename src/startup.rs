@@ -59,9 +59,16 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Application, BoxError> {
         let key_settings = keyring_settings(&config)?;
-        // The SMS actor's LISTEN connection needs the settings outside the pool.
         tokio::task::spawn_blocking(crate::hasher::warm_up).await?;
-        let store = Store::connect(db.clone(), config.db_pool_size, config.db_timeout)?;
+        let store = store_for(&config, db.clone(), config.db_pool_size)?;
+        // The LISTEN connections (SMS wake-ups, revocation cache) live outside
+        // the pool, on DATABASE_LISTEN_URL's settings; None: no LISTEN at all.
+        let listen = config.listen.settings(&db);
+        tracing::info!(
+            listen = %config.listen.describe(),
+            locks = config.locks.as_str(),
+            "database coordination"
+        );
         let applied = store
             .migrate()
             .await
@@ -92,7 +99,9 @@ impl Application {
             REVOCATION_CACHE_USERS,
             config.jwt_expiration,
         );
-        revocations.listen(db.clone());
+        if let Some(pg) = &listen {
+            revocations.listen(pg.clone());
+        }
         let sms = SmsHandle::new(&config.sms, store.clone());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let test_phones = Arc::new(config.test_phones.clone());
@@ -117,7 +126,7 @@ impl Application {
                     test_phones.clone(),
                     metrics.clone(),
                 ),
-                pg: db,
+                listen,
             },
         )
         .await?;
@@ -256,6 +265,19 @@ impl Application {
             .await;
         self.state.store().close();
     }
+}
+
+/// A pool on `db` that locks and notifies as the configuration says
+/// (`AUTHGATE_LOCKS`, `DATABASE_LISTEN_URL`): for the server and for every
+/// command that touches the database, so a command run beside the servers
+/// takes the same locks they do.
+pub fn store_for(
+    config: &Config,
+    db: tokio_postgres::Config,
+    size: usize,
+) -> Result<Store, BoxError> {
+    Ok(Store::connect(db, size, config.db_timeout)?
+        .with_coordination(config.locks, config.listen.notifies()))
 }
 
 /// The key ring's settings from the configuration: the master key is

@@ -176,8 +176,10 @@ pub struct SmsDeps {
     pub clock: Clock,
     pub config: SmsConfig,
     pub sender: Arc<dyn SmsSender>,
-    /// The database settings, for the LISTEN connection (outside the pool).
-    pub pg: tokio_postgres::Config,
+    /// The settings of the LISTEN connection (outside the pool); None with
+    /// `DATABASE_LISTEN_URL=off`: other processes' messages are then found by
+    /// the sweep and the due-time alarm alone.
+    pub listen: Option<tokio_postgres::Config>,
 }
 
 /// Twilio or the webhook when configured, else the console.
@@ -330,12 +332,17 @@ impl Actor for SmsActor {
         let ctx = Arc::new(BatchCtx::new(args.deps, shared.clone()));
         let mut background = Vec::new();
         if !shared.stopping.load(Ordering::Acquire) {
-            background.push(AbortOnDrop(tokio::spawn(listen(
-                ctx.deps.pg.clone(),
-                ctx.claimer.clone(),
-                myself.clone(),
-                shared.clone(),
-            ))));
+            if let Some(pg) = &ctx.deps.listen {
+                background.push(AbortOnDrop(tokio::spawn(listen(
+                    pg.clone(),
+                    ctx.claimer.clone(),
+                    myself.clone(),
+                    shared.clone(),
+                ))));
+            } else {
+                // No LISTEN, so no wake after a (re)start: look at once.
+                wake(&shared, &myself);
+            }
             background.push(AbortOnDrop(tokio::spawn(sweep(
                 ctx.deps.config.sweep_interval,
                 myself.clone(),

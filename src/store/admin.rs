@@ -9,7 +9,6 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::audit::{audit_rows, AuditEntry, AuditRow};
-use super::tokens::REVOCATION_CHANNEL;
 use super::{Store, StoreError};
 
 /// An account as the admin API shows it: the user and its ban.
@@ -287,11 +286,7 @@ impl Store {
             ],
         )
         .await?;
-        tx.execute(
-            &tx.prepare_cached("SELECT pg_notify($1, $2)").await?,
-            &[&REVOCATION_CHANNEL, &id.to_string()],
-        )
-        .await?;
+        super::tokens::notify(self, &tx, id).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -4,9 +4,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, StoreError};
+use super::{LockKey, Store, StoreError};
 
-/// Serialises bootstrap and rotations across processes (transaction-scoped).
+/// Serialises bootstrap and rotations across processes (a transaction lock in
+/// the store's `LockMode`).
 const KEYRING_LOCK_KEY: i64 = 0x6b65_7972_696e_6731; // "keyring1"
 
 /// A stored key.
@@ -105,8 +106,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYRING_LOCK_KEY])
-            .await?;
+        self.lock_xact(&tx, LockKey::Id(KEYRING_LOCK_KEY)).await?;
         let rows = tx
             .query(
                 "SELECT activated_at IS NULL AS next FROM keyring
@@ -160,8 +160,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYRING_LOCK_KEY])
-            .await?;
+        self.lock_xact(&tx, LockKey::Id(KEYRING_LOCK_KEY)).await?;
         let n = tx
             .execute(
                 "DELETE FROM keyring WHERE purpose = $1 AND activated_at IS NULL AND alg <> $2",
@@ -192,8 +191,7 @@ impl Store {
     ) -> Result<Rotation, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYRING_LOCK_KEY])
-            .await?;
+        self.lock_xact(&tx, LockKey::Id(KEYRING_LOCK_KEY)).await?;
         let rows = tx
             .query(
                 "SELECT activated_at, created_at FROM keyring

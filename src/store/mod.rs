@@ -4,6 +4,12 @@
 //! Rules that must hold across several authgate processes (uniqueness, attempt
 //! counts, single use) are expressed here as single atomic statements or
 //! constraints, never as read-then-write in Rust.
+//!
+//! Two PostgreSQL features a PostgreSQL-compatible distributed SQL engine may
+//! lack are used only through this module's switches: advisory locks
+//! ([`LockMode`]: `AUTHGATE_LOCKS=rows` takes a row lock in `lock_rows`
+//! instead) and `NOTIFY` ([`Store::with_coordination`]'s `notify`: off with
+//! `DATABASE_LISTEN_URL=off`, when nobody listens).
 
 pub mod admin;
 pub mod audit;
@@ -26,6 +32,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use crate::error::{AppError, BoxError};
@@ -36,6 +43,101 @@ mod embedded {
 
 /// Arbitrary but fixed: serialises migrations when several processes start at once.
 const MIGRATION_LOCK_KEY: i64 = 0x6175_7468_6761_7465; // "authgate"
+
+/// The lock table of `AUTHGATE_LOCKS=rows`, exactly as `V21__lock_rows.sql`
+/// creates it (a unit test holds the two together). In rows mode it is
+/// created before migrating too: the migration lock is one of its rows.
+const LOCK_ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS lock_rows (
+    key bigint PRIMARY KEY,
+    touched_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// How the store serialises work that must not run twice at once across
+/// processes (`AUTHGATE_LOCKS`): key ring changes, issuing a code for one
+/// (user, purpose), migrations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LockMode {
+    /// PostgreSQL advisory locks (`pg_advisory_xact_lock`, and the session
+    /// lock `pg_advisory_lock` around migrations): no table, no writes.
+    #[default]
+    Advisory,
+    /// A row lock on `lock_rows` (one upsert; held until the transaction
+    /// ends), for engines without advisory locks. Costs a write per lock.
+    Rows,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Advisory => "advisory",
+            LockMode::Rows => "rows",
+        }
+    }
+
+    /// The one statement that takes a transaction lock on `key` (`$1`).
+    fn xact_sql(self, key: &LockKey<'_>) -> &'static str {
+        match (self, key) {
+            (LockMode::Advisory, LockKey::Id(_)) => "SELECT pg_advisory_xact_lock($1)",
+            (LockMode::Advisory, LockKey::Hashed(_)) => {
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+            }
+            // ON CONFLICT DO UPDATE locks the existing row (waiting for a
+            // holder to commit or roll back) or inserts it (a concurrent
+            // inserter waits on the new row): either way the row stays
+            // locked until this transaction ends, like the advisory lock.
+            (LockMode::Rows, LockKey::Id(_)) => {
+                "INSERT INTO lock_rows (key) VALUES ($1)
+                 ON CONFLICT (key) DO UPDATE SET touched_at = now()"
+            }
+            (LockMode::Rows, LockKey::Hashed(_)) => {
+                "INSERT INTO lock_rows (key) VALUES (hashtextextended($1, 0))
+                 ON CONFLICT (key) DO UPDATE SET touched_at = now()"
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for LockMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "advisory" => Ok(LockMode::Advisory),
+            "rows" => Ok(LockMode::Rows),
+            _ => Err(format!("`{s}` is not one of: advisory, rows")),
+        }
+    }
+}
+
+/// What a transaction lock is taken on: a fixed number, or a text hashed by
+/// PostgreSQL (`hashtextextended`) in the locking statement itself.
+pub(crate) enum LockKey<'a> {
+    Id(i64),
+    Hashed(&'a str),
+}
+
+impl LockKey<'_> {
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            LockKey::Id(id) => id,
+            LockKey::Hashed(text) => text,
+        }
+    }
+}
+
+/// A prepared transaction lock: [`XactLock::take`] sends it. Separate from
+/// preparing so a caller can pipeline it with the statement it guards (both
+/// sent at once, run in order) without a round trip between them.
+pub(crate) struct XactLock<'a> {
+    statement: tokio_postgres::Statement,
+    key: LockKey<'a>,
+}
+
+impl XactLock<'_> {
+    pub async fn take(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        tx.execute(&self.statement, &[self.key.param()]).await?;
+        Ok(())
+    }
+}
 
 /// Why a store call failed, in terms the layers above can act on.
 #[derive(Debug, thiserror::Error)]
@@ -51,18 +153,46 @@ pub enum StoreError {
     Database(#[source] BoxError),
 }
 
+/// How a server error's SQLSTATE is answered (see `From<tokio_postgres::Error>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorClass {
+    Unique,
+    Unavailable,
+    Database,
+}
+
+fn class_of(code: &SqlState) -> ErrorClass {
+    if *code == SqlState::UNIQUE_VIOLATION {
+        return ErrorClass::Unique;
+    }
+    // Retryable, and not the request's fault: 25006 is a write reaching a
+    // read-only server (a demoted leader or a replica, during a failover or
+    // through a pooler that still points at the old leader); 40001 and 40P01
+    // are a distributed SQL engine's (or SERIALIZABLE PostgreSQL's) way of
+    // refusing one of two conflicting transactions, which a retry passes.
+    if *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+    {
+        return ErrorClass::Unavailable;
+    }
+    // Server shutting down, too many connections, and similar: retryable.
+    match &code.code()[..2] {
+        "08" | "53" | "57" => ErrorClass::Unavailable,
+        _ => ErrorClass::Database,
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         if let Some(db) = e.as_db_error() {
-            if *db.code() == SqlState::UNIQUE_VIOLATION {
-                return StoreError::Unique(db.constraint().unwrap_or_default().to_owned());
-            }
-            // Server shutting down, too many connections, and similar: retryable.
-            let class = &db.code().code()[..2];
-            if matches!(class, "08" | "53" | "57") {
-                return StoreError::Unavailable(Box::new(e));
-            }
-            return StoreError::Database(Box::new(e));
+            return match class_of(db.code()) {
+                ErrorClass::Unique => {
+                    StoreError::Unique(db.constraint().unwrap_or_default().to_owned())
+                }
+                ErrorClass::Unavailable => StoreError::Unavailable(Box::new(e)),
+                ErrorClass::Database => StoreError::Database(Box::new(e)),
+            };
         }
         // No server error: the connection itself failed or closed.
         StoreError::Unavailable(Box::new(e))
@@ -112,6 +242,12 @@ pub struct Store {
     pool: Pool,
     /// Quota blocks and outbox ids this process took ahead of use.
     reserved: std::sync::Arc<reserved::Reserved>,
+    /// The pool's settings: rows-mode migrations hold their lock on a
+    /// connection of their own.
+    pg: std::sync::Arc<tokio_postgres::Config>,
+    locks: LockMode,
+    /// Whether statements send `NOTIFY` (off when no process listens).
+    notify: bool,
 }
 
 impl Store {
@@ -122,7 +258,7 @@ impl Store {
         timeout: Duration,
     ) -> Result<Store, BoxError> {
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -138,7 +274,49 @@ impl Store {
         Ok(Store {
             pool,
             reserved: Default::default(),
+            pg: std::sync::Arc::new(pg),
+            locks: LockMode::Advisory,
+            notify: true,
         })
+    }
+
+    /// How this store locks (`AUTHGATE_LOCKS`) and whether it sends `NOTIFY`
+    /// (false with `DATABASE_LISTEN_URL=off`). `connect` gives advisory locks
+    /// and notifications, as before either switch existed.
+    pub fn with_coordination(mut self, locks: LockMode, notify: bool) -> Store {
+        self.locks = locks;
+        self.notify = notify;
+        self
+    }
+
+    pub fn lock_mode(&self) -> LockMode {
+        self.locks
+    }
+
+    /// `channel` when this store sends notifications, else None: bound as a
+    /// statement's channel parameter, NULL makes the statement skip its
+    /// `pg_notify` (guarded by `WHERE $n::text IS NOT NULL`).
+    pub(crate) fn notify_channel(&self, channel: &'static str) -> Option<&'static str> {
+        self.notify.then_some(channel)
+    }
+
+    /// Prepares the transaction lock on `key` in this store's [`LockMode`].
+    pub(crate) async fn prepare_lock<'k>(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        key: LockKey<'k>,
+    ) -> Result<XactLock<'k>, StoreError> {
+        let statement = tx.prepare_cached(self.locks.xact_sql(&key)).await?;
+        Ok(XactLock { statement, key })
+    }
+
+    /// Takes the transaction lock on `key`: held until `tx` ends.
+    pub(crate) async fn lock_xact(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        key: LockKey<'_>,
+    ) -> Result<(), StoreError> {
+        self.prepare_lock(tx, key).await?.take(tx).await
     }
 
     /// A pooled connection (store modules; tests that drive store calls directly).
@@ -147,23 +325,59 @@ impl Store {
         Ok(self.pool.get().await?)
     }
 
-    /// Applies pending migrations, holding an advisory lock so that processes
-    /// starting together do not race each other.
+    /// Applies pending migrations, holding a lock so that processes starting
+    /// together do not race each other.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
+        match self.locks {
+            LockMode::Advisory => self.migrate_advisory().await,
+            LockMode::Rows => self.migrate_rows().await,
+        }
+    }
+
+    /// Migrates under a session advisory lock on the migrating connection.
+    async fn migrate_advisory(&self) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
             .await?;
-        let result = embedded::migrations::runner()
-            .run_async(&mut **client)
-            .await
-            .map(|report| report.applied_migrations().len())
-            .map_err(|e| StoreError::Database(Box::new(e)));
+        let result = run_migrations(&mut client).await;
         // Unlock even when the migration failed; a broken connection drops the lock anyway.
         let _ = client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
             .await;
         result
+    }
+
+    /// Migrates while a transaction on a second connection holds the
+    /// migration key's row in `lock_rows`. Migrations run their own
+    /// transactions, so the lock cannot live on the migrating connection; the
+    /// table is created first, outside the migrations, since V21 has not run
+    /// on a fresh database. If the holding connection breaks mid-migration the
+    /// lock is gone; refinery's history table still refuses to apply one
+    /// version twice, so the worst case is a failed start, not a double apply.
+    async fn migrate_rows(&self) -> Result<usize, StoreError> {
+        let mut holder = self.dedicated().await?;
+        create_lock_table(&holder).await?;
+        let lock = holder.transaction().await?;
+        lock.execute(
+            LockMode::Rows.xact_sql(&LockKey::Id(MIGRATION_LOCK_KEY)),
+            &[&MIGRATION_LOCK_KEY],
+        )
+        .await?;
+        let mut client = self.client().await?;
+        let result = run_migrations(&mut client).await;
+        // Ends the transaction, releasing the row; a broken connection does too.
+        let _ = lock.rollback().await;
+        result
+    }
+
+    /// A connection outside the pool, driven on this runtime until dropped.
+    async fn dedicated(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let (client, connection) = self.pg.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
     }
 
     /// True when a trivial query succeeds within the pool's timeout.
@@ -195,6 +409,97 @@ impl Store {
         let flows = client
             .execute("DELETE FROM login_flows WHERE purge_after < $1", &[&cutoff])
             .await?;
+        if self.locks == LockMode::Rows {
+            // Lock rows only exist to be locked: one not held can always go
+            // (the next lock inserts it again), and one held is skipped, not
+            // waited for. Not counted: they are no finished codes or tokens.
+            client
+                .execute(
+                    "DELETE FROM lock_rows WHERE key IN (
+                         SELECT key FROM lock_rows WHERE touched_at < $1
+                         FOR UPDATE SKIP LOCKED)",
+                    &[&cutoff],
+                )
+                .await?;
+        }
         Ok(codes + tokens + flows)
+    }
+}
+
+async fn run_migrations(client: &mut deadpool_postgres::Object) -> Result<usize, StoreError> {
+    embedded::migrations::runner()
+        .run_async(&mut ***client)
+        .await
+        .map(|report| report.applied_migrations().len())
+        .map_err(|e| StoreError::Database(Box::new(e)))
+}
+
+/// `CREATE TABLE IF NOT EXISTS` is not safe against itself: two processes
+/// creating the table at once can both pass the check, and the loser fails on
+/// the catalog's unique index (23505) or as a duplicate (42P07). Either means
+/// the table now exists.
+async fn create_lock_table(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    match client.batch_execute(LOCK_ROWS_DDL).await {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                || e.code() == Some(&SqlState::DUPLICATE_TABLE) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_and_conflict_errors_are_unavailable() {
+        for code in [
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::CONNECTION_FAILURE,
+        ] {
+            assert_eq!(class_of(&code), ErrorClass::Unavailable, "{}", code.code());
+        }
+        assert_eq!(class_of(&SqlState::UNIQUE_VIOLATION), ErrorClass::Unique);
+        for code in [
+            SqlState::SYNTAX_ERROR,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::from_code("25001"), // active_sql_transaction: a bug, not a failover
+        ] {
+            assert_eq!(class_of(&code), ErrorClass::Database, "{}", code.code());
+        }
+    }
+
+    #[test]
+    fn lock_modes_parse_and_name_their_statements() {
+        assert_eq!("rows".parse::<LockMode>(), Ok(LockMode::Rows));
+        assert_eq!("Advisory".parse::<LockMode>(), Ok(LockMode::Advisory));
+        assert!("row".parse::<LockMode>().is_err());
+        let hashed = LockKey::Hashed("otp:x");
+        assert!(LockMode::Advisory
+            .xact_sql(&hashed)
+            .contains("pg_advisory_xact_lock(hashtextextended($1, 0))"));
+        let rows = LockMode::Rows.xact_sql(&hashed);
+        assert!(rows.contains("hashtextextended($1, 0)") && rows.contains("lock_rows"));
+        assert!(!LockMode::Rows
+            .xact_sql(&LockKey::Id(1))
+            .contains("advisory"));
+    }
+
+    #[test]
+    fn the_pre_migration_lock_table_is_the_one_v21_creates() {
+        let v21 = include_str!("../../migrations/V21__lock_rows.sql");
+        assert!(
+            v21.contains(LOCK_ROWS_DDL),
+            "V21 and LOCK_ROWS_DDL must create the same table"
+        );
     }
 }

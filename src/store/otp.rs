@@ -1,5 +1,5 @@
 //! The `otp_codes` table. Issuing is one transaction holding a per-(user,
-//! purpose) advisory lock: cooldown check, supersede, insert, and the SMS into
+//! purpose) lock (advisory, or a `lock_rows` row: `store::LockMode`): cooldown check, supersede, insert, and the SMS into
 //! the outbox. Checking is one statement that finds the newest code and consumes
 //! it or counts the wrong try under the row lock, so concurrent checks, in this
 //! process or others, can never consume a code twice or count more wrong tries
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::audit::AuditEntry;
 use super::quotas::{self, Quota};
 use super::users::{user_from_row, AccountChange, USER_COLUMNS};
-use super::{Store, StoreError};
+use super::{LockKey, Store, StoreError};
 use crate::audit::ClientInfo;
 use crate::crypto::{Keys, OutboxRow};
 use crate::domain::otp::{CodeFacts, CodeState, Purpose};
@@ -252,18 +252,16 @@ impl Store {
             &locales,
         ];
         let tx = client.transaction().await?;
-        let lock = tx
-            .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .await?;
-        let issue = tx.prepare_cached(ISSUE_SQL).await?;
         let key = lock_key(&req.user_id, req.purpose);
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
+        let lock = self.prepare_lock(&tx, LockKey::Hashed(&key)).await?;
+        let issue = tx.prepare_cached(ISSUE_SQL).await?;
         // Pipelined: sent together, run in order. The statement's snapshot is
         // taken after the lock is held, so it sees every earlier issuer's code.
-        let (_, row) = futures::try_join!(
-            tx.execute(&lock, &lock_params),
+        let (_, row) = futures::try_join!(lock.take(&tx), async {
             tx.query_one(&issue, &params)
-        )?;
+                .await
+                .map_err(StoreError::from)
+        })?;
         let verdict: String = row.try_get("verdict")?;
         let done = |outcome| Ok(Verdict::Done(outcome));
         match verdict.as_str() {
@@ -383,17 +381,26 @@ impl Store {
         let bound = on_accept.and_then(|a| a.bound);
         let recovery_set = on_accept.and_then(|a| a.recovery_set);
         let effect: [&(dyn ToSql + Sync); 3] = [&kind, &detail, &bound];
+        // A change that ends sessions tells the other processes (NULL: no one listens).
+        let channel = self.notify_channel(super::tokens::REVOCATION_CHANNEL);
         let mut params: Vec<&(dyn ToSql + Sync)> = match on_accept {
             Some(a) if a.change.sql().binds => base.iter().chain(&effect).copied().collect(),
             Some(_) => base.iter().chain(&effect[..2]).copied().collect(),
             None => base.to_vec(),
+        };
+        let channel_at = match on_accept {
+            Some(a) if a.change.sql().notifies => {
+                params.push(&channel);
+                Some(params.len())
+            }
+            _ => None,
         };
         // The recovery set is the statement's last parameter, whichever came before.
         let recovery_at = recovery_set.map(|_| params.len() + 1);
         if let Some(set) = &recovery_set {
             params.push(set);
         }
-        let sql = check_sql(on_accept.map(|a| a.change), recovery_at);
+        let sql = check_sql(on_accept.map(|a| a.change), channel_at, recovery_at);
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &params)
             .await?;
@@ -574,7 +581,8 @@ const ISSUE_SQL: &str = "WITH seen AS (
 /// wrong codes in a row that lock, $7 and $8 the first and the longest lock in
 /// seconds, $9 the asker's IP, $10 user agent, $11 the detail of a wrong code's
 /// event (purpose, flow); with a change also $12 its audit kind and $13 detail,
-/// and for some changes $14 (`AccountChange::sql`).
+/// and for some changes $14 (`AccountChange::sql`); then, for a change that
+/// notifies, the revocation channel at `channel_at` (NULL: no notification).
 ///
 /// Why it holds under concurrency: `gate` is `FOR UPDATE`, so a second check of
 /// the same account waits there and then reads the row as the first left it
@@ -586,7 +594,11 @@ const ISSUE_SQL: &str = "WITH seen AS (
 /// With `recovery_at` (and a change), that parameter is an array of keyed
 /// hashes: when the change applied, the account's recovery codes are replaced
 /// by them, under the row lock `gate` holds, in this same commit.
-fn check_sql(change: Option<AccountChange>, recovery_at: Option<usize>) -> String {
+fn check_sql(
+    change: Option<AccountChange>,
+    channel_at: Option<usize>,
+    recovery_at: Option<usize>,
+) -> String {
     let (change_set, applied, effect, columns) = match change {
         Some(change) => {
             let c = change.sql();
@@ -613,7 +625,11 @@ fn check_sql(change: Option<AccountChange>, recovery_at: Option<usize>) -> Strin
                          INSERT INTO audit_events (user_id, kind, ip, user_agent, detail, created_at)
                          SELECT id, $12, $9::text::inet, $10, {}, $5 FROM changed
                      ){}",
-                    c.detail, c.effect
+                    c.detail,
+                    match channel_at {
+                        Some(at) => c.effect.replace("{channel}", &format!("${at}")),
+                        None => c.effect.to_owned(),
+                    }
                 ),
                 format!(", changed.*{}", c.outputs),
             )

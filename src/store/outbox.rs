@@ -409,6 +409,11 @@ impl Store {
     /// claimed a full batch, so that idle processes help with the backlog.
     /// `from` (the claimer) is the payload, so the sender can ignore its own.
     pub async fn notify_sms_backlog(&self, from: &str) -> Result<(), StoreError> {
+        // No listeners (`DATABASE_LISTEN_URL=off`): the other processes' sweeps
+        // find the backlog instead.
+        if !self.notify {
+            return Ok(());
+        }
         let client = self.client().await?;
         client
             .execute(

@@ -10,7 +10,9 @@
 //! later, or once the successor moved on, it is reuse and ends the session.
 //!
 //! Every revocation notifies `authgate_revocation` (payload: the user id) in
-//! its own transaction, so every process drops its cached view of that user.
+//! its own transaction, so every process drops its cached view of that user
+//! (unless `DATABASE_LISTEN_URL=off`: then no process caches, and nothing is
+//! sent).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -294,7 +296,7 @@ impl Store {
             &[&session_id, &now],
         )
         .await?;
-        notify(&tx, user_id).await?;
+        notify(self, &tx, user_id).await?;
         tx.commit().await?;
         Ok(Some(user_id))
     }
@@ -322,13 +324,19 @@ impl Store {
                              WHERE family_id IN (SELECT id FROM ended) AND revoked_at IS NULL
                              RETURNING id
                          ), told AS (
-                             SELECT pg_notify($4, $1::text) WHERE EXISTS (SELECT 1 FROM ended)
+                             SELECT pg_notify($4, $1::text)
+                             WHERE EXISTS (SELECT 1 FROM ended) AND $4::text IS NOT NULL
                          )
                          SELECT (SELECT count(*) FROM ended), (SELECT count(*) FROM tokens),
                                 (SELECT count(*) FROM told)",
                     )
                     .await?,
-                &[&user, &session_id, &now, &REVOCATION_CHANNEL],
+                &[
+                    &user,
+                    &session_id,
+                    &now,
+                    &self.notify_channel(REVOCATION_CHANNEL),
+                ],
             )
             .await?;
         let ended: i64 = row.try_get(0)?;
@@ -415,13 +423,19 @@ impl Store {
                              RETURNING id
                          ), told AS (
                              SELECT pg_notify($4, $1::text)
-                             WHERE EXISTS (SELECT 1 FROM ended) OR EXISTS (SELECT 1 FROM tokens)
-                                OR EXISTS (SELECT 1 FROM fenced)
+                             WHERE (EXISTS (SELECT 1 FROM ended) OR EXISTS (SELECT 1 FROM tokens)
+                                    OR EXISTS (SELECT 1 FROM fenced))
+                               AND $4::text IS NOT NULL
                          )
                          SELECT (SELECT count(*) FROM ended), (SELECT count(*) FROM told)",
                     )
                     .await?,
-                &[&user, &keep_session, &now, &REVOCATION_CHANNEL],
+                &[
+                    &user,
+                    &keep_session,
+                    &now,
+                    &self.notify_channel(REVOCATION_CHANNEL),
+                ],
             )
             .await?;
         let ended: i64 = row.try_get(0)?;
@@ -508,8 +522,16 @@ impl Store {
     }
 }
 
-/// Announces, at commit, that `user`'s revocation facts changed.
-async fn notify(tx: &deadpool_postgres::Transaction<'_>, user: Uuid) -> Result<(), StoreError> {
+/// Announces, at commit, that `user`'s revocation facts changed; nothing when
+/// the store sends no notifications (no process listens).
+pub(super) async fn notify(
+    store: &Store,
+    tx: &deadpool_postgres::Transaction<'_>,
+    user: Uuid,
+) -> Result<(), StoreError> {
+    if !store.notify {
+        return Ok(());
+    }
     tx.execute(
         &tx.prepare_cached("SELECT pg_notify($1, $2)").await?,
         &[&REVOCATION_CHANNEL, &user.to_string()],
@@ -541,6 +563,9 @@ impl Revoked {
 impl Store {
     /// Sends a listener heartbeat on the revocation channel.
     pub async fn ping_revocation_listeners(&self, nonce: &str) -> Result<(), StoreError> {
+        if !self.notify {
+            return Ok(());
+        }
         let client = self.client().await?;
         client
             .execute(

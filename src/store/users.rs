@@ -37,6 +37,10 @@ pub(super) struct ChangeSql {
     pub outputs: &'static str,
     /// Whether the statement binds `$14`.
     pub binds: bool,
+    /// Whether `effect` notifies the revocation channel: it then names the
+    /// channel `{channel}`, replaced by a parameter that is NULL when the store
+    /// sends no notifications (`DATABASE_LISTEN_URL=off`).
+    pub notifies: bool,
 }
 
 /// A number as `PhoneE164::masked` shows it, in SQL (for audit details).
@@ -69,6 +73,7 @@ impl AccountChange {
             effect: "",
             outputs: "",
             binds: false,
+            notifies: false,
         };
         match self {
             AccountChange::PhoneVerified => plain(
@@ -98,6 +103,7 @@ impl AccountChange {
                 effect: "",
                 outputs: "",
                 binds: true,
+                notifies: false,
             },
             AccountChange::PasswordReset => ChangeSql {
                 sets: &[
@@ -123,10 +129,12 @@ impl AccountChange {
                          WHERE user_id = $1 AND EXISTS (SELECT 1 FROM changed)
                          RETURNING id
                      ), told AS (
-                         SELECT pg_notify('authgate_revocation', $1::text) FROM changed
+                         SELECT pg_notify({channel}, $1::text) FROM changed
+                         WHERE {channel}::text IS NOT NULL
                      )",
                 outputs: ", (SELECT count(*) FROM told) AS told",
                 binds: true,
+                notifies: true,
             },
         }
     }

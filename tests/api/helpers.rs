@@ -11,10 +11,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use authgate::clock::Clock;
-use authgate::config::{Config, DatabaseSource, SmsConfig, TwilioConfig, TwilioSender};
+use authgate::config::{
+    Config, DatabaseSource, ListenSource, SmsConfig, TwilioConfig, TwilioSender,
+};
 use authgate::startup::Application;
 use authgate::store::private_pg::PrivatePostgres;
-use authgate::store::Store;
+use authgate::store::{LockMode, Store};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -174,9 +176,29 @@ pub fn drop_database(name: String) {
     .join();
 }
 
+/// Whether `AUTHGATE_TEST_FALLBACKS=on`: every test app then runs as on an
+/// engine without LISTEN/NOTIFY and advisory locks (`DATABASE_LISTEN_URL=off`,
+/// `AUTHGATE_LOCKS=rows`), so the whole suite proves the fallbacks.
+pub fn fallbacks_on() -> bool {
+    std::env::var("AUTHGATE_TEST_FALLBACKS").is_ok_and(|v| v == "on")
+}
+
+/// For tests of what LISTEN/NOTIFY itself does (the revocation cache, who is
+/// notified): listen on the database as by default, even with the fallbacks on.
+pub fn pin_listening(c: &mut Config) {
+    c.listen = ListenSource::Database;
+}
+
 /// Configuration for a test app: random port, fast hashing concurrency.
 pub fn test_config() -> Config {
+    let (listen, locks) = if fallbacks_on() {
+        (ListenSource::Off, LockMode::Rows)
+    } else {
+        (ListenSource::Database, LockMode::Advisory)
+    };
     Config {
+        listen,
+        locks,
         port: 0,
         database: DatabaseSource::Embedded, // unused: the harness passes the db explicitly
         data_dir: std::env::temp_dir().join("authgate-tests"),

@@ -322,8 +322,8 @@ async fn refresh_token_reuse_refuses_the_family_access_tokens() {
 
 #[tokio::test]
 async fn a_second_process_sees_a_logout_within_two_seconds() {
-    let app = spawn_app().await;
-    let second = spawn_on(app.db.clone(), |_| {}).await;
+    let app = spawn_app_with(pin_listening).await;
+    let second = spawn_on(app.db.clone(), pin_listening).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !second.state.revocations().is_listening() {
         assert!(
@@ -351,7 +351,7 @@ async fn a_second_process_sees_a_logout_within_two_seconds() {
 /// must not hide behind the cache.
 #[tokio::test]
 async fn a_lost_listener_connection_empties_the_cache() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(pin_listening).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !app.state.revocations().is_listening() {
         assert!(
@@ -464,7 +464,7 @@ async fn revocations_heard(db: &tokio_postgres::Config) -> tokio::task::JoinHand
 /// PostgreSQL commit the transaction in line with every other notifying one).
 #[tokio::test]
 async fn a_2fa_change_notifies_other_processes_only_when_it_ended_a_session() {
-    let (app, fake) = spawn_app_with_twilio().await;
+    let (app, fake) = spawn_app_with_twilio_and(pin_listening).await;
     let alone = account(&app).await;
     let busy = account(&app).await;
     let _second = relogin(&app, &busy).await;

@@ -493,7 +493,9 @@ async fn a_code_is_sent_within_a_second_and_queueing_it_notifies_no_one() {
 async fn a_full_claim_wakes_an_idle_second_process() {
     const N: usize = 60;
     let quiet = |c: &mut authgate::config::Config| {
-        // No sweep: nothing but a wake makes these actors claim.
+        // No sweep: nothing but a wake makes these actors claim. The wake
+        // under test is a NOTIFY: listening, even with the fallbacks on.
+        pin_listening(c);
         c.sms.sweep_interval = Duration::from_secs(600);
         c.sms.batch_size = 5;
         c.sms.concurrency = 2;
