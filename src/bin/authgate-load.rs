@@ -1879,7 +1879,10 @@ mod tests {
             ..now
         };
         let line = progress_line(Flow::CodeCheck, Duration::from_secs(30), late, late);
-        assert!(line.contains("30/30 s") && line.contains(" 0.0/s now"), "{line}");
+        assert!(
+            line.contains("30/30 s") && line.contains(" 0.0/s now"),
+            "{line}"
+        );
     }
 
     #[test]

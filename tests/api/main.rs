@@ -10,6 +10,7 @@ mod helpers;
 mod cli;
 mod contract;
 mod fake_twilio;
+mod first_run;
 mod http_envelope;
 mod issuing;
 mod jwks_verifier;
