@@ -1049,3 +1049,32 @@ fn lookup_user(name: &str) -> Result<RunAs, PrivatePgError> {
         _ => Err(PrivatePgError::NoUnprivilegedUser(name.to_owned())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_folder_names_the_checkout_and_differs_per_data_folder() {
+        let a = cluster_folder_name(Path::new("/root/authgate/var"));
+        assert!(a.starts_with("authgate-var-"), "{a}");
+        assert_eq!(a.len(), "authgate-var-".len() + 8, "{a}");
+        assert!(a["authgate-var-".len()..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit()));
+        // Stable: the same data folder always gets the same name.
+        assert_eq!(a, cluster_folder_name(Path::new("/root/authgate/var")));
+        // Two checkouts of the same name never share one.
+        let b = cluster_folder_name(Path::new("/home/x/authgate/var"));
+        assert!(b.starts_with("authgate-var-") && a != b, "{a} {b}");
+        // Odd characters cannot climb out or hide the folder.
+        let odd = cluster_folder_name(Path::new("/srv/../my app/.data"));
+        assert!(
+            odd.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "{odd}"
+        );
+        assert!(odd.starts_with("my_app-data-"), "{odd}");
+        assert!(cluster_folder_name(Path::new("/")).starts_with("authgate-"));
+    }
+}
