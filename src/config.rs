@@ -760,12 +760,9 @@ impl Config {
                 Err(format!("`{s}` is not a user name"))
             }
         });
-        set!(cfg.pg_state_dir, "AUTHGATE_PG_STATE_DIR", |s: &str| Ok::<
-            _,
-            String,
-        >(
-            PathBuf::from(s)
-        ));
+        set!(cfg.pg_state_dir, "AUTHGATE_PG_STATE_DIR", |s: &str| {
+            Ok::<PathBuf, String>(s.into())
+        });
         set!(cfg.log_format, "AUTHGATE_LOG_FORMAT", |s: &str| match s {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),

@@ -409,3 +409,47 @@ async fn load_tool_prints_no_progress_lines_when_stderr_is_not_a_terminal() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_explicit_data_folder_postgres_cannot_enter_is_handled_the_same_way() {
+    if !is_root() || !has_pg_binaries() {
+        eprintln!("skipped: needs root and the PostgreSQL server binaries");
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let home = temp_path("fr-explicit");
+    std::fs::create_dir(&home).unwrap();
+    cleanup.folders.push(home.clone());
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let state = temp_path("fr-explicit-state");
+    cleanup.folders.push(state.clone());
+    // What AUTHGATE_DATA_DIR=<home>/data hands over.
+    let data_dir = home.join("data");
+    let (d, s) = (data_dir.clone(), state.clone());
+    let pg = tokio::task::spawn_blocking(move || {
+        authgate::store::private_pg::PrivatePostgres::start_in(&d, "postgres", &s)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let cluster = pg.data_dir().parent().unwrap().to_owned();
+    // Stopped before any assertion, so a failing one leaves no server behind.
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cluster.parent(), Some(state.as_path()));
+    // `<home>-data-<8 hex>`, the home folder's name cut to 32 characters.
+    let name = cluster.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("authgate-fr-explicit-") && name.contains("-data-"),
+        "{name}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data_dir.join("pg-location"))
+            .unwrap()
+            .trim(),
+        cluster.display().to_string()
+    );
+    assert!(!data_dir.join("pg").exists());
+}
