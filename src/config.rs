@@ -201,6 +201,10 @@ pub struct Config {
     /// `AUTHGATE_PG_OS_USER`: the unprivileged account the private PostgreSQL runs as
     /// when authgate itself runs as root (default `postgres`).
     pub pg_os_user: String,
+    /// `AUTHGATE_PG_STATE_DIR`: where a root authgate keeps the private cluster
+    /// when `pg_os_user` cannot enter the data folder (default `/var/lib/authgate`;
+    /// one folder per data folder, named in its `pg-location`).
+    pub pg_state_dir: PathBuf,
     /// `AUTHGATE_LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
     /// `AUTHGATE_SHUTDOWN_GRACE`: how long in-flight requests get to finish on shutdown.
@@ -717,6 +721,7 @@ impl Default for Config {
             hash_queue: crate::hasher::DEFAULT_QUEUE,
             hash_queue_timeout: crate::hasher::DEFAULT_WAIT,
             pg_os_user: "postgres".to_owned(),
+            pg_state_dir: PathBuf::from("/var/lib/authgate"),
             log_format: LogFormat::Text,
             shutdown_grace: Duration::from_secs(10),
             otp_max_attempts: 5,
@@ -840,6 +845,9 @@ impl Config {
             } else {
                 Err(format!("`{s}` is not a user name"))
             }
+        });
+        set!(cfg.pg_state_dir, "AUTHGATE_PG_STATE_DIR", |s: &str| {
+            Ok::<PathBuf, String>(s.into())
         });
         set!(cfg.log_format, "AUTHGATE_LOG_FORMAT", |s: &str| match s {
             "text" => Ok(LogFormat::Text),
@@ -1444,6 +1452,10 @@ impl Config {
                 format!("{:?}", self.quotas.lockout_window),
             ),
             ("AUTHGATE_PG_OS_USER", self.pg_os_user.clone()),
+            (
+                "AUTHGATE_PG_STATE_DIR",
+                self.pg_state_dir.display().to_string(),
+            ),
             ("AUTHGATE_LOG_FORMAT", format!("{:?}", self.log_format)),
             (
                 "AUTHGATE_SHUTDOWN_GRACE",

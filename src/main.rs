@@ -8,7 +8,7 @@ use authgate::config::{Config, DatabaseSource};
 use authgate::keyring::{Keyring, Purpose, SigningAlg};
 use authgate::startup::{keyring_settings, Application};
 use authgate::store::keyring::Rotation;
-use authgate::store::private_pg::PrivatePostgres;
+use authgate::store::private_pg::{self, PrivatePostgres};
 use authgate::telemetry;
 
 const USAGE: &str = "\
@@ -100,6 +100,10 @@ fn main() -> ExitCode {
         "check-config" => {
             for (name, value) in config.describe() {
                 println!("{name:<28} {value}");
+            }
+            if matches!(config.database, DatabaseSource::Embedded) {
+                let cluster = private_pg::cluster_location(&config.data_dir);
+                println!("{:<28} {}", "private PostgreSQL cluster", cluster.display());
             }
             for line in config.sms_text_report() {
                 println!("{line}");
@@ -229,12 +233,14 @@ async fn run(task: Task, config: Config) -> Result<(), String> {
         DatabaseSource::Embedded => {
             let dir = config.data_dir.clone();
             let user = config.pg_os_user.clone();
-            tracing::info!(data_dir = %dir.display(), "DATABASE_URL not set: starting a private PostgreSQL");
-            let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, &user))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("private PostgreSQL: {e}"))?;
-            tracing::info!(socket = %pg.socket_dir().display(), "private PostgreSQL ready");
+            let state = config.pg_state_dir.clone();
+            tracing::info!(data_dir = %dir.display(), "DATABASE_URL not set: authgate runs its own PostgreSQL");
+            // It logs where the cluster lives and how long start-up took.
+            let pg =
+                tokio::task::spawn_blocking(move || PrivatePostgres::start_in(&dir, &user, &state))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("private PostgreSQL: {e}"))?;
             (pg.pg_config(), Some(pg))
         }
     };

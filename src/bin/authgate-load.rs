@@ -25,6 +25,11 @@
 //! (`verifies`, `seconds`, `threads`, `per_s`, `params`) instead of `flows`.
 //! Latencies are measured at the client, over loopback, HTTP included.
 //!
+//! While a flow runs, and only when standard error is a terminal, one line
+//! there (rewritten in place each second) shows the flows done, the rate over
+//! the last second and overall, and the errors so far; piped or redirected
+//! output gets none of it.
+//!
 //! Everything is bounded: at most 1,024 virtual users, at most 600 s per flow,
 //! 10 s per request and per awaited SMS, loopback addresses only.
 //!
@@ -63,9 +68,11 @@
 //! threads as there are cores, for S seconds.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -596,6 +603,8 @@ struct Vu {
     refresh: String,
     /// `check`: seeded (access token, code) pairs not used yet.
     seeded: Vec<(String, String)>,
+    /// Live counts for the progress line (the recorder is merged only at the end).
+    progress: Arc<Progress>,
 }
 
 type Step<T> = Result<T, ()>;
@@ -604,6 +613,7 @@ impl Vu {
     fn error(&mut self, kind: String) {
         if self.measuring {
             *self.rec.errors.entry(kind).or_default() += 1;
+            self.progress.errors.fetch_add(1, Ordering::Relaxed);
         } else {
             eprintln!("setup: {kind}");
         }
@@ -938,6 +948,7 @@ async fn run_flow(
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let barrier = Arc::new(Barrier::new(args.users + 1));
+    let progress = Arc::new(Progress::default());
     let mut tasks = Vec::with_capacity(args.users);
     for vu in 0..args.users {
         let mut ids = Ids { run, vu, n: 0 };
@@ -953,6 +964,7 @@ async fn run_flow(
             access: String::new(),
             refresh: String::new(),
             seeded: seeded.pop().unwrap_or_default(),
+            progress: progress.clone(),
         };
         let barrier = barrier.clone();
         let duration = args.duration;
@@ -972,6 +984,7 @@ async fn run_flow(
                 }
                 if v.run_once(flow, &mut ids).await.is_ok() {
                     v.rec.completed += 1;
+                    v.progress.completed.fetch_add(1, Ordering::Relaxed);
                 } else {
                     // Do not spin on a persistent failure.
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -983,6 +996,16 @@ async fn run_flow(
     barrier.wait().await;
     let started = Instant::now();
     let (stop, sampler) = sample_outbox(base);
+    // The terminal check is here, at the edge; the line itself is pure.
+    let ticker = std::io::stderr().is_terminal().then(|| {
+        show_progress(
+            flow,
+            args.duration,
+            started,
+            progress.clone(),
+            stop.subscribe(),
+        )
+    });
     let mut total = Recorder::default();
     for t in tasks {
         match t.await {
@@ -992,11 +1015,99 @@ async fn run_flow(
     }
     let elapsed = started.elapsed();
     let _ = stop.send(true);
+    if let Some(ticker) = ticker {
+        // It ends its line, so the report starts on a fresh one.
+        let _ = ticker.await;
+    }
     let mut depth = sampler.await.unwrap_or_default();
     // One more sample once every virtual user has stopped: the depth "at end".
     depth.add(scrape_outbox_depth(&metrics_client(), base).await);
     let times = scrape_server_times(&metrics_client(), base, flow).await;
     Ok((total, elapsed, depth, times))
+}
+
+/// What the virtual users have done so far, for the progress line.
+#[derive(Debug, Default)]
+struct Progress {
+    completed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// The counts at one moment of a flow's run.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Tally {
+    /// Since the run started.
+    at: Duration,
+    completed: u64,
+    errors: u64,
+}
+
+/// The progress line for `now`, with the rate since `before` (a second ago)
+/// and overall: `code-check  12/30 s  1234 flows  101.0/s now  98.5/s overall  3 errors`.
+fn progress_line(flow: Flow, duration: Duration, before: Tally, now: Tally) -> String {
+    let rate = |n: u64, d: Duration| {
+        let secs = d.as_secs_f64();
+        if secs > 0.0 {
+            n as f64 / secs
+        } else {
+            0.0
+        }
+    };
+    let last = rate(
+        now.completed.saturating_sub(before.completed),
+        now.at.saturating_sub(before.at),
+    );
+    format!(
+        "{}  {}/{} s  {} flows  {last:.1}/s now  {:.1}/s overall  {} error{}",
+        flow.name(),
+        now.at.as_secs().min(duration.as_secs()),
+        duration.as_secs(),
+        now.completed,
+        rate(now.completed, now.at),
+        now.errors,
+        if now.errors == 1 { "" } else { "s" }
+    )
+}
+
+/// Rewrites the progress line on standard error once per second until told
+/// to stop, then ends it with a newline.
+fn show_progress(
+    flow: Flow,
+    duration: Duration,
+    started: Instant,
+    progress: Arc<Progress>,
+    mut stopped: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let tally = || Tally {
+            at: started.elapsed(),
+            completed: progress.completed.load(Ordering::Relaxed),
+            errors: progress.errors.load(Ordering::Relaxed),
+        };
+        let mut before = Tally::default();
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shown = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = tally();
+                    // \r and "erase to end of line": the line is rewritten in place.
+                    eprint!("\r{}\x1b[K", progress_line(flow, duration, before, now));
+                    let _ = std::io::stderr().flush();
+                    before = now;
+                    shown = true;
+                }
+                _ = stopped.changed() => break,
+            }
+        }
+        if shown {
+            eprintln!();
+        }
+    })
 }
 
 /// The server's SMS outbox depth (messages pending or being sent), from
@@ -1733,6 +1844,44 @@ mod tests {
         assert_eq!(
             parse_outbox_depth("authgate_sms_outbox_depth_known 0\n"),
             None
+        );
+    }
+
+    #[test]
+    fn progress_line_has_flows_rates_and_errors() {
+        let before = Tally {
+            at: Duration::from_secs(11),
+            completed: 1000,
+            errors: 2,
+        };
+        let now = Tally {
+            at: Duration::from_secs(12),
+            completed: 1200,
+            errors: 3,
+        };
+        assert_eq!(
+            progress_line(Flow::CodeCheck, Duration::from_secs(30), before, now),
+            "code-check  12/30 s  1200 flows  200.0/s now  100.0/s overall  3 errors"
+        );
+        let one = Tally {
+            at: Duration::from_millis(1000),
+            completed: 5,
+            errors: 1,
+        };
+        assert_eq!(
+            progress_line(Flow::Login, Duration::from_secs(10), Tally::default(), one),
+            "login  1/10 s  5 flows  5.0/s now  5.0/s overall  1 error"
+        );
+        // No time passed (a late tick): rates are 0, never NaN or infinite; the
+        // clock shown never passes the run's length.
+        let late = Tally {
+            at: Duration::from_secs(31),
+            ..now
+        };
+        let line = progress_line(Flow::CodeCheck, Duration::from_secs(30), late, late);
+        assert!(
+            line.contains("30/30 s") && line.contains(" 0.0/s now"),
+            "{line}"
         );
     }
 

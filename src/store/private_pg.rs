@@ -6,6 +6,16 @@
 //! `pg/superuser.password`. As root, the server runs as an unprivileged OS account,
 //! because PostgreSQL refuses root.
 //!
+//! As root, that account may be unable to enter the data folder (a checkout
+//! under `/root`, mode 0700, is the usual case). Then the cluster folder (what
+//! `pg` holds otherwise) goes under the system state folder instead:
+//! `/var/lib/authgate/<checkout>-<data folder>-<8 hex of its path's hash>`
+//! (`AUTHGATE_PG_STATE_DIR` moves the root), owned by the server's account,
+//! 0700. The data folder keeps a root-owned `pg-location` naming it, which
+//! later starts follow, so the cluster stays where it was first made; the
+//! generated secrets (master key) stay in the data folder, which root reads.
+//! An initialised cluster already in `pg` stays there.
+//!
 //! Private means private to one OS account: `pg`, `pg/data` and the socket folder
 //! are 0700 and belong to the account the server runs as (a folder owned by anyone
 //! else, or open to group or others, stops start-up), the socket itself is 0700,
@@ -27,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 /// The database authgate uses inside its private cluster.
 pub const DATABASE: &str = "authgate";
@@ -34,6 +45,11 @@ pub const DATABASE: &str = "authgate";
 pub const SUPERUSER: &str = "authgate";
 /// Only names the socket file (`.s.PGSQL.5432`): nothing listens on TCP.
 const PORT: u16 = 5432;
+/// Where a root authgate keeps clusters its server's account cannot reach in
+/// the data folder (`AUTHGATE_PG_STATE_DIR` overrides it).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/authgate";
+/// In the data folder: the path of a cluster folder kept elsewhere.
+pub const LOCATION_FILE: &str = "pg-location";
 /// Beside the cluster in `pg/`, never inside `pg/data`, which PostgreSQL owns.
 const PASSWORD_FILE: &str = "superuser.password";
 /// What replaces a trust `pg_hba.conf` from an older authgate; the same rules
@@ -85,6 +101,12 @@ pub enum PrivatePgError {
          only if the cluster still uses trust authentication, or restore it from a backup"
     )]
     BadPasswordFile(PathBuf),
+    #[error(
+        "{0} does not hold the absolute path of a cluster folder in a file of root's that \
+         no other account can write: fix or remove it (removing it makes authgate choose the \
+         folder again, empty if it is a new one)"
+    )]
+    BadLocationFile(PathBuf),
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("PostgreSQL did not become ready within {0:?}; see {1}")]
@@ -135,8 +157,21 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     /// Initialises the cluster on first use, starts the server, waits until it
-    /// accepts connections and makes sure the `authgate` database exists.
+    /// accepts connections and makes sure the `authgate` database exists. As
+    /// root, a cluster the server's account could not reach in the data folder
+    /// goes under [`DEFAULT_STATE_DIR`].
     pub fn start(data_dir: &Path, os_user_when_root: &str) -> Result<Self, PrivatePgError> {
+        Self::start_in(data_dir, os_user_when_root, Path::new(DEFAULT_STATE_DIR))
+    }
+
+    /// [`PrivatePostgres::start`] with another state folder (tests, or
+    /// `AUTHGATE_PG_STATE_DIR`).
+    pub fn start_in(
+        data_dir: &Path,
+        os_user_when_root: &str,
+        state_dir: &Path,
+    ) -> Result<Self, PrivatePgError> {
+        let began = Instant::now();
         let bin = find_bin_dir().ok_or(PrivatePgError::NoBinaries)?;
         let me = effective_uid();
         let run_as = if me == 0 {
@@ -152,9 +187,11 @@ impl PrivatePostgres {
             .mode(mode)
             .create(data_dir)
             .map_err(io_err(data_dir))?;
-        let base = fs::canonicalize(data_dir)
-            .map_err(io_err(data_dir))?
-            .join("pg");
+        let data_dir = fs::canonicalize(data_dir).map_err(io_err(data_dir))?;
+        let base = match &run_as {
+            Some(u) => place_cluster(&bin, u, &data_dir, state_dir)?,
+            None => data_dir.join("pg"),
+        };
         let owners = match &run_as {
             Some(u) => vec![u.uid, me],
             None => vec![me],
@@ -196,6 +233,10 @@ impl PrivatePostgres {
         };
         pg.check_reachable()?;
         if !initialised {
+            tracing::info!(
+                "initialising the private PostgreSQL in {} (first start; takes a few seconds)",
+                base.display()
+            );
             pg.initdb(&password_path)?;
         }
         if pg.data.join("postmaster.pid").exists() {
@@ -226,12 +267,20 @@ impl PrivatePostgres {
             pg.socket_dir = fresh_socket_dir(pg.run_as.as_ref())?;
             pg.temp_socket_dir = true;
         }
+        if initialised {
+            tracing::info!("starting the private PostgreSQL in {}", base.display());
+        }
         pg.spawn()?;
         pg.wait_ready(Duration::from_secs(60))?;
         pg.upgrade_trust_auth()?;
         pg.ensure_database()?;
         let owner = base.join("owner.pid");
         fs::write(&owner, std::process::id().to_string()).map_err(io_err(&owner))?;
+        tracing::info!(
+            socket = %pg.socket_dir.display(),
+            "private PostgreSQL ready in {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
         Ok(pg)
     }
 
@@ -332,7 +381,6 @@ impl PrivatePostgres {
     }
 
     fn initdb(&self, password_file: &Path) -> Result<(), PrivatePgError> {
-        tracing::info!(data = %self.data.display(), "initialising private PostgreSQL cluster");
         let mut pwfile = OsString::from("--pwfile=");
         pwfile.push(password_file);
         let out = self
@@ -668,6 +716,221 @@ fn ensure_private_dir(
     Ok(())
 }
 
+/// Where the cluster folder of `data_dir` (canonical) lives when a root
+/// authgate runs the server as `u`: where `pg-location` says; else `pg` in the
+/// data folder when a cluster is there already or `u` can enter the data
+/// folder; else a folder of its own under `state_dir`, recorded in
+/// `pg-location` so that the next start finds it.
+fn place_cluster(
+    bin: &Path,
+    u: &RunAs,
+    data_dir: &Path,
+    state_dir: &Path,
+) -> Result<PathBuf, PrivatePgError> {
+    let in_place = data_dir.join("pg");
+    let pointer = data_dir.join(LOCATION_FILE);
+    if let Some(recorded) = read_location(&pointer)? {
+        if in_place.join("data").join("PG_VERSION").exists() {
+            tracing::warn!(
+                "{} holds a cluster too; it is not used: {} names the cluster in use",
+                in_place.display(),
+                pointer.display()
+            );
+        }
+        if let Some(parent) = recorded.parent() {
+            check_state_dir(parent)?;
+        }
+        tracing::info!(
+            "the private PostgreSQL lives in {} (named in {})",
+            recorded.display(),
+            pointer.display()
+        );
+        return Ok(recorded);
+    }
+    if in_place.join("data").join("PG_VERSION").exists() || can_enter(bin, u, data_dir) {
+        return Ok(in_place);
+    }
+    let blocked = data_dir
+        .ancestors()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find(|dir| !can_enter(bin, u, dir))
+        .unwrap_or(data_dir)
+        .to_owned();
+    let state_dir = ensure_state_dir(state_dir)?;
+    if !can_enter(bin, u, &state_dir) {
+        return Err(PrivatePgError::Unreachable {
+            user: u.name.clone(),
+            dir: state_dir,
+        });
+    }
+    let base = state_dir.join(cluster_folder_name(data_dir));
+    write_location(&pointer, &base)?;
+    tracing::info!(
+        "the {} account cannot enter {}; the private PostgreSQL lives in {} (named in {})",
+        u.name,
+        blocked.display(),
+        base.display(),
+        pointer.display()
+    );
+    Ok(base)
+}
+
+/// Where the private PostgreSQL of `data_dir` keeps (or will keep) its
+/// cluster, as far as the files say: `pg-location`, else `pg` (for
+/// `authgate check-config`; start-up decides for good).
+pub fn cluster_location(data_dir: &Path) -> PathBuf {
+    let pointer = data_dir.join(LOCATION_FILE);
+    match read_location(&pointer) {
+        Ok(Some(p)) => p,
+        _ => data_dir.join("pg"),
+    }
+}
+
+/// `<checkout>-<data folder>-<8 hex>`: readable, and one per data folder (the
+/// hash is of its canonical path, so two checkouts never share a cluster and
+/// one always finds its own).
+fn cluster_folder_name(data_dir: &Path) -> String {
+    let clean = |p: Option<&Path>| -> String {
+        let name = p
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(32)
+            .collect();
+        name.trim_matches('_').to_owned()
+    };
+    let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let mut parts: Vec<String> = [clean(data_dir.parent()), clean(Some(data_dir))]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.is_empty() {
+        parts.push("authgate".to_owned());
+    }
+    parts.push(hex::encode(&digest[..4]));
+    parts.join("-")
+}
+
+/// Whether the account `u` can enter `dir` (every parent folder included), as
+/// the server will run: its uid and gid, no supplementary groups.
+fn can_enter(bin: &Path, u: &RunAs, dir: &Path) -> bool {
+    Command::new(bin.join("pg_ctl"))
+        .arg("--version")
+        .uid(u.uid)
+        .gid(u.gid)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Creates the state folder (root's, 0755) or checks the one there.
+fn ensure_state_dir(dir: &Path) -> Result<PathBuf, PrivatePgError> {
+    match fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err(dir))?
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Its parent is missing too (a bare system): make the chain.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io_err(dir))?;
+        }
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    let dir = fs::canonicalize(dir).map_err(io_err(dir))?;
+    check_state_dir(&dir)?;
+    Ok(dir)
+}
+
+/// The folder holding relocated clusters: root's, and no one else may create,
+/// rename or remove anything in it (they could swap a cluster folder).
+fn check_state_dir(dir: &Path) -> Result<(), PrivatePgError> {
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
+    let problem = if !meta.is_dir() {
+        Some("is not a folder".to_owned())
+    } else if uid != 0 {
+        Some(format!(
+            "belongs to {} (mode {mode:04o}), not to root",
+            account_name(uid)
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!(
+            "can be written by other accounts (mode {mode:04o})"
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(PrivatePgError::UnsafeFolder {
+            dir: dir.to_owned(),
+            problem,
+            fix: format!(
+                "it holds private PostgreSQL clusters the server's account cannot keep in \
+                 AUTHGATE_DATA_DIR: make it root's and 0755 (`chown root: {0} && chmod 0755 \
+                 {0}`) after checking what it holds, or set AUTHGATE_PG_STATE_DIR to another \
+                 folder",
+                dir.display()
+            ),
+        }),
+    }
+}
+
+/// The cluster folder named in `pg-location`, if the file is there. Only a file
+/// of root's that no other account can write counts: it says where the
+/// database is.
+fn read_location(path: &Path) -> Result<Option<PathBuf>, PrivatePgError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(PrivatePgError::BadLocationFile(path.to_owned()));
+    }
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let target = PathBuf::from(text.lines().next().unwrap_or("").trim());
+    if !target.is_absolute() || target.parent().is_none() {
+        return Err(PrivatePgError::BadLocationFile(path.to_owned()));
+    }
+    Ok(Some(target))
+}
+
+/// Writes `pg-location` (root's, 0644: it names a folder, no secret) whole or
+/// not at all.
+fn write_location(path: &Path, target: &Path) -> Result<(), PrivatePgError> {
+    // Two authgates starting at once write the same text: each its own file.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    writeln!(file, "{}", target.display())
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
 /// The superuser's password, when a file of ours holds one.
 fn read_password(path: &Path, owners: &[u32]) -> Result<Option<SecretString>, PrivatePgError> {
     let meta = match fs::metadata(path) {
@@ -784,5 +1047,34 @@ fn lookup_user(name: &str) -> Result<RunAs, PrivatePgError> {
             gid,
         }),
         _ => Err(PrivatePgError::NoUnprivilegedUser(name.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_folder_names_the_checkout_and_differs_per_data_folder() {
+        let a = cluster_folder_name(Path::new("/root/authgate/var"));
+        assert!(a.starts_with("authgate-var-"), "{a}");
+        assert_eq!(a.len(), "authgate-var-".len() + 8, "{a}");
+        assert!(a["authgate-var-".len()..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit()));
+        // Stable: the same data folder always gets the same name.
+        assert_eq!(a, cluster_folder_name(Path::new("/root/authgate/var")));
+        // Two checkouts of the same name never share one.
+        let b = cluster_folder_name(Path::new("/home/x/authgate/var"));
+        assert!(b.starts_with("authgate-var-") && a != b, "{a} {b}");
+        // Odd characters cannot climb out or hide the folder.
+        let odd = cluster_folder_name(Path::new("/srv/../my app/.data"));
+        assert!(
+            odd.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "{odd}"
+        );
+        assert!(odd.starts_with("my_app-data-"), "{odd}");
+        assert!(cluster_folder_name(Path::new("/")).starts_with("authgate-"));
     }
 }

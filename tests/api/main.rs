@@ -11,6 +11,7 @@ mod cli;
 mod contract;
 mod fake_twilio;
 mod fallbacks;
+mod first_run;
 mod http_envelope;
 mod issuing;
 mod jwks_verifier;
