@@ -436,14 +436,6 @@ fn database_url(name: &str) -> String {
     database_url_for(&cfg)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
     child: Child,
     port: u16,
@@ -476,26 +468,13 @@ impl Server {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let http = reqwest::Client::new();
-        loop {
-            if let Ok(r) = http
-                .get(format!("http://127.0.0.1:{}/readyz", self.port))
-                .send()
-                .await
-            {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "server exited early: {}",
-                self.output()
-            );
-            assert!(Instant::now() < deadline, "server not ready in 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::helpers::wait_ready(
+            &mut self.child,
+            self.port,
+            &self.log,
+            Duration::from_secs(60),
+        )
+        .await;
     }
 
     /// SIGTERM, then wait for a clean exit.

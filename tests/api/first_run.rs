@@ -35,14 +35,6 @@ fn has_pg_binaries() -> bool {
     authgate::store::private_pg::find_bin_dir().is_some()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A path under the temp folder, not created.
 fn temp_path(what: &str) -> PathBuf {
     std::env::temp_dir().join(format!("authgate-{what}-{}", uuid::Uuid::new_v4().simple()))
@@ -130,33 +122,6 @@ fn serve(cwd: &Path, port: u16, state_dir: &Path, log: &Path, as_user: Option<&s
         .unwrap()
 }
 
-/// Waits (90 s at most) until `/readyz` answers 200.
-async fn wait_ready(child: &mut Child, port: u16, log: &Path) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let ready = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            return;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "authgate exited: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "authgate not ready in 90 s: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn ada() -> Value {
     json!({
         "email": "ada@example.com",
@@ -205,7 +170,7 @@ async fn as_root_from_a_folder_postgres_cannot_enter_the_cluster_goes_to_the_sta
     cleanup
         .servers
         .push(serve(&checkout, port, &state, &log, None));
-    wait_ready(&mut cleanup.servers[0], port, &log).await;
+    wait_ready(&mut cleanup.servers[0], port, &log, Duration::from_secs(90)).await;
     let (status, body) = post(port, "/account/signup", &ada()).await;
     assert_eq!(status, 201, "{body}");
 
@@ -259,7 +224,13 @@ async fn as_root_from_a_folder_postgres_cannot_enter_the_cluster_goes_to_the_sta
     cleanup
         .servers
         .push(serve(&checkout, port, &state, &log2, None));
-    wait_ready(&mut cleanup.servers[0], port, &log2).await;
+    wait_ready(
+        &mut cleanup.servers[0],
+        port,
+        &log2,
+        Duration::from_secs(90),
+    )
+    .await;
     let (status, body) = post(
         port,
         "/account/login",
@@ -357,7 +328,7 @@ async fn as_an_ordinary_account_the_cluster_stays_in_var_pg() {
     cleanup
         .servers
         .push(serve(&checkout, port, &state, &log, Some(ORDINARY_USER)));
-    wait_ready(&mut cleanup.servers[0], port, &log).await;
+    wait_ready(&mut cleanup.servers[0], port, &log, Duration::from_secs(90)).await;
     let (status, body) = post(port, "/account/signup", &ada()).await;
     assert_eq!(status, 201, "{body}");
 

@@ -430,3 +430,45 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> V
     );
     body
 }
+
+/// A loopback port free when asked (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the `authgate` child on `port` answers `/readyz` with 200; fails
+/// with its log (`log`) if it exits first or is not ready within `limit`.
+pub async fn wait_ready(
+    child: &mut std::process::Child,
+    port: u16,
+    log: &std::path::Path,
+    limit: std::time::Duration,
+) {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "authgate exited: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "authgate not ready in {limit:?}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -7,20 +7,12 @@ use tokio_postgres::config::{Host, TargetSessionAttrs};
 
 use crate::helpers::*;
 
-/// A loopback port nothing listens on (bound, then released).
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `db`'s settings behind `dead` hosts that refuse connections.
 fn behind_dead_hosts(db: &tokio_postgres::Config, dead: usize) -> tokio_postgres::Config {
     let mut multi = tokio_postgres::Config::new();
     for _ in 0..dead {
-        multi.host("127.0.0.1").port(dead_port());
+        // Bound, then released: nothing listens there.
+        multi.host("127.0.0.1").port(free_port());
     }
     for (host, port) in db.get_hosts().iter().zip(db.get_ports()) {
         match host {

@@ -11,11 +11,13 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use authgate::store::private_pg::{find_bin_dir, PrivatePostgres, DATABASE, SUPERUSER};
 use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
+
+use crate::helpers::{free_port, wait_ready};
 
 const BIN: &str = env!("CARGO_BIN_EXE_authgate");
 /// A throwaway account that plays "authgate started by an ordinary user".
@@ -117,14 +119,6 @@ async fn can_connect(cfg: &tokio_postgres::Config) -> Result<(), tokio_postgres:
     client.simple_query("SELECT 1").await.map(|_| ())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Line 5 of postmaster.pid: the socket folder the server listens in.
 fn socket_dir_of(data: &Path) -> PathBuf {
     let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
@@ -167,25 +161,7 @@ async fn private_postgres_of_an_ordinary_account_refuses_other_accounts_and_conn
         .stderr(file)
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let ready = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "authgate exited: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        assert!(Instant::now() < deadline, "authgate not ready in 90 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&mut child, port, &log, Duration::from_secs(90)).await;
     // authgate itself connected (it is ready: migrations ran, the pool answers).
     let pg = var.join("pg");
     let socket_dir = socket_dir_of(&pg.join("data"));
