@@ -21,16 +21,6 @@ const LOAD_BIN: &str = env!("CARGO_BIN_EXE_authgate-load");
 /// A throwaway account for the ordinary-user start, removed at the end.
 const ORDINARY_USER: &str = "authgate-fr";
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").unwrap().uid() == 0
-}
-
-fn id_of(flag: &str, user: &str) -> u32 {
-    let out = Command::new("id").arg(flag).arg(user).output().unwrap();
-    assert!(out.status.success(), "no account {user}");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
 fn has_pg_binaries() -> bool {
     authgate::store::private_pg::find_bin_dir().is_some()
 }

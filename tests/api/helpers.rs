@@ -472,3 +472,20 @@ pub async fn wait_ready(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Whether the tests run as root (they do here and in CI).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// `id -u USER` or `id -g USER`: an account's numeric id.
+pub fn id_of(flag: &str, user: &str) -> u32 {
+    let out = std::process::Command::new("id")
+        .arg(flag)
+        .arg(user)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "no account {user}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

@@ -17,21 +17,11 @@ use authgate::store::private_pg::{find_bin_dir, PrivatePostgres, DATABASE, SUPER
 use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
 
-use crate::helpers::{free_port, wait_ready};
+use crate::helpers::{free_port, id_of, is_root, wait_ready};
 
 const BIN: &str = env!("CARGO_BIN_EXE_authgate");
 /// A throwaway account that plays "authgate started by an ordinary user".
 const ORDINARY_USER: &str = "authgate-it";
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").unwrap().uid() == 0
-}
-
-fn id_of(flag: &str, user: &str) -> u32 {
-    let out = Command::new("id").arg(flag).arg(user).output().unwrap();
-    assert!(out.status.success(), "no account {user}");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
 
 /// Creates the throwaway account once (several tests or runs may race).
 fn ensure_ordinary_user() {

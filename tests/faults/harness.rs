@@ -140,13 +140,7 @@ impl Env {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::helpers::free_port;
 
 /// One `authgate serve` child process. Killed (SIGKILL) when dropped.
 pub struct Server {
