@@ -32,7 +32,9 @@ else
   RUN_AS="$(id -un)"
   AS_OWNER=()
 fi
-as_owner() { "${AS_OWNER[@]}" "$@"; }
+# From / : the daemons and PostgreSQL's tools change back to the starting
+# folder, which postgres may not enter (a checkout under /root, a 0700 temp dir).
+as_owner() { (cd / && "${AS_OWNER[@]}" "$@"); }
 
 # start_daemon NAME LOGFILE CMD...: runs CMD in the background, detached, as the
 # owner, stdout+stderr appended to LOGFILE; the shell writes its own pid and
@@ -41,7 +43,7 @@ start_daemon() {
   local name=$1 log=$2; shift 2
   mkdir -p "$HA_DIR/run"
   # shellcheck disable=SC2016
-  setsid nohup "${AS_OWNER[@]}" sh -c 'echo $$ >"$0"; exec "$@"' "$HA_DIR/run/$name.pid" "$@" \
+  (cd / && exec setsid nohup "${AS_OWNER[@]}" sh -c 'echo $$ >"$0"; exec "$@"' "$HA_DIR/run/$name.pid" "$@") \
     </dev/null >>"$log" 2>&1 &
   local i
   for i in $(seq 50); do [ -s "$HA_DIR/run/$name.pid" ] && return 0; sleep 0.1; done
