@@ -389,12 +389,7 @@ async fn admin_subcommand_grants_and_revokes_the_role() {
 
 #[tokio::test]
 async fn migrate_subcommand_applies_the_schema() {
-    let admin = connect(&admin_config()).await;
-    let name = format!("authgate_test_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    let name = empty_database().await;
     let url = database_url(&name);
     let dir = temp_dir();
     let out = authgate(&dir)
@@ -422,7 +417,8 @@ async fn migrate_subcommand_applies_the_schema() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
-    admin
+    connect(&admin_config())
+        .await
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await
         .unwrap();

@@ -231,12 +231,7 @@ async fn with_row_locks_concurrent_issuing_keeps_one_live_code() {
 
 #[tokio::test]
 async fn migrations_run_twice_at_once_in_rows_mode_on_a_fresh_database() {
-    let admin = connect(&admin_config()).await;
-    let name = format!("authgate_test_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    let name = empty_database().await;
     let mut cfg = admin_config();
     cfg.dbname(&name);
     // Pools of one: the lock holder needs a connection of its own.

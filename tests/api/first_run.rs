@@ -271,16 +271,7 @@ fn create_ordinary_user() -> bool {
         .arg(ORDINARY_USER)
         .stderr(Stdio::null())
         .status();
-    Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-        ])
-        .arg(ORDINARY_USER)
-        .status()
-        .is_ok_and(|s| s.success())
+    add_system_user(ORDINARY_USER).success()
 }
 
 #[tokio::test]

@@ -489,3 +489,30 @@ pub fn id_of(flag: &str, user: &str) -> u32 {
     assert!(out.status.success(), "no account {user}");
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+/// An empty database (no schema) on the test server, for tests of migrating;
+/// its name. The caller drops it (`drop_database`).
+pub async fn empty_database() -> String {
+    let admin = connect(&admin_config()).await;
+    let name = format!("authgate_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    name
+}
+
+/// `useradd` of a system account `name` with no home and no login shell:
+/// the throwaway "ordinary user" of the tests that run authgate as one.
+pub fn add_system_user(name: &str) -> std::process::ExitStatus {
+    std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ])
+        .arg(name)
+        .status()
+        .unwrap()
+}

@@ -17,7 +17,7 @@ use authgate::store::private_pg::{find_bin_dir, PrivatePostgres, DATABASE, SUPER
 use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
 
-use crate::helpers::{free_port, id_of, is_root, wait_ready};
+use crate::helpers::{add_system_user, free_port, id_of, is_root, wait_ready};
 
 const BIN: &str = env!("CARGO_BIN_EXE_authgate");
 /// A throwaway account that plays "authgate started by an ordinary user".
@@ -34,16 +34,7 @@ fn ensure_ordinary_user() {
     {
         return;
     }
-    let status = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-        ])
-        .arg(ORDINARY_USER)
-        .status()
-        .unwrap();
+    let status = add_system_user(ORDINARY_USER);
     // 9: created meanwhile by someone else.
     assert!(
         status.success() || status.code() == Some(9),
