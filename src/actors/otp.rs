@@ -483,7 +483,8 @@ impl OtpService {
 
     /// [`OtpService::confirm`] for a change that binds a value of its own
     /// (`AccountChange::PhoneChanged`: the phone the caller saw;
-    /// `AccountChange::PasswordReset`: the new password's hash).
+    /// `AccountChange::PasswordReset`: the new password's hash;
+    /// `AccountChange::TwoFa`: the session to keep).
     pub async fn confirm_bound(
         &self,
         user_id: Uuid,

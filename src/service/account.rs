@@ -1,8 +1,8 @@
 //! Account changes confirmed by a code sent to the account's phone: verifying
 //! the phone, turning 2FA on and off. Each change commits in the statement that
-//! accepts the code (with its audit row); a 2FA change then ends the other
-//! sessions, opened under the old rule. Turning 2FA on also stores a new set of
-//! recovery codes in that statement, and turning it off deletes them there.
+//! accepts the code (with its audit row); a 2FA change also ends the other
+//! sessions, opened under the old rule, there. Turning 2FA on also stores a new
+//! set of recovery codes in that statement, and turning it off deletes them.
 
 use uuid::Uuid;
 
@@ -13,7 +13,6 @@ use crate::domain::phone::PhoneE164;
 use crate::domain::user::User;
 use crate::error::{AppError, StateConflict};
 use crate::service::codes::{check_failure, code_lock_started};
-use crate::service::session::end_other_sessions;
 use crate::state::AppState;
 use crate::store::otp::CheckOutcome;
 use crate::store::users::AccountChange;
@@ -120,10 +119,16 @@ pub async fn confirm_code(
         client,
         recovery_set,
     };
-    let (outcome, updated) = state
-        .otp()
-        .confirm(user_id, action.purpose(), code, confirms)
-        .await?;
+    let otp = state.otp();
+    let purpose = action.purpose();
+    let (outcome, updated) = match (change, keep_session) {
+        // A 2FA change ends the other sessions in its statement, all but this one.
+        (AccountChange::TwoFa(_), Some(keep)) => {
+            otp.confirm_bound(user_id, purpose, code, confirms, keep.to_string())
+                .await?
+        }
+        _ => otp.confirm(user_id, purpose, code, confirms).await?,
+    };
     if outcome != CheckOutcome::Accepted {
         code_lock_started(user_id, outcome);
         return Err(check_failure(outcome, state.clock().now()));
@@ -142,8 +147,8 @@ pub async fn confirm_code(
         (None, _) => return Err(AppError::InvalidToken),
     };
     if let AccountChange::TwoFa(_) = change {
-        // A session opened under the old rule must not outlive the change.
-        end_other_sessions(state, user.id, keep_session).await?;
+        // The statement ended the other sessions and told the other processes.
+        state.revocations().forget(user.id);
     }
     tracing::info!(user_id = %user.id, purpose = action.purpose().as_str(), "code confirmed");
     Ok(Confirmed {

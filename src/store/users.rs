@@ -82,8 +82,7 @@ impl AccountChange {
                      WHERE other.phone = u.phone AND other.phone_verified
                        AND other.id <> u.id)",
             ),
-            AccountChange::TwoFa(true) => plain(&[("two_fa", "true")], "u.phone_verified"),
-            AccountChange::TwoFa(false) => plain(&[("two_fa", "false")], "true"),
+            AccountChange::TwoFa(on) => two_fa(on),
             // Same rule as verifying: refused while another account has the
             // new number verified (and the unique index settles a race).
             AccountChange::PhoneChanged => ChangeSql {
@@ -137,6 +136,51 @@ impl AccountChange {
                 notifies: true,
             },
         }
+    }
+}
+
+/// Turning 2FA on or off ends every other session, opened under the old rule,
+/// in the statement that applies the change: a connection lost after the
+/// commit cannot leave the change made and the old sessions alive (the
+/// retry answers `code_used`, and nothing would end them then). `$14` is the
+/// session to keep, the caller's, as text; NULL keeps none and fences every
+/// access token issued until now, as `revoke_other_sessions` does. Other
+/// processes are told only when a session or token ended.
+fn two_fa(on: bool) -> ChangeSql {
+    const FENCE_UNLESS_KEPT: (&str, &str) = (
+        "tokens_valid_after",
+        "CASE WHEN $14::text IS NULL THEN greatest(u.tokens_valid_after, $5)
+              ELSE u.tokens_valid_after END",
+    );
+    ChangeSql {
+        sets: if on {
+            &[("two_fa", "true"), FENCE_UNLESS_KEPT]
+        } else {
+            &[("two_fa", "false"), FENCE_UNLESS_KEPT]
+        },
+        guard: if on { "u.phone_verified" } else { "true" },
+        detail: "$13",
+        effect: ", ended AS (
+                     UPDATE sessions SET revoked_at = $5
+                     WHERE user_id = $1 AND revoked_at IS NULL
+                       AND id IS DISTINCT FROM $14::text::uuid
+                       AND EXISTS (SELECT 1 FROM changed)
+                     RETURNING id
+                 ), retired AS (
+                     UPDATE refresh_tokens SET revoked_at = $5
+                     WHERE user_id = $1 AND revoked_at IS NULL
+                       AND family_id IS DISTINCT FROM $14::text::uuid
+                       AND EXISTS (SELECT 1 FROM changed)
+                     RETURNING id
+                 ), told AS (
+                     SELECT pg_notify({channel}, $1::text) FROM changed
+                     WHERE {channel}::text IS NOT NULL
+                       AND ($14::text IS NULL OR EXISTS (SELECT 1 FROM ended)
+                            OR EXISTS (SELECT 1 FROM retired))
+                 )",
+        outputs: ", (SELECT count(*) FROM told) AS told",
+        binds: true,
+        notifies: true,
     }
 }
 

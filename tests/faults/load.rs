@@ -135,11 +135,26 @@ impl Client {
         token: Option<&str>,
         body: &Value,
     ) -> Result<(u16, Value), String> {
+        let (s, v, _) = self.post_retried(path, token, body).await?;
+        Ok((s, v))
+    }
+
+    /// [`Client::post_retry`], also saying whether an earlier try was cut
+    /// short (a 503 or a lost connection: it may have committed).
+    pub async fn post_retried(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Result<(u16, Value, bool), String> {
         let deadline = Instant::now() + STEP_LIMIT;
+        let mut cut_short = false;
         loop {
             match self.post(path, token, body).await {
-                Answer::Ok(s, v) => return Ok((s, v)),
+                Answer::Ok(s, v) => return Ok((s, v, cut_short)),
                 Answer::Transient(kind) => {
+                    // A refused connection never reached authgate.
+                    cut_short |= kind != "connect";
                     self.note_transient(format!("{path}: {kind}"));
                     if Instant::now() > deadline {
                         return Err(format!("{path}: still {kind} after {STEP_LIMIT:?}"));
@@ -216,13 +231,19 @@ impl Client {
         self.step(send_path, Some(&user.access), &json!({}), 202)
             .await?;
         let code = newest_code(fake, &user.phone, before).await?;
-        self.step(
-            confirm_path,
-            Some(&user.access),
-            &json!({ "code": code }),
-            200,
-        )
-        .await?;
+        let (s, v, cut_short) = self
+            .post_retried(confirm_path, Some(&user.access), &json!({ "code": code }))
+            .await?;
+        match (s, v["code"].as_str()) {
+            (200, _) => {}
+            // README "Retrying after a 503": the first try committed; the
+            // account shows the change.
+            (410, Some("code_used")) if cut_short => {
+                self.shows_change(user, purpose).await?;
+                self.note_transient(format!("{confirm_path}: 410 code_used after a cut try"));
+            }
+            (s, c) => return Err(format!("{confirm_path}: {s} {}", c.unwrap_or(""))),
+        }
         self.accepted(Accepted {
             user: user.clone(),
             purpose,
@@ -230,6 +251,39 @@ impl Client {
             flow_id: None,
         });
         Ok(())
+    }
+
+    /// The change a confirm of `purpose` makes is on the account, as
+    /// `GET /account/me` shows it (retried while transient).
+    async fn shows_change(&self, user: &User, purpose: &str) -> Result<(), String> {
+        let field = match purpose {
+            "phone_verify" => "isPhoneVerified",
+            "enable_2fa" => "twoFA",
+            other => return Err(format!("no account field shows {other}")),
+        };
+        let deadline = Instant::now() + STEP_LIMIT;
+        loop {
+            let base = self.targets.pick();
+            let r = self
+                .http
+                .get(format!("{base}/api/v1/account/me"))
+                .bearer_auth(&user.access)
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() != 503 => {
+                    let (s, v) = status_json(r).await;
+                    return match (s, &v[field]) {
+                        (200, Value::Bool(true)) => Ok(()),
+                        _ => Err(format!("me after code_used: {s} {field} = {}", v[field])),
+                    };
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(format!("me: still failing after {STEP_LIMIT:?}"))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     fn accepted(&self, a: Accepted) {
