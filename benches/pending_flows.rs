@@ -124,8 +124,9 @@ async fn start_capture(count: Arc<AtomicU64>) -> Result<SocketAddr, BoxError> {
                 warp::http::StatusCode::CREATED,
             )
         });
-    let (addr, server) = warp::serve(route).try_bind_ephemeral(([127, 0, 0, 1], 0))?;
-    tokio::spawn(server);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(warp::serve(route).incoming(listener).run());
     Ok(addr)
 }
 

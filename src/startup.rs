@@ -208,14 +208,21 @@ impl Application {
         crate::actors::flow::start_sweeper(&state).await?;
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let (addr, serve) = warp::serve(routes::app(state.clone()))
-            .try_bind_with_graceful_shutdown(addr, {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("could not listen on {addr}: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("could not read the bound address of {addr}: {e}"))?;
+        let serve = warp::serve(routes::app(state.clone()))
+            .incoming(listener)
+            .graceful({
                 let mut rx = stop_rx.clone();
                 async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 }
             })
-            .map_err(|e| format!("could not listen on {addr}: {e}"))?;
+            .run();
         state.set_bound(addr);
         let server = async move {
             let serve = tokio::spawn(serve);

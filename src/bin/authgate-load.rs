@@ -373,10 +373,13 @@ async fn start_capture(
             });
             warp::reply::with_status(warp::reply::json(&resource), StatusCode::CREATED)
         });
-    let (addr, server) = warp::serve(route)
-        .try_bind_ephemeral(([127, 0, 0, 1], port))
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
         .map_err(|e| format!("capture endpoint: cannot bind 127.0.0.1:{port}: {e}"))?;
-    tokio::spawn(server);
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("capture endpoint: {e}"))?;
+    tokio::spawn(warp::serve(route).incoming(listener).run());
     Ok(addr)
 }
 

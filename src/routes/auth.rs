@@ -255,7 +255,7 @@ async fn logout(state: AppState, headers: warp::http::HeaderMap, body: bytes::By
 }
 
 fn no_content() -> warp::reply::Response {
-    let mut r = warp::reply::Response::new(warp::hyper::Body::empty());
+    let mut r = warp::reply::Response::default();
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }

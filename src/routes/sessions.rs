@@ -62,7 +62,7 @@ pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
 }
 
 fn no_content() -> warp::reply::Response {
-    let mut r = warp::reply::Response::new(warp::hyper::Body::empty());
+    let mut r = warp::reply::Response::default();
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }

@@ -153,11 +153,11 @@ impl FakeTwilio {
                     async move { handle(inner, changed, sid, auth, ctype, form).await }
                 })
         };
-        let (addr, server) = warp::serve(route)
-            .bind_with_graceful_shutdown(([127, 0, 0, 1], 0), async {
-                std::future::pending::<()>().await
-            });
-        let server = tokio::spawn(server);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(warp::serve(route).incoming(listener).run());
         FakeTwilio {
             addr,
             inner,

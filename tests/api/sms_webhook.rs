@@ -158,12 +158,14 @@ impl Receiver {
                     }
                 })
         };
-        let (addr, server) = warp::serve(route)
-            .bind_with_graceful_shutdown(([127, 0, 0, 1], 0), std::future::pending::<()>());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
         Receiver {
             addr,
             inner,
-            server: tokio::spawn(server),
+            server: tokio::spawn(warp::serve(route).incoming(listener).run()),
         }
     }
 
