@@ -83,6 +83,8 @@ pub struct Confirms {
     /// The keyed hashes the account's recovery codes become when the change
     /// applies (see `OnAccept::recovery_set`).
     pub recovery_set: Option<Vec<Vec<u8>>>,
+    /// For a change that ends the other sessions: the caller's, which goes on.
+    pub keep: Option<Uuid>,
 }
 
 /// Settings the shards share.
@@ -181,6 +183,7 @@ impl Actor for OtpActor {
                     },
                     recovery_set: c.recovery_set.as_deref(),
                     bound: bound.as_deref(),
+                    keep: c.keep,
                 });
                 let result = s
                     .store
@@ -483,8 +486,7 @@ impl OtpService {
 
     /// [`OtpService::confirm`] for a change that binds a value of its own
     /// (`AccountChange::PhoneChanged`: the phone the caller saw;
-    /// `AccountChange::PasswordReset`: the new password's hash;
-    /// `AccountChange::TwoFa`: the session to keep).
+    /// `AccountChange::PasswordReset`: the new password's hash).
     pub async fn confirm_bound(
         &self,
         user_id: Uuid,

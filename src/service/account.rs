@@ -118,17 +118,12 @@ pub async fn confirm_code(
         audit: kind,
         client,
         recovery_set,
+        keep: keep_session,
     };
-    let otp = state.otp();
-    let purpose = action.purpose();
-    let (outcome, updated) = match (change, keep_session) {
-        // A 2FA change ends the other sessions in its statement, all but this one.
-        (AccountChange::TwoFa(_), Some(keep)) => {
-            otp.confirm_bound(user_id, purpose, code, confirms, keep.to_string())
-                .await?
-        }
-        _ => otp.confirm(user_id, purpose, code, confirms).await?,
-    };
+    let (outcome, updated) = state
+        .otp()
+        .confirm(user_id, action.purpose(), code, confirms)
+        .await?;
     if outcome != CheckOutcome::Accepted {
         code_lock_started(user_id, outcome);
         return Err(check_failure(outcome, state.clock().now()));

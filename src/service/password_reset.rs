@@ -131,6 +131,7 @@ pub async fn confirm(
         audit: AuditKind::PasswordReset,
         client,
         recovery_set: None,
+        keep: None,
     };
     let (outcome, updated) = state
         .otp()

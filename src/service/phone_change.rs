@@ -1,8 +1,8 @@
 //! Changing the account's phone number (issue 16, item 2): a code goes to the
 //! new number; the right code switches to exactly that number, verified, in the
 //! statement that accepts it (with its audit row), so the number cannot change
-//! without its code and the code cannot be used without the change. Then the
-//! old number is told by SMS and every other session ends.
+//! without its code and the code cannot be used without the change; every
+//! other session ends in that statement too. Then the old number is told by SMS.
 
 use uuid::Uuid;
 
@@ -16,7 +16,7 @@ use crate::error::{AppError, StateConflict};
 use crate::service::account::current_user;
 use crate::service::codes::{check_failure, code_lock_started};
 use crate::service::notice::{self, Notice};
-use crate::service::session::{end_other_sessions, require_step_up};
+use crate::service::session::require_step_up;
 use crate::state::AppState;
 use crate::store::otp::CheckOutcome;
 use crate::store::users::AccountChange;
@@ -73,6 +73,7 @@ pub async fn confirm(
         audit: AuditKind::PhoneChanged,
         client,
         recovery_set: None,
+        keep,
     };
     // Bound to the number read here: the notice goes to the number the change
     // replaced, never to one another request put in between.
@@ -135,6 +136,7 @@ pub async fn confirm(
         )
         .await;
     }
-    end_other_sessions(state, user.id, keep).await?;
+    // The statement ended the other sessions and told the other processes.
+    state.revocations().forget(user.id);
     Ok(user)
 }

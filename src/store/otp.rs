@@ -89,6 +89,10 @@ pub struct OnAccept<'a> {
     pub recovery_set: Option<&'a [Vec<u8>]>,
     /// The change's own parameter (`$14`), for the changes that bind one.
     pub bound: Option<&'a str>,
+    /// For a change that ends the other sessions: the caller's, which goes
+    /// on (`None`: every session ends and every access token issued so far
+    /// is fenced).
+    pub keep: Option<Uuid>,
 }
 
 /// The result of checking a submitted code.
@@ -388,19 +392,30 @@ impl Store {
             Some(_) => base.iter().chain(&effect[..2]).copied().collect(),
             None => base.to_vec(),
         };
+        let ends_sessions = on_accept.is_some_and(|a| a.change.sql().ends_other_sessions);
         let channel_at = match on_accept {
-            Some(a) if a.change.sql().notifies => {
+            Some(a) if a.change.sql().notifies || ends_sessions => {
                 params.push(&channel);
                 Some(params.len())
             }
             _ => None,
         };
+        let keep = on_accept.and_then(|a| a.keep);
+        let keep_at = ends_sessions.then(|| {
+            params.push(&keep);
+            params.len()
+        });
         // The recovery set is the statement's last parameter, whichever came before.
         let recovery_at = recovery_set.map(|_| params.len() + 1);
         if let Some(set) = &recovery_set {
             params.push(set);
         }
-        let sql = check_sql(on_accept.map(|a| a.change), channel_at, recovery_at);
+        let sql = check_sql(
+            on_accept.map(|a| a.change),
+            channel_at,
+            keep_at,
+            recovery_at,
+        );
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &params)
             .await?;
@@ -582,7 +597,10 @@ const ISSUE_SQL: &str = "WITH seen AS (
 /// seconds, $9 the asker's IP, $10 user agent, $11 the detail of a wrong code's
 /// event (purpose, flow); with a change also $12 its audit kind and $13 detail,
 /// and for some changes $14 (`AccountChange::sql`); then, for a change that
-/// notifies, the revocation channel at `channel_at` (NULL: no notification).
+/// notifies or ends the other sessions, the revocation channel at
+/// `channel_at` (NULL: no notification); then, for a change that ends the
+/// other sessions, the session to keep at `keep_at` (NULL: none, and every
+/// access token issued so far is fenced).
 ///
 /// Why it holds under concurrency: `gate` is `FOR UPDATE`, so a second check of
 /// the same account waits there and then reads the row as the first left it
@@ -597,19 +615,37 @@ const ISSUE_SQL: &str = "WITH seen AS (
 fn check_sql(
     change: Option<AccountChange>,
     channel_at: Option<usize>,
+    keep_at: Option<usize>,
     recovery_at: Option<usize>,
 ) -> String {
     let (change_set, applied, effect, columns) = match change {
         Some(change) => {
             let c = change.sql();
             let when = format!("tried.new_state = 'used' AND {}", c.guard);
+            // Keeping no session fences every access token issued until now,
+            // as `Store::revoke_other_sessions` does.
+            let fence = keep_at.map(|at| {
+                (
+                    "tokens_valid_after",
+                    format!(
+                        "CASE WHEN ${at}::uuid IS NULL THEN greatest(u.tokens_valid_after, $5)
+                              ELSE u.tokens_valid_after END"
+                    ),
+                )
+            });
             let sets: String = c
                 .sets
                 .iter()
+                .map(|(column, value)| (*column, (*value).to_owned()))
+                .chain(fence)
                 .map(|(column, value)| {
                     format!(", {column} = CASE WHEN {when} THEN {value} ELSE u.{column} END")
                 })
                 .collect();
+            let ends = match (keep_at, channel_at) {
+                (Some(keep), Some(channel)) => ends_other_sessions(keep, channel),
+                _ => String::new(),
+            };
             (
                 format!(
                     "{sets},
@@ -629,9 +665,17 @@ fn check_sql(
                     match channel_at {
                         Some(at) => c.effect.replace("{channel}", &format!("${at}")),
                         None => c.effect.to_owned(),
+                    } + &ends
+                ),
+                format!(
+                    ", changed.*{}{}",
+                    c.outputs,
+                    if ends.is_empty() {
+                        ""
+                    } else {
+                        ", (SELECT count(*) FROM told_ended) AS told_ended"
                     }
                 ),
-                format!(", changed.*{}", c.outputs),
             )
         }
         None => (String::new(), String::new(), String::new(), String::new()),
@@ -705,6 +749,34 @@ fn check_sql(
                 (SELECT count(*) FROM failed) AS failed_events{columns}
          FROM gate LEFT JOIN latest ON true LEFT JOIN tried ON true
               LEFT JOIN settled ON true{join}"
+    )
+}
+
+/// The CTEs that end every other session of the changed account (all but
+/// `$keep`) in the check's statement, and tell the other processes
+/// (`$channel`, NULL when nobody listens) only when a session or refresh
+/// token ended or every token was fenced: a NOTIFY makes PostgreSQL commit
+/// the transaction in line with every other notifying one, and a change of an
+/// account with no other session, the common case, changes nothing another
+/// process caches.
+fn ends_other_sessions(keep: usize, channel: usize) -> String {
+    format!(
+        ", sessions_ended AS (
+             UPDATE sessions SET revoked_at = $5
+             WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM ${keep}::uuid
+               AND EXISTS (SELECT 1 FROM changed)
+             RETURNING id
+         ), tokens_ended AS (
+             UPDATE refresh_tokens SET revoked_at = $5
+             WHERE user_id = $1 AND revoked_at IS NULL AND family_id IS DISTINCT FROM ${keep}::uuid
+               AND EXISTS (SELECT 1 FROM changed)
+             RETURNING id
+         ), told_ended AS (
+             SELECT pg_notify(${channel}, $1::text) FROM changed
+             WHERE ${channel}::text IS NOT NULL
+               AND (${keep}::uuid IS NULL OR EXISTS (SELECT 1 FROM sessions_ended)
+                    OR EXISTS (SELECT 1 FROM tokens_ended))
+         )"
     )
 }
 

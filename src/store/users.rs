@@ -12,10 +12,12 @@ use crate::domain::user::{NewUser, User};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountChange {
     PhoneVerified,
+    /// 2FA on (it needs a verified phone) or off; ends the other sessions.
     TwoFa(bool),
     /// The phone becomes the number the code was sent to (`otp_codes.target_phone`),
     /// verified. Binds `$14`: the phone the caller saw, which must still be the
     /// account's (so the notice of the change goes to the number it replaced).
+    /// Ends the other sessions.
     PhoneChanged,
     /// A new password (`$14`, its hash); login lockouts cleared; every session,
     /// refresh token and access token of the account ended.
@@ -41,6 +43,12 @@ pub(super) struct ChangeSql {
     /// channel `{channel}`, replaced by a parameter that is NULL when the store
     /// sends no notifications (`DATABASE_LISTEN_URL=off`).
     pub notifies: bool,
+    /// Whether an applied change ends every session of the account but the
+    /// caller's (`OnAccept::keep`), in the same statement (see
+    /// `store::otp::check_sql`): a connection lost after the commit cannot
+    /// leave the change made and the sessions of the old rule alive (the
+    /// retry answers `code_used`, and nothing would end them then).
+    pub ends_other_sessions: bool,
 }
 
 /// A number as `PhoneE164::masked` shows it, in SQL (for audit details).
@@ -74,6 +82,7 @@ impl AccountChange {
             outputs: "",
             binds: false,
             notifies: false,
+            ends_other_sessions: false,
         };
         match self {
             AccountChange::PhoneVerified => plain(
@@ -82,7 +91,12 @@ impl AccountChange {
                      WHERE other.phone = u.phone AND other.phone_verified
                        AND other.id <> u.id)",
             ),
-            AccountChange::TwoFa(on) => two_fa(on),
+            AccountChange::TwoFa(on) => ChangeSql {
+                sets: if on { &[("two_fa", "true")] } else { &[("two_fa", "false")] },
+                guard: if on { "u.phone_verified" } else { "true" },
+                ends_other_sessions: true,
+                ..plain(&[], "true")
+            },
             // Same rule as verifying: refused while another account has the
             // new number verified (and the unique index settles a race).
             AccountChange::PhoneChanged => ChangeSql {
@@ -103,6 +117,7 @@ impl AccountChange {
                 outputs: "",
                 binds: true,
                 notifies: false,
+                ends_other_sessions: true,
             },
             AccountChange::PasswordReset => ChangeSql {
                 sets: &[
@@ -134,53 +149,9 @@ impl AccountChange {
                 outputs: ", (SELECT count(*) FROM told) AS told",
                 binds: true,
                 notifies: true,
+                ends_other_sessions: false,
             },
         }
-    }
-}
-
-/// Turning 2FA on or off ends every other session, opened under the old rule,
-/// in the statement that applies the change: a connection lost after the
-/// commit cannot leave the change made and the old sessions alive (the
-/// retry answers `code_used`, and nothing would end them then). `$14` is the
-/// session to keep, the caller's, as text; NULL keeps none and fences every
-/// access token issued until now, as `revoke_other_sessions` does. Other
-/// processes are told only when a session or token ended.
-fn two_fa(on: bool) -> ChangeSql {
-    const FENCE_UNLESS_KEPT: (&str, &str) = (
-        "tokens_valid_after",
-        "CASE WHEN $14::text IS NULL THEN greatest(u.tokens_valid_after, $5)
-              ELSE u.tokens_valid_after END",
-    );
-    ChangeSql {
-        sets: if on {
-            &[("two_fa", "true"), FENCE_UNLESS_KEPT]
-        } else {
-            &[("two_fa", "false"), FENCE_UNLESS_KEPT]
-        },
-        guard: if on { "u.phone_verified" } else { "true" },
-        detail: "$13",
-        effect: ", ended AS (
-                     UPDATE sessions SET revoked_at = $5
-                     WHERE user_id = $1 AND revoked_at IS NULL
-                       AND id IS DISTINCT FROM $14::text::uuid
-                       AND EXISTS (SELECT 1 FROM changed)
-                     RETURNING id
-                 ), retired AS (
-                     UPDATE refresh_tokens SET revoked_at = $5
-                     WHERE user_id = $1 AND revoked_at IS NULL
-                       AND family_id IS DISTINCT FROM $14::text::uuid
-                       AND EXISTS (SELECT 1 FROM changed)
-                     RETURNING id
-                 ), told AS (
-                     SELECT pg_notify({channel}, $1::text) FROM changed
-                     WHERE {channel}::text IS NOT NULL
-                       AND ($14::text IS NULL OR EXISTS (SELECT 1 FROM ended)
-                            OR EXISTS (SELECT 1 FROM retired))
-                 )",
-        outputs: ", (SELECT count(*) FROM told) AS told",
-        binds: true,
-        notifies: true,
     }
 }
 

@@ -191,3 +191,27 @@ pub async fn enable_2fa_with_codes(app: &TestApp, fake: &FakeTwilio, a: &Account
     assert_eq!(body["isPhoneVerified"], true, "{body}");
     strings(&body["recoveryCodes"])
 }
+
+/// The account's ended sessions ended in the statement that made its latest
+/// change (one transaction, one time: `users.updated_at`), so no connection
+/// lost after the change's commit can leave them alive.
+pub async fn sessions_ended_by_the_change(app: &TestApp, user_id: &str) {
+    let db = app.db_client().await;
+    let id: uuid::Uuid = user_id.parse().unwrap();
+    let row = db
+        .query_one(
+            "SELECT (SELECT updated_at FROM users WHERE id = $1),
+                    (SELECT array_agg(DISTINCT revoked_at) FROM sessions
+                     WHERE user_id = $1 AND revoked_at IS NOT NULL)",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let changed: chrono::DateTime<chrono::Utc> = row.get(0);
+    let ended: Option<Vec<chrono::DateTime<chrono::Utc>>> = row.get(1);
+    assert_eq!(
+        ended,
+        Some(vec![changed]),
+        "sessions ended apart from the change"
+    );
+}

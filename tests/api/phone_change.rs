@@ -105,6 +105,8 @@ async fn a_change_switches_to_the_new_number_tells_the_old_one_and_ends_other_se
     // A revoked refresh token answers as a reused one (as after a 2FA change).
     expect_error(r, 401, "refresh_token_reused").await;
 
+    sessions_ended_by_the_change(&app, &a.id).await;
+
     // The code is spent: a second confirm changes nothing.
     expect_error(confirm(&app, &a.access, &code).await, 410, "code_used").await;
 

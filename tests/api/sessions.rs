@@ -88,22 +88,7 @@ async fn a_password_only_refresh_token_from_before_2fa_is_refused_after_enabling
     // The session that turned 2FA on (it proved the SMS code) goes on.
     assert_eq!(me_status(&app, &a.access).await, 200);
     refreshed(&app, &a.refresh).await;
-    // The old session ended in the statement that turned 2FA on (one
-    // transaction, one time), so no lost connection can split the two.
-    let db = app.db_client().await;
-    let id: uuid::Uuid = a.id.parse().unwrap();
-    let row = db
-        .query_one(
-            "SELECT (SELECT updated_at FROM users WHERE id = $1),
-                    (SELECT array_agg(DISTINCT revoked_at) FROM sessions
-                     WHERE user_id = $1 AND revoked_at IS NOT NULL)",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    let changed: chrono::DateTime<chrono::Utc> = row.get(0);
-    let ended: Vec<chrono::DateTime<chrono::Utc>> = row.get(1);
-    assert_eq!(ended, vec![changed], "sessions ended apart from the change");
+    sessions_ended_by_the_change(&app, &a.id).await;
 }
 
 #[tokio::test]
