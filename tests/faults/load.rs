@@ -237,14 +237,14 @@ impl Client {
                 v["code"].as_str().unwrap_or("")
             ));
         }
-        let mut codes = vec![newest_code(fake, &user.phone, before).await?];
+        let mut codes = vec![newest_code_for(fake, &user.phone, before, text_of(purpose)).await?];
         if send_cut {
             // README "Retrying after a 503": the retry of a send whose first
             // try committed sends a new code and supersedes the first, and the
             // two texts may arrive in either order. Like a user holding two,
             // try each, newest first.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            codes = codes_since(fake, &user.phone, before);
+            codes = codes_since(fake, &user.phone, before, text_of(purpose));
         }
         let mut refused = String::new();
         for code in codes {
@@ -360,12 +360,15 @@ impl Client {
         }
         let flow = v["flowId"].as_str().unwrap_or_default().to_owned();
         self.record.lock().unwrap().flows_started.push(flow.clone());
-        let newest = newest_code(fake, &user.phone, before).await?;
+        let newest = newest_code_for(fake, &user.phone, before, text_of("login_2fa")).await?;
         if !cut {
             return Ok((flow, vec![newest]));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        Ok((flow, codes_since(fake, &user.phone, before)))
+        Ok((
+            flow,
+            codes_since(fake, &user.phone, before, text_of("login_2fa")),
+        ))
     }
 
     /// Submits a login flow's code; records it when tokens come back.
@@ -425,13 +428,26 @@ fn code_in(body: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The codes `phone` received after its first `before` messages, newest first.
-fn codes_since(fake: &FakeTwilio, phone: &str, before: usize) -> Vec<String> {
+/// Words only the English text of a code for `purpose` has: a text of an
+/// earlier step sent again after a fault (at-least-once delivery) is not
+/// taken for this step's.
+fn text_of(purpose: &str) -> &'static str {
+    match purpose {
+        "phone_verify" => "verify your phone",
+        "enable_2fa" => "turn on two-factor",
+        _ => "sign in",
+    }
+}
+
+/// The codes for `text_of` a purpose that `phone` received after its first
+/// `before` messages, newest first.
+fn codes_since(fake: &FakeTwilio, phone: &str, before: usize, text: &str) -> Vec<String> {
     let mut codes: Vec<String> = fake
         .messages()
         .into_iter()
         .filter(|m| m.to == phone)
         .skip(before)
+        .filter(|m| m.body.contains(text))
         .filter_map(|m| code_in(&m.body))
         .collect();
     codes.reverse();
@@ -439,6 +455,17 @@ fn codes_since(fake: &FakeTwilio, phone: &str, before: usize) -> Vec<String> {
 }
 
 pub async fn newest_code(fake: &FakeTwilio, phone: &str, before: usize) -> Result<String, String> {
+    newest_code_for(fake, phone, before, "").await
+}
+
+/// The code of the newest message to `phone` after its first `before` that
+/// contains `text`, waiting for one up to `CODE_WAIT`.
+async fn newest_code_for(
+    fake: &FakeTwilio,
+    phone: &str,
+    before: usize,
+    text: &str,
+) -> Result<String, String> {
     let deadline = Instant::now() + CODE_WAIT;
     loop {
         let body = fake
@@ -446,6 +473,7 @@ pub async fn newest_code(fake: &FakeTwilio, phone: &str, before: usize) -> Resul
             .into_iter()
             .filter(|m| m.to == phone)
             .skip(before)
+            .filter(|m| m.body.contains(text))
             .last()
             .map(|m| m.body);
         if let Some(body) = body {
