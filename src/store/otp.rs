@@ -393,13 +393,10 @@ impl Store {
             None => base.to_vec(),
         };
         let ends_sessions = on_accept.is_some_and(|a| a.change.sql().ends_other_sessions);
-        let channel_at = match on_accept {
-            Some(a) if a.change.sql().notifies || ends_sessions => {
-                params.push(&channel);
-                Some(params.len())
-            }
-            _ => None,
-        };
+        let channel_at = ends_sessions.then(|| {
+            params.push(&channel);
+            params.len()
+        });
         let keep = on_accept.and_then(|a| a.keep);
         let keep_at = ends_sessions.then(|| {
             params.push(&keep);
@@ -597,9 +594,8 @@ const ISSUE_SQL: &str = "WITH seen AS (
 /// seconds, $9 the asker's IP, $10 user agent, $11 the detail of a wrong code's
 /// event (purpose, flow); with a change also $12 its audit kind and $13 detail,
 /// and for some changes $14 (`AccountChange::sql`); then, for a change that
-/// notifies or ends the other sessions, the revocation channel at
-/// `channel_at` (NULL: no notification); then, for a change that ends the
-/// other sessions, the session to keep at `keep_at` (NULL: none, and every
+/// ends the other sessions, the revocation channel at `channel_at` (NULL: no
+/// notification) and the session to keep at `keep_at` (NULL: none, and every
 /// access token issued so far is fenced).
 ///
 /// Why it holds under concurrency: `gate` is `FOR UPDATE`, so a second check of
@@ -662,20 +658,14 @@ fn check_sql(
                          SELECT id, $12, $9::text::inet, $10, {}, $5 FROM changed
                      ){}",
                     c.detail,
-                    match channel_at {
-                        Some(at) => c.effect.replace("{channel}", &format!("${at}")),
-                        None => c.effect.to_owned(),
-                    } + &ends
+                    c.effect.to_owned() + &ends
                 ),
-                format!(
-                    ", changed.*{}{}",
-                    c.outputs,
-                    if ends.is_empty() {
-                        ""
-                    } else {
-                        ", (SELECT count(*) FROM told_ended) AS told_ended"
-                    }
-                ),
+                // A CTE that only reads runs only if read.
+                if ends.is_empty() {
+                    ", changed.*".to_owned()
+                } else {
+                    ", changed.*, (SELECT count(*) FROM told_ended) AS told_ended".to_owned()
+                },
             )
         }
         None => (String::new(), String::new(), String::new(), String::new()),

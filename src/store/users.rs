@@ -35,16 +35,11 @@ pub(super) struct ChangeSql {
     pub detail: &'static str,
     /// More CTEs, run only when the change is applied (they read `changed`).
     pub effect: &'static str,
-    /// More columns of the answer (a CTE that only reads runs only if read).
-    pub outputs: &'static str,
     /// Whether the statement binds `$14`.
     pub binds: bool,
-    /// Whether `effect` notifies the revocation channel: it then names the
-    /// channel `{channel}`, replaced by a parameter that is NULL when the store
-    /// sends no notifications (`DATABASE_LISTEN_URL=off`).
-    pub notifies: bool,
     /// Whether an applied change ends every session of the account but the
-    /// caller's (`OnAccept::keep`), in the same statement (see
+    /// caller's (`OnAccept::keep`; every one when that is None) and tells the
+    /// other processes, in the same statement (see
     /// `store::otp::check_sql`): a connection lost after the commit cannot
     /// leave the change made and the sessions of the old rule alive (the
     /// retry answers `code_used`, and nothing would end them then).
@@ -79,9 +74,7 @@ impl AccountChange {
             guard,
             detail: "$13",
             effect: "",
-            outputs: "",
             binds: false,
-            notifies: false,
             ends_other_sessions: false,
         };
         match self {
@@ -92,7 +85,11 @@ impl AccountChange {
                        AND other.id <> u.id)",
             ),
             AccountChange::TwoFa(on) => ChangeSql {
-                sets: if on { &[("two_fa", "true")] } else { &[("two_fa", "false")] },
+                sets: if on {
+                    &[("two_fa", "true")]
+                } else {
+                    &[("two_fa", "false")]
+                },
                 guard: if on { "u.phone_verified" } else { "true" },
                 ends_other_sessions: true,
                 ..plain(&[], "true")
@@ -114,9 +111,7 @@ impl AccountChange {
                     ")"
                 ),
                 effect: "",
-                outputs: "",
                 binds: true,
-                notifies: false,
                 ends_other_sessions: true,
             },
             AccountChange::PasswordReset => ChangeSql {
@@ -125,31 +120,18 @@ impl AccountChange {
                     ("locked_until", "NULL"),
                     ("login_failures", "'{}'::timestamptz[]"),
                     ("login_lockouts", "0"),
-                    ("tokens_valid_after", "$5"),
                 ],
                 guard: "true",
                 detail: "$13",
-                effect: ", ended AS (
-                         UPDATE sessions SET revoked_at = $5
-                         WHERE user_id = $1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM changed)
-                         RETURNING id
-                     ), retired AS (
-                         UPDATE refresh_tokens SET revoked_at = $5
-                         WHERE user_id = $1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM changed)
-                         RETURNING id
-                     ), unlocked AS (
+                // Every session ends (no session is kept: `OnAccept::keep` is None).
+                effect: ", unlocked AS (
                          UPDATE device_tokens
                          SET login_failures = '{}', login_lockouts = 0, locked_until = NULL
                          WHERE user_id = $1 AND EXISTS (SELECT 1 FROM changed)
                          RETURNING id
-                     ), told AS (
-                         SELECT pg_notify({channel}, $1::text) FROM changed
-                         WHERE {channel}::text IS NOT NULL
                      )",
-                outputs: ", (SELECT count(*) FROM told) AS told",
                 binds: true,
-                notifies: true,
-                ends_other_sessions: false,
+                ends_other_sessions: true,
             },
         }
     }

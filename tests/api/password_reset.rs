@@ -120,6 +120,7 @@ async fn a_reset_sets_the_password_ends_every_session_and_clears_the_lockout() {
     for refresh in [&a.refresh, &refresh2] {
         assert_eq!(refresh_status(&app, refresh).await, 401);
     }
+    sessions_ended_by_the_change(&app, &a.id).await;
     // Tokens minted in the reset's own instant are refused too; later ones work.
     app.clock.advance(Duration::from_secs(1));
     expect_error(
