@@ -13,7 +13,7 @@ use warp::{Filter, Rejection};
 
 use super::errors::{concat, server, too_many};
 use super::limits::{limit, RouteClass};
-use super::{client_info, json, with_state, Outcome};
+use super::{client_info, json, no_content, with_state, Outcome};
 use crate::audit::ClientInfo;
 use crate::domain::FieldError;
 use crate::error::AppError;
@@ -176,10 +176,4 @@ pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
         _ => return None,
     };
     Some(errors)
-}
-
-fn no_content() -> warp::reply::Response {
-    let mut r = warp::reply::Response::default();
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
 }

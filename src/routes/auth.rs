@@ -9,7 +9,7 @@ use warp::{Filter, Rejection};
 
 use super::body::{json_object, Fields};
 use super::errors::{body_read, concat, json_body, missing, server, too_many};
-use super::{json, with_state, Outcome};
+use super::{json, no_content, with_state, Outcome};
 use crate::audit::{AuditKind, ClientInfo};
 use crate::clock::after;
 use crate::error::AppError;
@@ -252,10 +252,4 @@ async fn logout(state: AppState, headers: warp::http::HeaderMap, body: bytes::By
     let user = authenticate(&state, &headers).await?;
     end_other_sessions(&state, user.id, None).await?;
     Ok(no_content())
-}
-
-fn no_content() -> warp::reply::Response {
-    let mut r = warp::reply::Response::default();
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
 }

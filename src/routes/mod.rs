@@ -415,3 +415,10 @@ fn clone_client_error(e: &AppError) -> AppError {
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
+
+/// An empty `204 No Content` reply.
+pub fn no_content() -> Response {
+    let mut r = Response::default();
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}

@@ -7,7 +7,7 @@ use warp::Filter;
 
 use super::auth::{bearer, AuthUser};
 use super::errors::{concat, server};
-use super::{json, with_state, Outcome};
+use super::{json, no_content, with_state, Outcome};
 use crate::error::AppError;
 use crate::service::session::{end_other_sessions, end_session, list_sessions, EndedBody};
 use crate::state::AppState;
@@ -59,10 +59,4 @@ pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
         _ => return None,
     };
     Some(errors)
-}
-
-fn no_content() -> warp::reply::Response {
-    let mut r = warp::reply::Response::default();
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
 }
