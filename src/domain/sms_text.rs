@@ -84,7 +84,7 @@ fn parse_q(v: &str) -> Option<u16> {
 }
 
 /// What the shipped text says the code is for.
-fn action(locale: Locale, purpose: Purpose) -> &'static str {
+pub fn action(locale: Locale, purpose: Purpose) -> &'static str {
     use Purpose::*;
     match (locale, purpose) {
         (Locale::En, PhoneVerify) => "verify your phone",

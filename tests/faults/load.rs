@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use authgate::domain::otp::Purpose;
+use authgate::domain::sms_text::{action, Locale};
 use serde_json::{json, Value};
 
 use crate::fake_twilio::FakeTwilio;
@@ -420,7 +422,6 @@ pub fn count_to(fake: &FakeTwilio, phone: &str) -> usize {
     fake.messages().iter().filter(|m| m.to == phone).count()
 }
 
-/// The code in the newest message to `phone` once more than `before` arrived.
 /// The code in an SMS body.
 fn code_in(body: &str) -> Option<String> {
     body.split(|c: char| !c.is_ascii_digit())
@@ -428,15 +429,12 @@ fn code_in(body: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Words only the English text of a code for `purpose` has: a text of an
-/// earlier step sent again after a fault (at-least-once delivery) is not
-/// taken for this step's.
+/// What the shipped English text of a code for `purpose` (`Purpose::as_str`)
+/// says it is for: a text of an earlier step sent again after a fault
+/// (at-least-once delivery) is not taken for this step's.
 fn text_of(purpose: &str) -> &'static str {
-    match purpose {
-        "phone_verify" => "verify your phone",
-        "enable_2fa" => "turn on two-factor",
-        _ => "sign in",
-    }
+    let purpose = Purpose::parse(purpose).unwrap_or_else(|| panic!("no purpose {purpose}"));
+    action(Locale::En, purpose)
 }
 
 /// The codes for `text_of` a purpose that `phone` received after its first
@@ -454,6 +452,7 @@ fn codes_since(fake: &FakeTwilio, phone: &str, before: usize, text: &str) -> Vec
     codes
 }
 
+/// The code in the newest message to `phone` once more than `before` arrived.
 pub async fn newest_code(fake: &FakeTwilio, phone: &str, before: usize) -> Result<String, String> {
     newest_code_for(fake, phone, before, "").await
 }
