@@ -14,7 +14,7 @@ use super::errors::{
     code_gone, code_locked, concat, json_body, missing, overloaded, server, sms_refusals, too_many,
 };
 use super::limits::{limit, RouteClass};
-use super::{client_info, json, with_state, Outcome};
+use super::{any_of, client_info, json, with_state, Outcome, Route};
 use crate::audit::{self, AuditKind, ClientInfo};
 use crate::domain::email::Email;
 use crate::domain::login_flow::{self, Event, Reply};
@@ -29,9 +29,7 @@ use crate::service::account::{self, CodeAction};
 use crate::service::session::issue_tokens;
 use crate::state::AppState;
 
-pub fn routes(
-    state: AppState,
-) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     let signup = warp::path!("account" / "signup")
         .and(warp::post())
         .and(limit(state.limits(), RouteClass::Signup))
@@ -67,6 +65,7 @@ pub fn routes(
             .then(move |user: AuthUser, state: AppState, client| async move {
                 send_code(state, client, user, action).await
             })
+            .boxed()
     };
     // "Confirm with a code" endpoints: `{ "code": "123456" }`.
     let confirm = |path: warp::filters::BoxedFilter<()>, action: CodeAction| {
@@ -81,6 +80,7 @@ pub fn routes(
                     confirm_code(state, client, user, action, body).await
                 },
             )
+            .boxed()
     };
     let phone_send = send(
         warp::path!("account" / "phone" / "verify" / "send").boxed(),
@@ -128,29 +128,20 @@ pub fn routes(
         .and(with_state(state.clone()))
         .and(client_info(state.clone()))
         .then(|body, state, client| async move { login_resend(state, client, body).await });
-    signup
-        .or(login)
-        .unify()
-        .or(login_verify)
-        .unify()
-        .or(login_resend)
-        .unify()
-        .or(me)
-        .unify()
-        .or(audit_trail)
-        .unify()
-        .or(phone_send)
-        .unify()
-        .or(phone_confirm)
-        .unify()
-        .or(enable)
-        .unify()
-        .or(enable_confirm)
-        .unify()
-        .or(disable)
-        .unify()
-        .or(disable_confirm)
-        .unify()
+    any_of([
+        signup.boxed(),
+        login.boxed(),
+        login_verify.boxed(),
+        login_resend.boxed(),
+        me.boxed(),
+        audit_trail.boxed(),
+        phone_send,
+        phone_confirm,
+        enable,
+        enable_confirm,
+        disable,
+        disable_confirm,
+    ])
 }
 
 /// The errors each route of this module may answer (see `super::errors`):

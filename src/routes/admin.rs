@@ -8,12 +8,13 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
+use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
-use warp::{Filter, Rejection};
+use warp::Filter;
 
 use super::errors::{concat, server, too_many};
 use super::limits::{limit, RouteClass};
-use super::{client_info, json, no_content, with_state, Outcome};
+use super::{any_of, client_info, json, no_content, with_state, Route};
 use crate::audit::ClientInfo;
 use crate::domain::FieldError;
 use crate::error::AppError;
@@ -70,7 +71,7 @@ async fn check_admin(
 
 /// The admin guard: the route class's rate limit, then the caller. Put it
 /// after path and method matching, so unknown routes stay 404.
-fn guard(state: AppState) -> impl Filter<Extract = (Admin,), Error = Rejection> + Clone {
+fn guard(state: AppState) -> BoxedFilter<(Admin,)> {
     limit(state.limits(), RouteClass::Admin)
         .and(warp::header::headers_cloned())
         .and(client_info(state.clone()))
@@ -82,9 +83,10 @@ fn guard(state: AppState) -> impl Filter<Extract = (Admin,), Error = Rejection> 
                     .map_err(warp::reject::custom)
             },
         )
+        .boxed()
 }
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     let list = warp::path!("admin" / "users")
         .and(warp::get())
         .and(guard(state.clone()))
@@ -138,16 +140,14 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
             let body = admin::reset_two_fa(&state, &admin, id).await?;
             Ok(json(StatusCode::OK, &body))
         });
-    list.or(show)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(ban)
-        .unify()
-        .or(unban)
-        .unify()
-        .or(reset)
-        .unify()
+    any_of([
+        list.boxed(),
+        show.boxed(),
+        delete.boxed(),
+        ban.boxed(),
+        unban.boxed(),
+        reset.boxed(),
+    ])
 }
 
 /// The errors each route of this module may answer (see `super::errors`).

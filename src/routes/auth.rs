@@ -4,12 +4,13 @@
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
+use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::{Filter, Rejection};
+use warp::Filter;
 
 use super::body::{json_object, Fields};
 use super::errors::{body_read, concat, json_body, missing, server, too_many};
-use super::{json, no_content, with_state, Outcome};
+use super::{any_of, json, no_content, with_state, Outcome, Route};
 use crate::audit::{AuditKind, ClientInfo};
 use crate::clock::after;
 use crate::error::AppError;
@@ -29,7 +30,7 @@ pub struct AuthUser {
 
 /// Requires `Authorization: Bearer <access token>`; rejects with 401 `invalid_token`.
 /// Put it after path and method matching, so unknown routes stay 404.
-pub fn bearer(state: AppState) -> impl Filter<Extract = (AuthUser,), Error = Rejection> + Clone {
+pub fn bearer(state: AppState) -> BoxedFilter<(AuthUser,)> {
     warp::header::headers_cloned()
         .and(with_state(state))
         .and_then(
@@ -39,6 +40,7 @@ pub fn bearer(state: AppState) -> impl Filter<Extract = (AuthUser,), Error = Rej
                     .map_err(warp::reject::custom)
             },
         )
+        .boxed()
 }
 
 /// Checks the bearer token: signature, claims, expiry, then revocation (a
@@ -88,7 +90,7 @@ pub(super) async fn verify_access_token(
     })
 }
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     let refresh = warp::path!("auth" / "refresh")
         .and(warp::post())
         // A refresh token is a secret a script could guess, like a code.
@@ -106,7 +108,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Outcome,), Error = Reje
         .and(super::body::bytes_capped())
         .and(with_state(state))
         .then(|headers, body, state| async move { logout(state, headers, body).await });
-    refresh.or(logout).unify()
+    any_of([refresh.boxed(), logout.boxed()])
 }
 
 /// The errors each route of this module may answer (see `super::errors`).

@@ -8,15 +8,16 @@
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::{Map, Value};
+use warp::filters::BoxedFilter;
 use warp::http::HeaderMap;
-use warp::{Filter, Rejection};
+use warp::Filter;
 
 use super::MAX_BODY_BYTES;
 use crate::domain::FieldError;
 use crate::error::AppError;
 
 /// Extracts the request body as a JSON object, or rejects with 415, 413/411 or 400.
-pub fn json_object() -> impl Filter<Extract = (Map<String, Value>,), Error = Rejection> + Clone {
+pub fn json_object() -> BoxedFilter<(Map<String, Value>,)> {
     warp::header::headers_cloned()
         .and_then(|headers: HeaderMap| async move {
             if is_json(&headers) {
@@ -34,10 +35,11 @@ pub fn json_object() -> impl Filter<Extract = (Map<String, Value>,), Error = Rej
                 .map_err(warp::reject::custom)?;
             parse_object(&bytes).map_err(warp::reject::custom)
         })
+        .boxed()
 }
 
 /// The raw body, capped like `json_object` (for endpoints whose body is optional).
-pub fn bytes_capped() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+pub fn bytes_capped() -> BoxedFilter<(Bytes,)> {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .and_then(|declared: Option<u64>, body| async move {
@@ -45,6 +47,7 @@ pub fn bytes_capped() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Cl
                 .await
                 .map_err(warp::reject::custom)
         })
+        .boxed()
 }
 
 /// Reads the body up to `MAX_BODY_BYTES`, chunked or not: a declared length over

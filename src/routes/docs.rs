@@ -42,7 +42,7 @@ use warp::Filter;
 use super::account::{AuditTrailBody, CodeSentBody, OtpRequiredBody};
 use super::health::{HealthBody, ReadyBody};
 use super::well_known::{JwksBody, OpenIdConfigurationBody};
-use super::{json, ErrorBody, Outcome, ROUTES};
+use super::{json, ErrorBody, Route, ROUTES};
 use crate::crypto::Jwk;
 use crate::domain::user::User;
 use crate::domain::FieldError;
@@ -1494,13 +1494,12 @@ pub fn errors(method: &str, path: &str) -> Option<Vec<AppError>> {
 
 /// `GET /openapi.json` under `/api/v1`. The document is built once, at start,
 /// for the running `OTP_LENGTH`.
-pub fn routes(
-    otp_length: u8,
-) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(otp_length: u8) -> Route {
     let doc = document_json_for(otp_length);
     warp::path!("openapi.json")
         .and(warp::get())
         .map(move || Ok(json(StatusCode::OK, &doc)))
+        .boxed()
 }
 
 #[cfg(test)]

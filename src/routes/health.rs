@@ -4,7 +4,7 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::Filter;
 
-use super::{json, with_state, Outcome};
+use super::{any_of, json, with_state, Route};
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is alive.
@@ -32,9 +32,7 @@ pub fn errors(method: &str, path: &str) -> Option<Vec<crate::error::AppError>> {
     }
 }
 
-pub fn routes(
-    state: AppState,
-) -> impl warp::Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| Ok(json(StatusCode::OK, &HealthBody { status: "ok" })));
@@ -56,5 +54,5 @@ pub fn routes(
                 },
             ))
         });
-    healthz.or(readyz).unify()
+    any_of([healthz.boxed(), readyz.boxed()])
 }

@@ -14,7 +14,7 @@ use super::errors::{
     code_gone, code_locked, concat, json_body, missing, overloaded, server, sms_refusals, too_many,
 };
 use super::limits::{limit, RouteClass};
-use super::{client_info, json, with_state, Outcome};
+use super::{any_of, client_info, json, with_state, Outcome, Route};
 use crate::audit::ClientInfo;
 use crate::domain::email::Email;
 use crate::domain::password::Password;
@@ -25,9 +25,7 @@ use crate::service::password_reset::{self, Identifier};
 use crate::service::phone_change;
 use crate::state::AppState;
 
-pub fn routes(
-    state: AppState,
-) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     let change =
         warp::path!("account" / "phone" / "change")
             .and(warp::post())
@@ -63,13 +61,12 @@ pub fn routes(
         .and(with_state(state.clone()))
         .and(client_info(state.clone()))
         .then(|body, state, client| async move { reset_confirm(state, client, body).await });
-    change
-        .or(change_confirm)
-        .unify()
-        .or(reset)
-        .unify()
-        .or(reset_confirm)
-        .unify()
+    any_of([
+        change.boxed(),
+        change_confirm.boxed(),
+        reset.boxed(),
+        reset_confirm.boxed(),
+    ])
 }
 
 /// The errors each route of this module may answer (see `super::errors`).

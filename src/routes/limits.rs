@@ -29,9 +29,10 @@ use governor::nanos::Nanos;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
+use warp::filters::BoxedFilter;
 use warp::http::header::HeaderName;
 use warp::http::HeaderMap;
-use warp::{Filter, Rejection};
+use warp::Filter;
 
 use crate::config::{Rate, RateLimitConfig};
 use crate::error::AppError;
@@ -316,10 +317,7 @@ impl LocalLimits {
 
 /// Counts the request against `class`, after path and method matched (so unknown
 /// routes stay 404 and a wrong method stays 405), before anything costly runs.
-pub fn limit(
-    limits: &LocalLimits,
-    class: RouteClass,
-) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+pub fn limit(limits: &LocalLimits, class: RouteClass) -> BoxedFilter<()> {
     let limits = limits.clone();
     warp::addr::remote()
         .and(warp::header::headers_cloned())
@@ -328,6 +326,7 @@ pub fn limit(
             async move { outcome.map_err(warp::reject::custom) }
         })
         .untuple_one()
+        .boxed()
 }
 
 /// The client's address: with a trusted proxy header, the address exactly

@@ -12,7 +12,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::limits::RouteClass;
-use super::{with_state, Outcome};
+use super::{with_state, Route};
 use crate::metrics::{Live, CONTENT_TYPE};
 use crate::state::AppState;
 
@@ -20,13 +20,12 @@ use crate::state::AppState;
 /// 10 s scrape timeout.
 const OUTBOX_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub fn routes(
-    state: AppState,
-) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     warp::path!("metrics")
         .and(warp::get())
         .and(with_state(state))
         .then(|state: AppState| async move { Ok(scrape(&state).await) })
+        .boxed()
 }
 
 async fn scrape(state: &AppState) -> Response {

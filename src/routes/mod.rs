@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
+use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -124,9 +125,7 @@ fn is_sane_request_id(id: &str) -> bool {
 }
 
 /// The caller's address (see `limits::client_ip`) and user agent, for audit.
-pub fn client_info(
-    state: AppState,
-) -> impl Filter<Extract = (ClientInfo,), Error = Infallible> + Clone {
+pub fn client_info(state: AppState) -> BoxedFilter<(ClientInfo,)> {
     warp::addr::remote()
         .and(warp::header::headers_cloned())
         .and(with_state(state))
@@ -150,6 +149,27 @@ pub fn client_info(
                 }
             },
         )
+        .boxed()
+}
+
+/// One endpoint (or a group of them), boxed. Routes are combined with
+/// [`any_of`], never by chaining `.or()` over unboxed filters: such a chain
+/// nests one type per route, and normalising those types was most of the
+/// crate's compile time (issue 20). Boxing costs an allocation per route
+/// tried, nothing next to the request's database round trip.
+pub type Route = BoxedFilter<(Outcome,)>;
+
+/// The first of `routes` that matches, tried in order (as chained `.or()`s
+/// are), its rejection merged with the others' like `.or()` merges them.
+pub fn any_of<const N: usize>(routes: [Route; N]) -> Route {
+    routes
+        .into_iter()
+        .reduce(|tried, next| tried.or(next).unify().boxed())
+        .unwrap_or_else(|| {
+            warp::any()
+                .and_then(|| async { Err::<Outcome, Rejection>(warp::reject::not_found()) })
+                .boxed()
+        })
 }
 
 /// Shares the application state with handlers.
@@ -163,39 +183,27 @@ pub fn with_state(
 pub fn app(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let registry = state.metrics().clone();
     let tally = errors::tally(&state);
-    // Boxing each group keeps the composed filter type shallow: without it the
-    // compiler's trait solver overflows its recursion limit on the whole tree.
-    let api = warp::path!("api" / "v1" / ..).and(
-        account::routes(state.clone())
-            .boxed()
-            .or(auth::routes(state.clone()).boxed())
-            .unify()
-            .or(sessions::routes(state.clone()).boxed())
-            .unify()
-            .or(webhooks::routes(state.clone()).boxed())
-            .unify()
-            .or(recovery::routes(state.clone()).boxed())
-            .unify()
-            .or(docs::routes(state.config().otp_length).boxed())
-            .unify()
-            .or(lifecycle::routes(state.clone()).boxed())
-            .unify()
-            .or(admin::routes(state.clone()).boxed())
-            .unify()
-            .boxed(),
-    );
-    let routes = api
-        .or(health::routes(state.clone()))
-        .unify()
-        .or(well_known::routes(state.clone()))
-        .unify()
-        .or(metrics::routes(state))
-        .unify()
-        // After a route matched, handlers never reject; what reaches here is
-        // warp's own refusal (no route, wrong method, body problems).
-        .or_else(|rejection: Rejection| async move {
-            Ok::<(Outcome,), Infallible>((Err(from_rejection(rejection)),))
-        });
+    let api = warp::path!("api" / "v1" / ..).and(any_of([
+        account::routes(state.clone()),
+        auth::routes(state.clone()),
+        sessions::routes(state.clone()),
+        webhooks::routes(state.clone()),
+        recovery::routes(state.clone()),
+        docs::routes(state.config().otp_length),
+        lifecycle::routes(state.clone()),
+        admin::routes(state.clone()),
+    ]));
+    let routes = any_of([
+        api.boxed(),
+        health::routes(state.clone()),
+        well_known::routes(state.clone()),
+        metrics::routes(state),
+    ])
+    // After a route matched, handlers never reject; what reaches here is
+    // warp's own refusal (no route, wrong method, body problems).
+    .or_else(|rejection: Rejection| async move {
+        Ok::<(Outcome,), Infallible>((Err(from_rejection(rejection)),))
+    });
     request_ctx()
         .and(routes)
         .map(move |ctx, outcome| finish(&registry, &tally, ctx, outcome))

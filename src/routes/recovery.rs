@@ -8,14 +8,12 @@ use warp::Filter;
 use super::auth::{bearer, AuthUser};
 use super::errors::{concat, server, too_many};
 use super::limits::{limit, RouteClass};
-use super::{client_info, json, with_state, Outcome};
+use super::{client_info, json, with_state, Route};
 use crate::audit::ClientInfo;
 use crate::error::{AppError, StateConflict};
 use crate::state::AppState;
 
-pub fn routes(
-    state: AppState,
-) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     warp::path!("account" / "2fa" / "recovery-codes")
         .and(warp::post())
         // A new set is a secret-bearing answer: held to the code-check budget.
@@ -31,6 +29,7 @@ pub fn routes(
                 Ok(json(StatusCode::OK, &body))
             },
         )
+        .boxed()
 }
 
 /// The errors of `POST /account/2fa/recovery-codes` (see `super::errors`).

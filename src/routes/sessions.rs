@@ -7,14 +7,12 @@ use warp::Filter;
 
 use super::auth::{bearer, AuthUser};
 use super::errors::{concat, server};
-use super::{json, no_content, with_state, Outcome};
+use super::{any_of, json, no_content, with_state, Route};
 use crate::error::AppError;
 use crate::service::session::{end_other_sessions, end_session, list_sessions, EndedBody};
 use crate::state::AppState;
 
-pub fn routes(
-    state: AppState,
-) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     let list = warp::path!("account" / "sessions")
         .and(warp::get())
         .and(bearer(state.clone()))
@@ -42,7 +40,7 @@ pub fn routes(
             let ended = end_other_sessions(&state, user.id, user.claims.sid).await?;
             Ok(json(StatusCode::OK, &EndedBody { ended }))
         });
-    end_others.or(list).unify().or(end_one).unify()
+    any_of([end_others.boxed(), list.boxed(), end_one.boxed()])
 }
 
 /// The errors each route of this module may answer (see `super::errors`).

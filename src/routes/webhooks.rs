@@ -16,7 +16,7 @@ use warp::reply::Reply;
 use warp::Filter;
 
 use super::errors::{concat, server};
-use super::{with_state, Outcome, MAX_BODY_BYTES};
+use super::{with_state, Outcome, Route, MAX_BODY_BYTES};
 use crate::domain::FieldError;
 use crate::error::AppError;
 use crate::sms::{delivery_rank, signature};
@@ -25,9 +25,7 @@ use crate::store::outbox::DeliveryUpdate;
 
 pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
 
-pub fn routes(
-    state: AppState,
-) -> impl Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     warp::path!("webhooks" / "twilio" / "status")
         .and(warp::post())
         .and(warp::header::optional::<String>(SIGNATURE_HEADER))
@@ -37,6 +35,7 @@ pub fn routes(
         .then(|signature: Option<String>, form, state| async move {
             twilio_status(state, signature, form).await
         })
+        .boxed()
 }
 
 /// The errors of the status callback (see `super::errors`). Its form body is

@@ -7,7 +7,7 @@ use serde::Serialize;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::Filter;
 
-use super::{json, with_state, Outcome};
+use super::{any_of, json, with_state, Route};
 use crate::crypto::Jwk;
 use crate::state::AppState;
 
@@ -72,9 +72,7 @@ pub fn errors(method: &str, path: &str) -> Option<Vec<crate::error::AppError>> {
     }
 }
 
-pub fn routes(
-    state: AppState,
-) -> impl warp::Filter<Extract = (Outcome,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> Route {
     let jwks = warp::path!(".well-known" / "jwks.json")
         .and(warp::get())
         .and(with_state(state.clone()))
@@ -103,5 +101,5 @@ pub fn routes(
             };
             Ok(cached(json(StatusCode::OK, &body), &state))
         });
-    jwks.or(discovery).unify()
+    any_of([jwks.boxed(), discovery.boxed()])
 }
