@@ -17,8 +17,6 @@
 //! every layer; [`config`] the typed configuration; [`error`] the one error type;
 //! [`sms`] sending one SMS (Twilio or the console) and the retry policy.
 
-#![recursion_limit = "256"]
-
 pub mod actors;
 pub mod audit;
 pub mod clock;
