@@ -203,24 +203,35 @@ fn quota(limit: i32) -> Quota {
     }
 }
 
-async fn take_all(
+/// Sends at `now` from `workers` concurrent senders per store, each asking
+/// until the quota refuses it, as a busy process does. Returns the units used.
+///
+/// A sender stops only when its store had no unit left and the counter had
+/// no room, and a sender that is granted a block goes on to use it, so no
+/// store is left holding units: what the senders used is what was counted.
+async fn take_until_refused(
     stores: &[Store],
-    attempts: usize,
+    workers: usize,
     q: &Quota,
     now: chrono::DateTime<Utc>,
 ) -> usize {
-    let tries = (0..attempts).map(|i| {
-        let store = stores[i % stores.len()].clone();
-        let q = q.clone();
-        async move {
-            let client = store.client().await.unwrap();
-            match store.take_unit(&client, &q, now).await.unwrap() {
-                Ok(_) => 1,
-                Err(_) => 0,
+    let senders = stores.iter().flat_map(|store| {
+        (0..workers).map(move |_| {
+            let store = store.clone();
+            let q = q.clone();
+            async move {
+                let mut used = 0;
+                loop {
+                    let client = store.client().await.unwrap();
+                    match store.take_unit(&client, &q, now).await.unwrap() {
+                        Ok(_) => used += 1,
+                        Err(_) => return used,
+                    }
+                }
             }
-        }
+        })
     });
-    join_all(tries).await.into_iter().sum()
+    join_all(senders).await.into_iter().sum()
 }
 
 async fn counter(db: &tokio_postgres::Client, window: chrono::DateTime<Utc>) -> i32 {
@@ -246,38 +257,42 @@ async fn blocks_of_a_shared_quota_never_pass_its_ceiling_across_processes() {
     let now = window + chrono::Duration::seconds(1);
     let q = quota(limit);
 
-    let used = take_all(&stores, 1000, &q, now).await;
-    let counted = counter(&db, window).await;
+    // Eight senders per process at once: blocks shrink to single units near
+    // the ceiling, so the ceiling is reached exactly and never passed.
+    let used = take_until_refused(&stores, 8, &q, now).await;
     let held: i32 = stores.iter().map(|s| s.units_held(&q.key)).sum();
-    assert!(
-        counted <= limit,
-        "counted {counted} over the ceiling {limit}"
-    );
-    assert_eq!(
-        used as i32 + held,
-        counted,
-        "units used and held are the count"
-    );
-    // Near the ceiling blocks shrink to single units: little is left stranded.
-    assert!(
-        used as i32 >= limit - 8,
-        "only {used} of {limit} used, {held} held"
-    );
+    assert_eq!(held, 0, "a process still asking kept units unused");
+    assert_eq!(counter(&db, window).await, limit);
+    assert_eq!(used, limit as usize, "units used are the count");
 
-    // What a process holds unused goes back to the counter once idle, and the
-    // other process can then have it.
+    // A process that stops asking holds the rest of its block only until it
+    // is idle: then the units go back to the counter, and the other process
+    // can have them. (An hour on: a new window with an empty previous one.)
+    let later = window + chrono::Duration::hours(1);
+    let client = stores[0].client().await.unwrap();
+    stores[0]
+        .take_unit(&client, &q, later)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(client);
+    assert_eq!(stores[0].units_held(&q.key), 9, "a block of 10, one used");
+    assert_eq!(counter(&db, later).await, 10);
     tokio::time::sleep(authgate::store::reserved::HOLD + Duration::from_millis(100)).await;
+    let mut returned = 0;
     for s in &stores {
-        s.return_idle_units(now).await.unwrap();
+        returned += s.return_idle_units(later).await.unwrap();
     }
-    assert_eq!(counter(&db, window).await, used as i32);
-    let more = take_all(&stores[..1], 100, &q, now).await;
+    assert_eq!(returned, 9);
+    assert_eq!(stores[0].units_held(&q.key), 0);
+    assert_eq!(counter(&db, later).await, 1);
+    let more = take_until_refused(&stores[1..], 8, &q, later).await;
     assert_eq!(
-        used + more,
-        limit as usize,
+        more,
+        limit as usize - 1,
         "the returned units were not reusable"
     );
-    assert_eq!(counter(&db, window).await, limit);
+    assert_eq!(counter(&db, later).await, limit);
 }
 
 #[tokio::test]
@@ -299,13 +314,10 @@ async fn a_block_respects_the_sliding_estimate_of_the_previous_window() {
     .unwrap();
     // Half-way through the minute, half of the previous one still counts.
     let now = window + chrono::Duration::seconds(30);
-    let used = take_all(&stores, 1000, &quota(limit), now).await;
+    let used = take_until_refused(&stores, 8, &quota(limit), now).await;
     let counted = counter(&db, window).await;
-    assert!(
-        counted <= 320,
-        "counted {counted}: the previous window was ignored"
-    );
-    assert!(used >= 310, "only {used} admitted of a room of 320");
+    assert_eq!(counted, 320, "the previous window's half was not counted");
+    assert_eq!(used, 320, "units used are the count");
     // A unit a send could not use goes back to this process's block.
     let later = window + chrono::Duration::minutes(5);
     let client = stores[0].client().await.unwrap();
