@@ -436,24 +436,41 @@ async fn run_migrations(client: &mut deadpool_postgres::Object) -> Result<usize,
 
 /// `CREATE TABLE IF NOT EXISTS` is not safe against itself: two processes
 /// creating the table at once can both pass the check, and the loser fails on
-/// the catalog's unique index (23505) or as a duplicate (42P07). Either means
-/// the table now exists.
+/// the catalog's unique index (23505), as a duplicate table (42P07), or on
+/// the table's row type, which is created first (42710, "type already
+/// exists"). Each means the table now exists.
 async fn create_lock_table(client: &tokio_postgres::Client) -> Result<(), StoreError> {
     match client.batch_execute(LOCK_ROWS_DDL).await {
         Ok(()) => Ok(()),
-        Err(e)
-            if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-                || e.code() == Some(&SqlState::DUPLICATE_TABLE) =>
-        {
-            Ok(())
-        }
+        Err(e) if e.code().is_some_and(lost_a_creation_race) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The errors of a `CREATE … IF NOT EXISTS` that another session's identical
+/// statement beat to the catalog.
+fn lost_a_creation_race(code: &SqlState) -> bool {
+    [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::DUPLICATE_TABLE,
+        SqlState::DUPLICATE_OBJECT,
+    ]
+    .contains(code)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn losing_a_create_if_not_exists_race_counts_as_created() {
+        for code in ["23505", "42P07", "42710"] {
+            assert!(lost_a_creation_race(&SqlState::from_code(code)), "{code}");
+        }
+        for code in ["42P01", "40001", "53300"] {
+            assert!(!lost_a_creation_race(&SqlState::from_code(code)), "{code}");
+        }
+    }
 
     #[test]
     fn failover_and_conflict_errors_are_unavailable() {
