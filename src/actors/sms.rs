@@ -56,6 +56,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -829,7 +830,7 @@ fn judge(ctx: &BatchCtx, msg: &ClaimedSms, attempts: u32, outcome: SendOutcome) 
     };
     let why = failure.describe();
     let class = retry::classify(&failure);
-    let jitter: f64 = rand::random();
+    let jitter: f64 = rand::rngs::OsRng.gen();
     match retry::decide(&ctx.policy, class, attempts, now, msg.expires_at, jitter) {
         Decision::Retry { at } => {
             SmsMetrics::bump(&ctx.shared.metrics.retried);

@@ -364,7 +364,7 @@ async fn start_capture(
             };
             let (to, body) = (field("To"), field("Body"));
             capture.record(to, body, otp_length);
-            let msid = format!("SM{:032x}", rand::thread_rng().gen::<u128>());
+            let msid = format!("SM{:032x}", rand::rngs::OsRng.gen::<u128>());
             let resource = json!({
                 "account_sid": sid, "sid": msid, "to": to, "from": field("From"),
                 "body": body, "status": "queued", "num_segments": "1",
@@ -505,7 +505,7 @@ async fn start_server(args: &Args, capture: SocketAddr) -> Result<(Server, Strin
         let db = format!(
             "authgate_load_{}_{:08x}",
             std::process::id(),
-            rand::random::<u32>()
+            rand::rngs::OsRng.gen::<u32>()
         );
         admin
             .batch_execute(&format!("CREATE DATABASE {db}"))
@@ -659,7 +659,7 @@ impl Vu {
                         .map_or(Duration::from_millis(100 * attempt), |s| {
                             Duration::from_secs_f64(s.clamp(0.0, 2.0))
                         });
-                    let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..100));
+                    let jitter = Duration::from_millis(rand::rngs::OsRng.gen_range(0..100));
                     tokio::time::sleep(wait.min(Duration::from_secs(2)) + jitter).await;
                     continue;
                 }
@@ -1301,7 +1301,7 @@ async fn seed_checks(
     let now = chrono::Utc::now();
     let expires = now + chrono::Duration::hours(1);
     let max = 10u32.pow(u32::try_from(args.otp_length).unwrap_or(6));
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rngs::OsRng;
     let mut per_vu = Vec::with_capacity(args.users);
     let mut serial = 0u64;
     for vu in 0..args.users {
@@ -1536,7 +1536,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut flows_json = Vec::new();
     for &flow in &args.flows {
         // Fresh users per flow: e-mail addresses and phones never repeat.
-        let run_id = rand::random::<u32>();
+        let run_id = rand::rngs::OsRng.gen::<u32>();
         if flow == Flow::LoginTiming {
             if let Err(e) = login_timing(&args, &base, run_id).await {
                 result = Err(e);
@@ -1659,7 +1659,7 @@ async fn login_timing(args: &Args, base: &str, run: u32) -> Result<(), String> {
     let mut samples: [Vec<u32>; 4] = Default::default();
     let mut unexpected: BTreeMap<String, u64> = BTreeMap::new();
     let mut order = [0usize, 1, 2, 3];
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rngs::OsRng;
     let started = Instant::now();
     for i in 0..warmup + args.samples {
         order.shuffle(&mut rng);

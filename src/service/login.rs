@@ -11,7 +11,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -135,7 +135,7 @@ pub async fn check_password(
     let device_hash = attempt.device_token.as_deref().map(device_token_hash);
     let slot = Slot {
         id: Uuid::new_v4(),
-        decoy: i16::from(rand::random::<u8>() % 64),
+        decoy: i16::from(rand::rngs::OsRng.gen::<u8>() % 64),
     };
     let admission = state
         .store()

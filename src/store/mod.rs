@@ -17,6 +17,7 @@ pub mod flows;
 pub mod keyring;
 pub mod lifecycle;
 pub mod logins;
+mod migrations;
 pub mod otp;
 pub mod outbox;
 pub mod private_pg;
@@ -36,10 +37,6 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use crate::error::{AppError, BoxError};
-
-mod embedded {
-    refinery::embed_migrations!("migrations");
-}
 
 /// Arbitrary but fixed: serialises migrations when several processes start at once.
 const MIGRATION_LOCK_KEY: i64 = 0x6175_7468_6761_7465; // "authgate"
@@ -427,7 +424,8 @@ impl Store {
 }
 
 async fn run_migrations(client: &mut deadpool_postgres::Object) -> Result<usize, StoreError> {
-    embedded::migrations::runner()
+    migrations::runner()
+        .map_err(|e| StoreError::Database(Box::new(e)))?
         .run_async(&mut ***client)
         .await
         .map(|report| report.applied_migrations().len())

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::json;
+use tracing_subscriber::prelude::*;
 
 use crate::accounts::*;
 use crate::helpers::*;
@@ -29,10 +30,13 @@ pub(crate) fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     BUF.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let writer = Capture(buf.clone());
+        let (filter, _) =
+            authgate::telemetry::filter(Some("debug,hyper=info,h2=info,reqwest=info,warp=info"));
         tracing_subscriber::fmt()
-            .with_env_filter("debug,hyper=info,h2=info,reqwest=info,warp=info")
             .with_ansi(false)
             .with_writer(move || writer.clone())
+            .finish()
+            .with(filter)
             .try_init()
             .expect("the logs test installs the only subscriber");
         buf
