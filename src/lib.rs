@@ -15,10 +15,12 @@
 //!
 //! [`domain`] holds the pure rules (parsing, validation, password hashing) used by
 //! every layer; [`config`] the typed configuration; [`error`] the one error type;
-//! [`sms`] sending one SMS (Twilio or the console) and the retry policy.
+//! [`sms`] sending one SMS (Twilio or the console) and the retry policy;
+//! [`cli`] the command line that `src/main.rs` runs.
 
 pub mod actors;
 pub mod audit;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
