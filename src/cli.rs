@@ -73,30 +73,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let keys_command = if command == "keys" {
-        match KeysCommand::parse(std::env::args().skip(2).collect()) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("authgate keys: {e}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        None
-    };
-    let role_command = if command == "admin" {
-        match RoleCommand::parse(std::env::args().skip(2).collect()) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                eprintln!("authgate admin: {e}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        None
-    };
-    match command.as_str() {
-        "serve" | "migrate" | "keys" | "admin" => {}
+    let task = match command.as_str() {
+        "serve" => Task::Serve,
+        "migrate" => Task::Migrate,
+        "keys" => match KeysCommand::parse(std::env::args().skip(2).collect()) {
+            Ok(k) => Task::Keys(k),
+            Err(e) => return usage_error("authgate keys", &e),
+        },
+        "admin" => match RoleCommand::parse(std::env::args().skip(2).collect()) {
+            Ok(r) => Task::Role(r),
+            Err(e) => return usage_error("authgate admin", &e),
+        },
         "check-config" => {
             for (name, value) in config.describe() {
                 println!("{name:<28} {value}");
@@ -110,11 +97,8 @@ pub fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        other => {
-            eprintln!("authgate: unknown command `{other}`\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    }
+        other => return usage_error("authgate", &format!("unknown command `{other}`")),
+    };
     telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -122,12 +106,6 @@ pub fn main() -> ExitCode {
             eprintln!("authgate: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let task = match (command.as_str(), keys_command, role_command) {
-        ("migrate", _, _) => Task::Migrate,
-        (_, Some(k), _) => Task::Keys(k),
-        (_, _, Some(r)) => Task::Role(r),
-        _ => Task::Serve,
     };
     let result = runtime.block_on(run(task, config));
     match result {
@@ -138,6 +116,12 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line that names no valid command: the problem, then the usage.
+fn usage_error(command: &str, problem: &str) -> ExitCode {
+    eprintln!("{command}: {problem}\n\n{USAGE}");
+    ExitCode::from(2)
 }
 
 /// `authgate openapi`: the same document the server serves, built from the code
